@@ -1,0 +1,182 @@
+"""One settings model for the whole service, read once at the edge and passed down.
+
+Environment variables use the prefix ``CVMFS_SVC_`` and ``__`` for nesting
+(``CVMFS_SVC_RABBITMQ__PORT=5673``); an optional dotenv-style file is named by
+``CVMFS_SVC_SETTINGS_FILE``. Secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = "127.0.0.1"
+
+
+class RabbitMQSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = 5672
+    management_port: int = 15672
+    dist_port: int = 25672
+    node_name: str = "cvmfs-svc@localhost"
+    username: str = "guest"
+    password: SecretStr = SecretStr("guest")
+    vhost: str = "/"
+    # RGW binds one exchange per broker URL (services-notes §2.7 pitfall 3): exactly one,
+    # pre-declared, topic exchange carries every bucket notification; routing key = topic name.
+    events_exchange: str = "cvmfs.events"
+    dead_letter_exchange: str = "cvmfs.dead-letter"
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://{self.host}:{self.port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+
+class CephSettings(BaseModel):
+    mon_port_v2: int = 3300
+    mon_port_v1: int = 6789
+    rgw_port: int = 8000
+    osd_size_gib: int = 20
+    # The service's own S3 user (creates buckets, topics, notifications; stores stratum-0).
+    service_access_key: str = "CVMFSSVCACCESSKEY000"
+    service_secret_key: SecretStr = SecretStr("cvmfssvcsecretkey00000000000000000000000")
+    # A demo user, printed by `./svc up`, whose bucket is wired to a demo repository.
+    demo_user: str = "demo"
+    demo_access_key: str = "DEMOACCESSKEY0000000"
+    demo_secret_key: SecretStr = SecretStr("demosecretkey000000000000000000000000000")
+    region: str = "default"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.rgw_port}"
+
+
+class VaultSettings(BaseModel):
+    port: int = 8200
+    cluster_port: int = 8201
+    # "raft" for the persistent development stack; "dev" (in-memory) is fine inside tests.
+    mode: Literal["raft", "dev"] = "raft"
+    token: SecretStr | None = None  # filled from the stack's init file when None
+    kv_mount: str = "secret"
+
+    @property
+    def addr(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+class RegistrySettings(BaseModel):
+    port: int = 5000
+    # Shared secret the registry (or Harbor) sends in the Authorization header of webhooks.
+    webhook_secret: SecretStr = SecretStr("dev-webhook-secret")
+    unpack_projects: list[str] = Field(default_factory=lambda: ["unpacked"])
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+class PrefectSettings(BaseModel):
+    port: int = 4200
+    # SQLite under the data directory by default; PostgreSQL when set
+    # (postgresql+asyncpg://user@host:port/db).
+    database_url: SecretStr | None = None
+    runner_poll_s: int = 1
+    heartbeat_s: int = 30
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/api"
+
+
+class Stratum0Settings(BaseModel):
+    backend: Literal["local", "s3"] = "local"
+    # Local backend: repositories live in <data_dir>/stratum0/<fqrn>; served read-only over HTTP.
+    http_port: int = 8080
+    # S3 backend: repositories live in this RGW bucket under <fqrn>/, served by RGW itself.
+    bucket: str = "cvmfs-stratum0"
+
+
+class ApiSettings(BaseModel):
+    """The service's HTTP application: user API and registry webhook receiver."""
+
+    port: int = 8090
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CVMFS_SVC_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path(".data/dev")
+    repository_domain: str = "sw.example.org"
+    database_url: SecretStr | None = None  # registry of repositories; SQLite in data_dir if None
+
+    rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
+    ceph: CephSettings = Field(default_factory=CephSettings)
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    stratum0: Stratum0Settings = Field(default_factory=Stratum0Settings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Read the environment (and the file named by CVMFS_SVC_SETTINGS_FILE, if any)."""
+        settings_file = os.environ.get("CVMFS_SVC_SETTINGS_FILE")
+        if settings_file:
+            return cls(_env_file=settings_file)  # type: ignore[call-arg]
+        return cls()
+
+    def with_port_offset(self, offset: int, data_dir: Path) -> Settings:
+        """The same settings shifted to other ports and another data directory.
+
+        The test suite runs its own stack this way, beside a running development stack.
+        """
+        return self.model_copy(
+            update={
+                "data_dir": data_dir,
+                "rabbitmq": self.rabbitmq.model_copy(
+                    update={
+                        "port": self.rabbitmq.port + offset,
+                        "management_port": self.rabbitmq.management_port + offset,
+                        "dist_port": self.rabbitmq.dist_port + offset,
+                        "node_name": f"cvmfs-svc-{offset}@localhost",
+                    }
+                ),
+                "ceph": self.ceph.model_copy(
+                    update={
+                        "mon_port_v2": self.ceph.mon_port_v2 + offset,
+                        "mon_port_v1": self.ceph.mon_port_v1 + offset,
+                        "rgw_port": self.ceph.rgw_port + offset,
+                    }
+                ),
+                "vault": self.vault.model_copy(
+                    update={
+                        "port": self.vault.port + offset,
+                        "cluster_port": self.vault.cluster_port + offset,
+                    }
+                ),
+                "registry": self.registry.model_copy(
+                    update={"port": self.registry.port + offset}
+                ),
+                "prefect": self.prefect.model_copy(update={"port": self.prefect.port + offset}),
+                "stratum0": self.stratum0.model_copy(
+                    update={"http_port": self.stratum0.http_port + offset}
+                ),
+                "api": self.api.model_copy(update={"port": self.api.port + offset}),
+            }
+        )
+
+    @property
+    def absolute_data_dir(self) -> Path:
+        return self.data_dir.resolve()
