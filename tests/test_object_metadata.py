@@ -21,7 +21,7 @@ def test_s3cmd_attributes_win_over_content() -> None:
 
 
 def test_s3cmd_setuid_bits_are_dropped() -> None:
-    attributes = attributes_from_metadata({"s3cmd-attrs": "mode:%d" % (0o104755)}, b"")
+    attributes = attributes_from_metadata({"s3cmd-attrs": f"mode:{0o104755}"}, b"")
     assert attributes.mode == 0o755
 
 
