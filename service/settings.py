@@ -110,6 +110,53 @@ class ApiSettings(BaseModel):
     port: int = 8090
 
 
+class OidcSettings(BaseModel):
+    """The OIDC issuer whose access tokens the service accepts (e.g. INDIGO IAM)."""
+
+    # Compared exactly with the token's `iss` (OIDC Core §3.1.3.7): keep the trailing slash
+    # if the issuer has one. Must be https unless the host is loopback (checked by the verifier).
+    issuer_url: str = "https://iam.example.org/"
+    audience: str = "cvmfs-distribution-service"
+    # None: discovered from <issuer_url>/.well-known/openid-configuration.
+    jwks_url: str | None = None
+    jwks_cache_ttl_s: int = 300
+    # An unknown `kid` refetches the JWKS at most this often, so random kids cannot flood the
+    # issuer with requests.
+    jwks_min_refresh_interval_s: int = 10
+    http_timeout_s: float = 5.0
+    leeway_s: int = 30
+    # First claim present and non-empty becomes Identity.username.
+    username_claims: list[str] = Field(default_factory=lambda: ["preferred_username"])
+
+
+class ProvisioningSettings(BaseModel):
+    """Repository naming rules and the producers trusted to send the legacy message."""
+
+    reserved_names: list[str] = Field(
+        default_factory=lambda: [
+            "unpacked",
+            "cvmfs-config",
+            "www",
+            "admin",
+            "api",
+            "root",
+            "stratum0",
+            "stratum1",
+            "localhost",
+            "gateway",
+            "publisher",
+        ]
+    )
+    personal_suffix: str = "personal"
+    fqrn_max_length: int = 60
+    # AMQP `user_id` values allowed to send `<username>,<subject>,<fqrn>,<P|G>`. RabbitMQ
+    # rejects a message whose user_id differs from the connection's user, so it is verified.
+    trusted_legacy_user_ids: list[str] = Field(default_factory=list)
+    # Optional extra condition (app_id is NOT verified by the broker): if non-empty, a legacy
+    # message must also carry one of these app_id values.
+    trusted_legacy_app_ids: list[str] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CVMFS_SVC_",
@@ -128,6 +175,8 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     stratum0: Stratum0Settings = Field(default_factory=Stratum0Settings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+    provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
 
     @classmethod
     def load(cls) -> Settings:
