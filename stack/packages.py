@@ -1,0 +1,80 @@
+"""Which system (Debian) and Python packages the stack needs, and installing the missing ones.
+
+Components name Debian packages plainly and Python distributions as ``pypi:<name>``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from importlib import metadata
+
+from stack.errors import PackageError
+
+PYPI_PREFIX = "pypi:"
+
+
+def missing_debian(packages: Iterable[str]) -> list[str]:
+    """The Debian packages among `packages` that dpkg does not list as installed."""
+    missing = []
+    for name in packages:
+        result = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0 or not result.stdout.endswith(" installed"):
+            missing.append(name)
+    return missing
+
+
+def missing_python(distributions: Iterable[str]) -> list[str]:
+    """The Python distributions not installed in this interpreter, as ``pypi:<name>``."""
+    missing = []
+    for name in distributions:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(PYPI_PREFIX + name)
+    return missing
+
+
+def install(packages: Iterable[str]) -> list[str]:
+    """Install the given Debian packages (apt) and ``pypi:`` distributions (pip).
+
+    Runs `apt-get update` once before installing anything from Debian. Returns what it
+    installed.
+    """
+    wanted = sorted(set(packages))
+    debs = [p for p in wanted if not p.startswith(PYPI_PREFIX)]
+    pypi = [p.removeprefix(PYPI_PREFIX) for p in wanted if p.startswith(PYPI_PREFIX)]
+    if debs:
+        if os.geteuid() != 0:
+            raise PackageError(
+                f"Debian packages missing: {' '.join(debs)}. Run as root, or install them: "
+                f"apt-get install --no-install-recommends {' '.join(debs)}"
+            )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        _run(["apt-get", "update", "-q"], env, "apt-get update")
+        _run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *debs],
+            env,
+            f"apt-get install {' '.join(debs)}",
+        )
+    if pypi:
+        _run(
+            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pypi],
+            dict(os.environ),
+            f"pip install {' '.join(pypi)}",
+        )
+    return [*debs, *(PYPI_PREFIX + p for p in pypi)]
+
+
+def _run(argv: list[str], env: dict[str, str], what: str) -> None:
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        raise PackageError(f"{what} failed (exit {result.returncode}): " + " | ".join(tail))
