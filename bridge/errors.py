@@ -1,0 +1,27 @@
+"""The bridge's exception hierarchy: every error says whether retrying can help.
+
+Permanent errors send a message to the dead-letter queue with their text as the reason;
+transient ones send it back for a bounded number of delayed retries.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error raised by the bridge package."""
+
+
+class RejectedMessage(BridgeError):
+    """A message that can never be processed (malformed, forged, not ours): dead-letter it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PermanentStartError(BridgeError):
+    """The flow run was refused for good (unknown deployment, invalid parameters)."""
+
+
+class TransientStartError(BridgeError):
+    """The flow run could not be created right now (API unreachable, 5xx): retry later."""
