@@ -60,10 +60,14 @@ class _ImageEvent(BaseModel):
         return f"{self.registry}/{self.repository}{suffix}"
 
     def message_id(self) -> str:
-        """Stable id of this event: the same push notified twice gets the same id."""
+        """Stable id of this event: the same push notified twice gets the same id.
+
+        The time is part of it so that moving a tag back to an earlier digest is a new event.
+        """
         identity = json.dumps(
             self.model_dump(
-                mode="json", include={"kind", "registry", "repository", "tag", "digest"}
+                mode="json",
+                include={"kind", "registry", "repository", "tag", "digest", "occurred_at"},
             ),
             sort_keys=True,
         )
