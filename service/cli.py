@@ -7,9 +7,49 @@ from __future__ import annotations
 
 import typer
 
+from service.run import serve_forever
+from service.settings import Settings
+from stack.cli import bring_up, install_missing, stack_app
+from stack.errors import StackError
+from stack.manager import Stack
+
 app = typer.Typer(no_args_is_help=True, help="CVMFS distribution service: operator commands.")
 
 
 @app.callback()
 def main() -> None:
     """CVMFS distribution service: operator commands."""
+
+
+app.add_typer(stack_app, name="stack")
+
+
+@app.command()
+def up() -> None:
+    """Install what is missing, bring the local stack up, then run the service in the foreground.
+
+    Ctrl-C stops the service; the stack keeps running (`cvmfs-svc stack down` stops it).
+    """
+    settings = Settings.load()
+    stack = Stack(settings)
+    try:
+        install_missing(stack)
+        bring_up(stack)
+    except StackError as exc:
+        typer.echo(f"up: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    ceph = settings.ceph
+    if settings.stratum0.backend == "s3":
+        stratum0_url = f"{ceph.s3_endpoint}/{settings.stratum0.bucket}/<fqrn>/"
+    else:
+        stratum0_url = f"http://127.0.0.1:{settings.stratum0.http_port}/cvmfs/<fqrn>/"
+    typer.echo(
+        "\n"
+        f"Prefect UI      http://127.0.0.1:{settings.prefect.port}\n"
+        f"S3 endpoint     {ceph.s3_endpoint}  (region {ceph.region})\n"
+        f"demo S3 user    {ceph.demo_user}: access key {ceph.demo_access_key}, "
+        f"secret key {ceph.demo_secret_key.get_secret_value()}\n"
+        f"OCI registry    {settings.registry.url}\n"
+        f"stratum-0       {stratum0_url}\n"
+    )
+    serve_forever(settings)

@@ -52,6 +52,16 @@ def cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def environ(pid: int) -> dict[str, str]:
+    """The environment `pid` was started with (readable by root or its owner)."""
+    try:
+        raw = (_PROC / str(pid) / "environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return {}
+    pairs = (part.decode(errors="replace").partition("=") for part in raw.split(b"\0") if part)
+    return {key: value for key, _, value in pairs}
+
+
 def command_name(pid: int) -> str:
     try:
         return (_PROC / str(pid) / "comm").read_text().strip()

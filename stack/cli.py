@@ -1,0 +1,104 @@
+"""`cvmfs-svc stack install | up | down | status`: the operator's handle on the local stack.
+
+Reads the settings once, drives stack.manager, prints one line per component.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+from service.settings import Settings
+from stack.component import Health
+from stack.errors import StackError
+from stack.manager import Stack
+
+stack_app = typer.Typer(
+    no_args_is_help=True,
+    help="The local service stack (RabbitMQ, Ceph, OpenBao, registry, Prefect, stratum-0 HTTP).",
+)
+
+Names = Annotated[
+    list[str] | None,
+    typer.Argument(help="Components to act on (default: all), e.g. rabbitmq prefect."),
+]
+
+
+def print_health(stack: Stack, healths: list[Health]) -> bool:
+    """One line per component; True when all are healthy."""
+    by_name = {c.name: c for c in stack.components}
+    for health in healths:
+        state = "healthy" if health.healthy else "UNHEALTHY"
+        rss_mb = stack.rss_bytes(by_name[health.name]) / 2**20
+        typer.echo(
+            f"{health.name:<14} {state:<9} {health.url:<28} {rss_mb:7.1f} MB  {health.detail}"
+        )
+    return all(h.healthy for h in healths)
+
+
+def install_missing(stack: Stack) -> None:
+    missing = stack.missing_packages()
+    if not missing:
+        typer.echo("stack: all packages present")
+        return
+    typer.echo(f"stack: installing {' '.join(missing)} (apt-get / pip) ...")
+    installed = stack.install()
+    typer.echo(f"stack: installed {' '.join(installed)}")
+
+
+def bring_up(stack: Stack, names: list[str] | None = None) -> None:
+    """Start the stack, print its health, exit 1 if something is unhealthy."""
+    began = time.monotonic()
+    healths = stack.up(names)
+    typer.echo(
+        f"stack: up in {time.monotonic() - began:.1f} s ({stack.settings.absolute_data_dir})"
+    )
+    if not print_health(stack, healths):
+        raise typer.Exit(1)
+
+
+@stack_app.command("install")
+def install_cmd() -> None:
+    """Install the Debian and Python packages the stack needs and lacks."""
+    with _errors():
+        install_missing(Stack(Settings.load()))
+
+
+@stack_app.command("up")
+def up_cmd(names: Names = None) -> None:
+    """Start the stack (or the named components); what already runs is left alone."""
+    with _errors():
+        bring_up(Stack(Settings.load()), names)
+
+
+@stack_app.command("down")
+def down_cmd(names: Names = None) -> None:
+    """Stop the stack (or the named components), in reverse start order."""
+    with _errors():
+        stack = Stack(Settings.load())
+        began = time.monotonic()
+        stack.down(names)
+        typer.echo(f"stack: down in {time.monotonic() - began:.1f} s")
+
+
+@stack_app.command("status")
+def status_cmd(names: Names = None) -> None:
+    """Each component with its URL and health; exit status 1 if any is unhealthy."""
+    with _errors():
+        stack = Stack(Settings.load())
+        if not print_health(stack, stack.status(names)):
+            raise typer.Exit(1)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn a StackError into a one-line message and exit status 2, without a traceback."""
+    try:
+        yield
+    except StackError as exc:
+        typer.echo(f"stack: {exc}", err=True)
+        raise typer.Exit(2) from exc

@@ -1,0 +1,103 @@
+"""The local stack as a whole: its components in start order, and up, down, status, install.
+
+Each component gets `<data_dir>/<name>/` as its own directory; down runs in reverse order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+
+from service.settings import Settings
+from stack import packages, procs
+from stack.component import Component, Health
+from stack.errors import StackError
+from stack.openbao import OpenBao
+from stack.prefect_server import PrefectServer
+from stack.rabbitmq import RabbitMQ
+from stack.registry import Registry
+from stack.stratum0_http import Stratum0Http
+
+
+def component_classes() -> list[type[Component]]:
+    """Every component class, in start order."""
+    classes: list[type[Component]] = [RabbitMQ]
+    # stack/ceph.py is written separately; the stack runs without it until it lands.
+    if importlib.util.find_spec("stack.ceph") is not None:
+        from stack.ceph import Ceph
+
+        classes.append(Ceph)
+    classes += [OpenBao, Registry, PrefectServer, Stratum0Http]
+    return classes
+
+
+class Stack:
+    """The components of one stack (one data directory, one set of ports)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        base = settings.absolute_data_dir
+        self.components: list[Component] = [
+            cls(settings, base / cls.name) for cls in component_classes()
+        ]
+
+    @property
+    def names(self) -> list[str]:
+        return [component.name for component in self.components]
+
+    def select(self, names: Iterable[str] | None = None) -> list[Component]:
+        """The named components in start order (all of them when `names` is None)."""
+        if names is None:
+            return list(self.components)
+        wanted = set(names)
+        unknown = wanted - set(self.names)
+        if unknown:
+            raise StackError(
+                f"Unknown component(s) {', '.join(sorted(unknown))}; "
+                f"the stack has {', '.join(self.names)}."
+            )
+        return [c for c in self.components if c.name in wanted]
+
+    def up(self, names: Iterable[str] | None = None) -> list[Health]:
+        """Start the components (already running ones are left alone); their health after."""
+        self.settings.absolute_data_dir.mkdir(parents=True, exist_ok=True)
+        for component in self.select(names):
+            component.start()
+        return self.status(names)
+
+    def down(self, names: Iterable[str] | None = None) -> None:
+        """Stop the components in reverse start order; each stops only what it recorded."""
+        for component in reversed(self.select(names)):
+            component.stop()
+
+    def status(self, names: Iterable[str] | None = None) -> list[Health]:
+        return [component.health() for component in self.select(names)]
+
+    def missing_packages(self) -> list[str]:
+        missing: list[str] = []
+        for component in self.components:
+            missing += [p for p in component.missing_packages() if p not in missing]
+        return missing
+
+    def install(self) -> list[str]:
+        """Install the packages the components miss; returns what was installed."""
+        missing = self.missing_packages()
+        return packages.install(missing) if missing else []
+
+    def component_dir(self, component: Component) -> Path:
+        return self.settings.absolute_data_dir / component.name
+
+    def recorded_pids(self, component: Component) -> list[int]:
+        """Live pids in the pid files under the component's directory, with descendants."""
+        found: list[int] = []
+        for pid_file in sorted(self.component_dir(component).rglob("*.pid")):
+            pid = procs.read_pid(pid_file)
+            if pid is not None and procs.is_alive(pid) and pid not in found:
+                found.append(pid)
+        for pid in list(found):
+            found += [child for child in procs.descendants(pid) if child not in found]
+        return found
+
+    def rss_bytes(self, component: Component) -> int:
+        return sum(procs.rss_bytes(pid) for pid in self.recorded_pids(component))

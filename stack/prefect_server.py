@@ -1,0 +1,60 @@
+"""The Prefect server of the local stack: `prefect server start` from the project's venv.
+
+SQLite under its own PREFECT_HOME by default, PostgreSQL when settings.prefect.database_url is set.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from stack import packages, probe
+from stack.daemon import Daemon
+
+
+class PrefectServer(Daemon):
+    name = "prefect"
+    # First start runs the database migrations: ~10 s alone, much more on a busy 2-core box.
+    start_timeout_s = 180.0
+
+    @property
+    def url(self) -> str:
+        """The UI; the API is settings.prefect.api_url."""
+        return f"http://127.0.0.1:{self.settings.prefect.port}"
+
+    def ports(self) -> list[int]:
+        return [self.settings.prefect.port]
+
+    def marker(self) -> str:
+        return f"--port {self.settings.prefect.port}"
+
+    def missing_packages(self) -> list[str]:
+        return packages.missing_python(["prefect"])
+
+    def argv(self) -> list[str]:
+        prefect = Path(sys.executable).parent / "prefect"
+        port = str(self.settings.prefect.port)
+        return [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", port]
+
+    def extra_env(self) -> dict[str, str]:
+        env = {
+            "PREFECT_HOME": str(self.base_dir / "home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.settings.prefect.port),
+            # A client setting inherited from a test session must not point the server elsewhere.
+            "PREFECT_API_URL": self.settings.prefect.api_url,
+        }
+        if self.settings.prefect.database_url is not None:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
+                self.settings.prefect.database_url.get_secret_value()
+            )
+        return env
+
+    def prepare(self) -> None:
+        (self.base_dir / "home").mkdir(parents=True, exist_ok=True)
+
+    def probe(self) -> tuple[bool, str]:
+        answer = probe.http("GET", f"{self.settings.prefect.api_url}/health")
+        return answer.status == 200, f"GET /api/health -> {answer.status or answer.error}"
