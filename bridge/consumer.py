@@ -45,6 +45,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from bridge.amqp import connection_parameters
 from bridge.coalescer import Coalescer, InboundMessage, SyncBatch
 from bridge.config import BridgeConfig
 from bridge.errors import PermanentStartError, RejectedMessage
@@ -72,18 +73,6 @@ ROUTING_KEY_HEADER = "x-cvmfs-routing-key"
 # Broker-added headers that describe a past hop; copying them onto a new publish would lie.
 _HOP_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 _MAX_HEADER_TEXT = 1000
-
-
-def connection_parameters(mq: RabbitMQSettings) -> pika.ConnectionParameters:
-    return pika.ConnectionParameters(
-        host=mq.host,
-        port=mq.port,
-        virtual_host=mq.vhost,
-        credentials=pika.PlainCredentials(mq.username, mq.password.get_secret_value()),
-        heartbeat=60,
-        blocked_connection_timeout=60,
-        connection_attempts=1,
-    )
 
 
 def _clean_headers(headers: dict[str, Any]) -> dict[str, Any]:

@@ -25,3 +25,7 @@ class PermanentStartError(BridgeError):
 
 class TransientStartError(BridgeError):
     """The flow run could not be created right now (API unreachable, 5xx): retry later."""
+
+
+class BrokerUnavailable(BridgeError):
+    """RabbitMQ did not confirm a published message: the sender should retry later."""

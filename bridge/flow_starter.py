@@ -1,0 +1,73 @@
+"""The real FlowStarter: `run_deployment(..., timeout=0)` against the Prefect API.
+
+It classifies failures so the consumer knows what to do: refused runs are permanent
+(dead-letter), an unreachable or failing server is transient (retry later).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import ValidationError
+
+from bridge.errors import PermanentStartError, TransientStartError
+
+# 4xx answers that will not change on retry: bad parameters (409 from schema validation),
+# unknown deployment, malformed request.
+_PERMANENT_STATUS = frozenset({400, 404, 409, 410, 422})
+
+
+class PrefectFlowStarter:
+    """Creates flow runs from deployments by name (`flow/deployment`) with an idempotency key."""
+
+    def __init__(self, api_url: str, tags: tuple[str, ...] = ("bridge",)) -> None:
+        self.api_url = api_url
+        self.tags = tags
+
+    def __call__(self, deployment: str, parameters: dict[str, Any], idempotency_key: str) -> str:
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                flow_run = run_deployment(
+                    deployment,
+                    parameters=parameters,
+                    timeout=0,
+                    idempotency_key=idempotency_key,
+                    tags=list(self.tags),
+                    as_subflow=False,
+                )
+        except ObjectNotFound as error:
+            raise PermanentStartError(
+                f"deployment {deployment!r} not found at {self.api_url}: is it served "
+                "(python -m deployments.serve)?"
+            ) from error
+        except PrefectHTTPStatusError as error:
+            status = error.response.status_code
+            detail = _detail(error.response)
+            if status in _PERMANENT_STATUS:
+                raise PermanentStartError(
+                    f"Prefect refused a run of {deployment!r} ({status}): {detail}"
+                ) from error
+            raise TransientStartError(
+                f"Prefect answered {status} for {deployment!r}: {detail}"
+            ) from error
+        except ValidationError as error:
+            raise PermanentStartError(f"invalid run request for {deployment!r}: {error}") from error
+        except (httpx.TransportError, OSError) as error:
+            raise TransientStartError(
+                f"Prefect API at {self.api_url} unreachable: {error!r}"
+            ) from error
+        # run_deployment is sync here (no running event loop); the check narrows its type.
+        assert isinstance(flow_run, FlowRun)
+        return str(flow_run.id)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))[:500]
+    except (ValueError, AttributeError):
+        return response.text[:500]
