@@ -1,0 +1,295 @@
+"""Tests of the streaming tarball reader and its refusals (cvmfs/tarball.py)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import tarfile
+from collections.abc import Callable
+
+import pytest
+import zstandard
+
+from cvmfs.tarball import (
+    Compression,
+    EntryType,
+    ImportStats,
+    TarballError,
+    TarEntry,
+    TarPolicy,
+    decompressed,
+    detect_compression,
+    iter_tar_entries,
+)
+
+MTIME = 1704067200
+
+
+class OneWayStream(io.RawIOBase):
+    """A pipe-like stream: reads only, no seek, short reads (proves the reader never seeks)."""
+
+    def __init__(self, data: bytes, limit: int = 7000) -> None:
+        self._data = data
+        self._position = 0
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        size = min(len(buffer), self._limit, len(self._data) - self._position)
+        buffer[:size] = self._data[self._position : self._position + size]
+        self._position += size
+        return size
+
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+def make_tar(members: list[Member]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, content in members:
+            archive.addfile(info, io.BytesIO(content) if content is not None else None)
+    return out.getvalue()
+
+
+def file(name: str, content: bytes = b"data\n", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(content)
+    info.mode = mode
+    info.mtime = MTIME
+    info.uid = info.gid = 1000
+    return info, content
+
+
+def special(
+    name: str, kind: bytes, mode: int = 0o755, link: str = ""
+) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = MTIME
+    info.linkname = link
+    return info, None
+
+
+def directory(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, None]:
+    return special(name, tarfile.DIRTYPE, mode)
+
+
+def symlink(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    return special(name, tarfile.SYMTYPE, 0o777, target)
+
+
+def hardlink(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    return special(name, tarfile.LNKTYPE, 0o644, target)
+
+
+def read_all(
+    data: bytes, prefix: str = "", policy: TarPolicy | None = None
+) -> list[tuple[TarEntry, bytes]]:
+    result = []
+    for entry in iter_tar_entries(OneWayStream(data), prefix, policy):
+        content = entry.content.read() if entry.content is not None else b""
+        result.append((entry, content))
+    return result
+
+
+SAMPLE = [
+    directory("./"),
+    directory("./bin/"),
+    file("./bin/run.sh", b"#!/bin/sh\necho hi\n", 0o755),
+    file("./README", b"read me\n"),
+    directory("./lib"),
+    file("./lib/big.bin", bytes(range(256)) * 4096),
+    symlink("./lib/libx.so", "big.bin"),
+    symlink("./abs", "/cvmfs/other.example.org/x"),
+    hardlink("./lib/big-again.bin", "./lib/big.bin"),
+    hardlink("./lib/third.bin", "lib/big-again.bin"),  # a link to a link: the original wins
+    file("implied/parent/file.txt", b"parents are implied\n"),
+]
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "none": lambda data: data,
+    "gzip": lambda data: gzip.compress(data),
+    "xz": lambda data: lzma.compress(data),
+    "zstd": lambda data: zstandard.ZstdCompressor().compress(data),
+    "zstd-multiframe": lambda data: (
+        zstandard.ZstdCompressor().compress(data[:5000])
+        + zstandard.ZstdCompressor().compress(data[5000:])
+    ),
+}
+
+
+@pytest.mark.parametrize("compression", sorted(COMPRESSORS))
+def test_reads_every_compression_as_a_one_way_stream(compression: str) -> None:
+    data = COMPRESSORS[compression](make_tar(SAMPLE))
+    entries = read_all(data, prefix="/sw/pkg")
+    summary = [(e.path, e.type, oct(e.mode), e.link_target, e.size) for e, _ in entries]
+    assert summary == [
+        ("/sw/pkg/bin", EntryType.DIRECTORY, "0o755", "", 0),
+        ("/sw/pkg/bin/run.sh", EntryType.FILE, "0o755", "", 18),
+        ("/sw/pkg/README", EntryType.FILE, "0o644", "", 8),
+        ("/sw/pkg/lib", EntryType.DIRECTORY, "0o755", "", 0),
+        ("/sw/pkg/lib/big.bin", EntryType.FILE, "0o644", "", 1048576),
+        ("/sw/pkg/lib/libx.so", EntryType.SYMLINK, "0o777", "big.bin", 7),
+        ("/sw/pkg/abs", EntryType.SYMLINK, "0o777", "/cvmfs/other.example.org/x", 26),
+        ("/sw/pkg/lib/big-again.bin", EntryType.HARDLINK, "0o644", "/sw/pkg/lib/big.bin", 0),
+        ("/sw/pkg/lib/third.bin", EntryType.HARDLINK, "0o644", "/sw/pkg/lib/big.bin", 0),
+        ("/sw/pkg/implied/parent/file.txt", EntryType.FILE, "0o644", "", 20),
+    ]
+    contents = {e.path: c for e, c in entries if e.type is EntryType.FILE}
+    assert contents["/sw/pkg/lib/big.bin"] == bytes(range(256)) * 4096
+    assert contents["/sw/pkg/bin/run.sh"] == b"#!/bin/sh\necho hi\n"
+    assert all(e.mtime == MTIME for e, _ in entries)
+
+
+def test_unread_content_is_skipped_when_advancing() -> None:
+    entries = [e.path for e in iter_tar_entries(OneWayStream(make_tar(SAMPLE)))]
+    assert "/lib/big.bin" in entries and "/implied/parent/file.txt" in entries
+
+
+def test_detect_compression_from_magic_bytes() -> None:
+    assert detect_compression(b"\x1f\x8b\x08") is Compression.GZIP
+    assert detect_compression(b"\xfd7zXZ\x00") is Compression.XZ
+    assert detect_compression(b"\x28\xb5\x2f\xfd") is Compression.ZSTD
+    assert detect_compression(b"./a\x00\x00") is Compression.NONE
+    with pytest.raises(TarballError, match="bzip2"):
+        detect_compression(b"BZh91AY")
+    compression, plain = decompressed(io.BytesIO(gzip.compress(b"hello")))
+    assert compression is Compression.GZIP and plain.read() == b"hello"
+
+
+def test_non_utf8_names_round_trip_as_surrogates() -> None:
+    info, content = file("x")
+    data = bytearray(make_tar([(info, content)]))
+    data[0] = 0xFF  # raw byte 0xff as the name (ustar header checksum fixed below)
+    data[148:156] = b"        "
+    data[148:156] = b"%06o\x00 " % sum(data[:512])
+    ((entry, _),) = read_all(bytes(data))
+    assert entry.path == "/\udcff"
+
+
+def test_setuid_setgid_sticky_are_stripped_and_reported() -> None:
+    stats = ImportStats()
+    data = make_tar([file("su", mode=0o4755), file("sg", mode=0o2755), directory("tmp", 0o1777)])
+    entries = list(iter_tar_entries(io.BytesIO(data), "", None, stats))
+    assert [(e.path, e.mode, e.mode_stripped) for e in entries] == [
+        ("/su", 0o755, True),
+        ("/sg", 0o755, True),
+        ("/tmp", 0o777, True),
+    ]
+    assert stats.stripped_modes == ["/su", "/sg", "/tmp"]
+
+
+def test_special_files_are_skipped_when_the_policy_says_so() -> None:
+    stats = ImportStats()
+    data = make_tar(
+        [special("dev/null", tarfile.CHRTYPE), special("fifo", tarfile.FIFOTYPE), file("ok")]
+    )
+    entries = list(iter_tar_entries(io.BytesIO(data), "", TarPolicy(skip_special=True), stats))
+    assert [e.path for e in entries] == ["/ok"]
+    assert stats.skipped_special == ["/dev/null", "/fifo"]
+
+
+def test_escaping_symlinks_can_be_allowed_and_variables_too() -> None:
+    data = make_tar([symlink("a/up", "../../outside"), symlink("var", "$(ARCH)/lib")])
+    policy = TarPolicy(allow_escaping_symlinks=True, allow_symlink_variables=True)
+    entries = read_all(data, prefix="/p", policy=policy)
+    assert [(e.path, e.link_target) for e, _ in entries] == [
+        ("/p/a/up", "../../outside"),
+        ("/p/var", "$(ARCH)/lib"),
+    ]
+
+
+def test_a_repeated_file_is_yielded_twice_so_the_last_one_wins() -> None:
+    data = make_tar([file("f", b"one"), file("f", b"two")])
+    assert [c for _, c in read_all(data)] == [b"one", b"two"]
+
+
+# -- refusals: raised before the offending entry is yielded -------------------------------------
+
+
+REFUSED: dict[str, tuple[list[Member], str]] = {
+    "dotdot": ([file("../x")], "'..'"),
+    "dotdot-inside": ([file("a/../../x")], "'..'"),
+    "absolute": ([file("/etc/passwd")], "absolute"),
+    "dot-component": ([file("a/./b")], "'.'"),
+    "empty-component": ([file("a//b")], "empty name"),
+    "long-name": ([file("n" * 256)], "256 bytes"),
+    "reserved": ([file(".cvmfs/x")], "reserves"),
+    "write-through-symlink": ([symlink("lnk", "/tmp"), file("lnk/x")], "through the symlink"),
+    "write-through-relative-symlink": (
+        [directory("a"), symlink("a/up", ".."), file("a/up/b/c")],
+        "through the symlink",
+    ),
+    "dir-through-symlink": ([symlink("lnk", "real"), directory("lnk/sub")], "through the symlink"),
+    "below-a-file": ([file("f"), file("f/g")], "regular file"),
+    "type-change": ([file("p"), directory("p")], "from a file into a dir"),
+    "symlink-over-dir": ([directory("p"), symlink("p", "x")], "from a dir into a symlink"),
+    "hardlink-forward": ([hardlink("early", "late"), file("late")], "earlier in the tarball"),
+    "hardlink-outside": ([hardlink("l", "../etc/passwd")], "'..'"),
+    "hardlink-absolute": ([hardlink("l", "/etc/passwd")], "absolute"),
+    "hardlink-to-dir": ([directory("d"), hardlink("l", "d")], "regular file"),
+    "hardlink-to-symlink": ([symlink("s", "x"), hardlink("l", "s")], "regular file"),
+    "char-device": ([special("dev/tty", tarfile.CHRTYPE)], "device file"),
+    "block-device": ([special("dev/sda", tarfile.BLKTYPE)], "device file"),
+    "fifo": ([special("pipe", tarfile.FIFOTYPE)], "FIFO"),
+    "escaping-symlink": ([symlink("a/up", "../../etc")], "outside the imported tree"),
+    "variable-symlink": ([symlink("v", "$(HOME)/x")], "expand"),
+    "root-not-dir": ([file("./")], "import root"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_bad_entries_are_refused_before_they_are_yielded(case: str) -> None:
+    members, message = REFUSED[case]
+    data = make_tar([file("first-ok"), *members])
+    yielded: list[str] = []
+    with pytest.raises(TarballError, match=message):
+        for entry in iter_tar_entries(OneWayStream(data)):
+            yielded.append(entry.path)
+    # Only the entries before the refused member came out; the bad one never did.
+    assert yielded[0] == "/first-ok"
+    assert len(yielded) < 1 + len(members)
+
+
+def test_escaping_symlink_is_judged_against_the_import_prefix() -> None:
+    data = make_tar([symlink("up", "../sibling")])
+    with pytest.raises(TarballError, match="outside the imported tree"):
+        read_all(data, prefix="/sw/pkg")
+    assert read_all(data, prefix="/sw/pkg", policy=TarPolicy(allow_escaping_symlinks=True))
+
+
+def test_size_limits() -> None:
+    data = make_tar([file("a", bytes(100)), file("b", bytes(100))])
+    with pytest.raises(TarballError, match="declares 100 bytes"):
+        read_all(data, policy=TarPolicy(max_file_size=99))
+    with pytest.raises(TarballError, match="exceeds the limit of 150 bytes at member 'b'"):
+        read_all(data, policy=TarPolicy(max_total_size=150))
+    with pytest.raises(TarballError, match="more than 1 entries"):
+        read_all(data, policy=TarPolicy(max_entries=1))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"this is not a tarball at all" * 40, "tarball"),
+        (gzip.compress(b"\x00garbage" * 100), "tarball"),
+        (b"\x1f\x8b\x08\x00 truncated gzip", "tarball"),
+    ],
+)
+def test_garbage_is_refused(data: bytes, message: str) -> None:
+    with pytest.raises(TarballError, match=message):
+        read_all(data)
+
+
+def test_truncated_tarball_is_refused() -> None:
+    data = make_tar([file("a", bytes(5000)), file("b", bytes(5000))])
+    with pytest.raises(TarballError, match="truncated"):
+        read_all(data[:3000])
