@@ -1,0 +1,240 @@
+"""Session fixtures of the whole test suite: one test stack on the dev stack's ports + 100.
+
+Fixtures (all session-scoped; each component starts on first use and stops at session end,
+whether tests pass or fail):
+
+* ``stack_settings``: the test stack's Settings (fresh temp data dir, OpenBao in dev mode).
+* ``rabbitmq``, ``ceph``, ``vault``, ``registry``, ``prefect_server``, ``stratum0_http``: each
+  starts its component and yields the Settings to talk to it; ``vault`` yields them with
+  ``vault.token`` set.
+* ``stack_env``: environment variables that make ``Settings.load()`` in a subprocess (the CLI)
+  return ``stack_settings``.
+
+Prefect: ``pytest_configure`` points PREFECT_HOME at a temp dir and PREFECT_API_URL at the test
+Prefect server *before any test module is imported*, because prefect reads its settings once,
+at import. So a test module may ``import prefect`` at top level; a test that talks to the
+server (runs a flow, serves a deployment, calls ``get_client()``) must request the
+``prefect_server`` fixture so that the server runs. Nothing uses an ephemeral server: without
+``prefect_server`` such a call fails fast with a connection error.
+
+Only one pytest session at a time runs the test stack (its ports are fixed): a session waits
+for a file lock before starting it, and then stops leftovers of sessions that were killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, SecretStr
+
+from service.settings import Settings
+from stack.component import Component
+from stack.manager import Stack
+from stack.openbao import OpenBao, root_token
+from stack.prefect_server import PrefectServer
+from stack.rabbitmq import RabbitMQ
+from stack.registry import Registry
+from stack.stratum0_http import Stratum0Http
+
+TEST_PORT_OFFSET = 100
+DATA_DIR_PREFIX = "cvmfs-svc-test-"
+# pytest-timeout (600 s) counts fixture setup too: wait for another session a bit less.
+LOCK_WAIT_S = 420.0
+_PREFECT_ENV = {
+    "PREFECT_HOME": None,  # a fresh temp dir, set in pytest_configure
+    "PREFECT_API_URL": None,  # the test server, set in pytest_configure
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+_saved_env = pytest.StashKey[dict[str, str | None]]()
+_prefect_home = pytest.StashKey[Path]()
+
+
+def make_test_settings(data_dir: Path) -> Settings:
+    """The test stack's settings for `data_dir`: dev ports + 100, OpenBao in dev mode."""
+    base = Settings.load().with_port_offset(TEST_PORT_OFFSET, data_dir)
+    return base.model_copy(
+        update={
+            "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
+            # Never the developer's PostgreSQL: the test server gets its own SQLite.
+            "prefect": base.prefect.model_copy(update={"database_url": None}),
+        }
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    home = Path(tempfile.mkdtemp(prefix="cvmfs-svc-prefect-home-"))
+    api_url = make_test_settings(Path("unused")).prefect.api_url
+    wanted = {**_PREFECT_ENV, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url}
+    config.stash[_saved_env] = {key: os.environ.get(key) for key in wanted}
+    config.stash[_prefect_home] = home
+    for key, value in wanted.items():
+        os.environ[key] = str(value)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for key, value in config.stash.get(_saved_env, {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    home = config.stash.get(_prefect_home, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _test_stack_lock() -> Iterator[None]:
+    path = Path(tempfile.gettempdir()) / f"cvmfs-svc-test-stack-{TEST_PORT_OFFSET}.lock"
+    with path.open("a+") as handle:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    pytest.fail(
+                        f"The test stack (ports +{TEST_PORT_OFFSET}) is in use by another "
+                        f"pytest session (pid {holder}) for more than {LOCK_WAIT_S:.0f} s; "
+                        "wait for it to finish and rerun."
+                    )
+                time.sleep(1.0)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reap_stale_test_stacks(keep: Path) -> None:
+    """Stop what sessions killed before their teardown left running, then delete their dirs.
+
+    Only called with the lock held, so no other session is using any of these directories.
+    """
+    for stale in Path(tempfile.gettempdir()).glob(DATA_DIR_PREFIX + "*"):
+        if stale != keep and stale.is_dir():
+            Stack(make_test_settings(stale)).down()
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[Settings]:
+    with _test_stack_lock():
+        data_dir = Path(tempfile.mkdtemp(prefix=DATA_DIR_PREFIX))
+        # RabbitMQ runs as user rabbitmq and must be able to enter the directory.
+        data_dir.chmod(0o755)
+        _reap_stale_test_stacks(keep=data_dir)
+        try:
+            yield make_test_settings(data_dir)
+        finally:
+            # The component fixtures (which depend on this one) have stopped by now; stop
+            # anything a test started through the manager or CLI behind their back.
+            Stack(make_test_settings(data_dir)).down()
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _run_component(component: Component, settings: Settings) -> Iterator[Settings]:
+    try:
+        component.start()
+        yield settings
+    finally:
+        component.stop()
+
+
+def _component(cls: type[Component], settings: Settings) -> Component:
+    return cls(settings, settings.absolute_data_dir / cls.name)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(stack_settings: Settings) -> Iterator[Settings]:
+    yield from _run_component(_component(RabbitMQ, stack_settings), stack_settings)
+
+
+@pytest.fixture(scope="session")
+def ceph(stack_settings: Settings) -> Iterator[Settings]:
+    if importlib.util.find_spec("stack.ceph") is None:
+        pytest.skip("stack/ceph.py is not in this checkout yet")
+    from stack.ceph import Ceph
+
+    yield from _run_component(_component(Ceph, stack_settings), stack_settings)
+
+
+@pytest.fixture(scope="session")
+def vault(stack_settings: Settings) -> Iterator[Settings]:
+    component = _component(OpenBao, stack_settings)
+    try:
+        component.start()
+        token = root_token(stack_settings)
+        yield stack_settings.model_copy(
+            update={"vault": stack_settings.vault.model_copy(update={"token": token})}
+        )
+    finally:
+        component.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(stack_settings: Settings) -> Iterator[Settings]:
+    yield from _run_component(_component(Registry, stack_settings), stack_settings)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(stack_settings: Settings) -> Iterator[Settings]:
+    api_url = stack_settings.prefect.api_url
+    if os.environ.get("PREFECT_API_URL") != api_url:
+        pytest.fail(
+            f"PREFECT_API_URL is {os.environ.get('PREFECT_API_URL')!r}, not the test server "
+            f"{api_url}: something changed it after tests/conftest.py set it."
+        )
+    yield from _run_component(_component(PrefectServer, stack_settings), stack_settings)
+
+
+@pytest.fixture(scope="session")
+def stratum0_http(stack_settings: Settings) -> Iterator[Settings]:
+    yield from _run_component(_component(Stratum0Http, stack_settings), stack_settings)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """CVMFS_SVC_* variables from which `Settings.load()` rebuilds `settings`."""
+    env: dict[str, str] = {}
+
+    def add(prefix: str, model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value: Any = getattr(model, name)
+            key = f"{prefix}{name.upper()}"
+            if isinstance(value, BaseModel):
+                add(key + "__", value)
+            elif value is None:
+                continue
+            elif isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif isinstance(value, list | dict):
+                env[key] = json.dumps(value)
+            else:
+                env[key] = str(value)
+
+    add("CVMFS_SVC_", settings)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack_settings: Settings) -> dict[str, str]:
+    """os.environ plus what makes a subprocess's `Settings.load()` equal `stack_settings`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CVMFS_SVC_")}
+    return {**base, **settings_env(stack_settings)}
