@@ -1,0 +1,193 @@
+"""Fidelity: the fixture's revisions A, B and C rebuilt from its recipe and published with our
+writer have the stock publisher's object names, chunk cuts, layout, flags and statistics."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cvmfs.storage import LocalStorage
+from cvmfs.writer import PublishResult, WriterOptions, create_repository
+from tests.test_cvmfs_writer_support import (
+    FQRN,
+    GOLDEN,
+    MKFS_TIME,
+    PUBLISH_TIMES,
+    SteppingClock,
+    expected,
+    expected_listing,
+    fetch_catalog,
+    golden_keys,
+    iter_catalogs,
+    listing,
+    write_revision_a,
+    write_revision_b,
+    write_revision_c,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStorage, list[PublishResult]]:
+    storage = LocalStorage(tmp_path_factory.mktemp("golden") / "stratum0")
+    clock = SteppingClock(MKFS_TIME, *PUBLISH_TIMES)
+    writer, created = create_repository(storage, FQRN, golden_keys(), WriterOptions(), clock=clock)
+    results = [created]
+    for write, tag, message in (
+        (write_revision_a, None, "revision A: initial content"),
+        (write_revision_b, "v1", "revision B: modify, delete, add in nested catalogs"),
+        (write_revision_c, None, "revision C: small change after tag v1"),
+    ):
+        txn = writer.transaction()
+        write(txn)
+        results.append(txn.publish(tag=tag, description=message))
+    return storage, results
+
+
+@pytest.mark.parametrize(
+    ("index", "name"),
+    [(1, "expected-revA.json"), (2, "expected-revB.json"), (3, "expected.json")],
+)
+def test_every_entry_matches_the_stock_publisher(
+    published: tuple[LocalStorage, list[PublishResult]], index: int, name: str
+) -> None:
+    storage, results = published
+    ours = listing(storage, results[index].root_hash)
+    theirs = expected_listing(name)
+    assert sorted(ours) == sorted(theirs)
+    for path, item in theirs.items():
+        assert ours[path] == item, path
+
+
+def test_chunk_boundaries_and_object_names_are_the_fixtures(
+    published: tuple[LocalStorage, list[PublishResult]],
+) -> None:
+    storage, results = published
+    ours = listing(storage, results[3].root_hash, with_content=False)
+    big = ours["data/big-chunked.bin"]
+    assert [c["offset"] for c in big["chunks"]] == [0, 5243911, 9569064]
+    fixture_objects = {
+        p.relative_to(GOLDEN / "stratum0").as_posix()
+        for p in (GOLDEN / "stratum0" / "data").rglob("*")
+        if p.is_file()
+    }
+    for item in ours.values():
+        if item["type"] != "file":
+            continue
+        hashes = [c["hash"] for c in item["chunks"]] or [item["content_hash"]]
+        suffix = "P" if item["chunks"] else ""
+        for h in hashes:
+            key = f"data/{h[:2]}/{h[2:]}{suffix}"
+            assert key in fixture_objects, item["path"]
+            assert (Path(storage.root) / key).read_bytes() == (
+                GOLDEN / "stratum0" / key
+            ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("index", "name"),
+    [(1, "expected-revA.json"), (2, "expected-revB.json"), (3, "expected.json")],
+)
+def test_catalog_layout_revisions_and_statistics_match(
+    published: tuple[LocalStorage, list[PublishResult]], index: int, name: str
+) -> None:
+    storage, results = published
+    want = {c["mountpoint"]: c for c in expected(name)["catalogs"]}
+    got: dict[str, Any] = {}
+    for mountpoint, catalog, hex_hash in iter_catalogs(storage, results[index].root_hash):
+        got[mountpoint.lstrip("/")] = {
+            "hash": hex_hash,
+            "revision": catalog.revision,
+            "root_prefix": catalog.root_prefix,
+            "statistics": catalog.statistics(),
+            "nested": [(r.path.lstrip("/"), r.content_hash.hex) for r in catalog.nested_catalogs()],
+            "schema": catalog.schema,
+            "schema_revision": catalog.schema_revision,
+        }
+    assert sorted(got) == sorted(want)
+    for mountpoint, theirs in want.items():
+        ours = got[mountpoint]
+        assert ours["statistics"] == theirs["statistics"], mountpoint
+        assert ours["revision"] == theirs["revision"], mountpoint
+        assert ours["root_prefix"] == theirs["root_prefix"]
+        assert ours["schema"] == "2.5" and ours["schema_revision"] == 7
+        assert [p for p, _h in ours["nested"]] == [n["path"] for n in theirs["nested_catalogs"]]
+
+
+def test_revision_c_rewrote_only_the_root_catalog(
+    published: tuple[LocalStorage, list[PublishResult]],
+) -> None:
+    _storage, results = published
+    assert results[3].catalogs_rewritten == [""]
+    assert set(results[2].catalogs_rewritten) == {"/nested/deeper", "/nested", ""}
+    a_hashes = {c.mountpoint: c.content_hash for c in results[2].catalogs_written}
+    c_nested = {m: h for m, _c, h in iter_catalogs(_storage, results[3].root_hash)}
+    assert c_nested["/nested"] == a_hashes["/nested"].hex
+
+
+def _dump_schema(db: Path) -> dict[str, list[str]]:
+    conn = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: [c[1] for c in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+    finally:
+        conn.close()
+
+
+def test_schema_and_properties_match_catalog_dump(
+    published: tuple[LocalStorage, list[PublishResult]], tmp_path: Path
+) -> None:
+    storage, results = published
+    db = fetch_catalog(storage, results[3].root_hash, tmp_path)
+    ours = _dump_schema(db)
+    dump = (GOLDEN / "catalog-dump.txt").read_text()
+    theirs: dict[str, list[str]] = {}
+    for match in re.finditer(r"^CREATE TABLE (\w+) \((.*)\);$", dump, re.M):
+        body = match.group(2).split("CONSTRAINT")[0]
+        theirs[match.group(1)] = [c.split()[0] for c in body.split(",") if c.strip()]
+    assert sorted(ours) == sorted(theirs)
+    for table, columns in theirs.items():
+        # schema revision 7 (spec §2.2) adds exactly one column to the stock 2.11 revision 6
+        extra = ["mtimens"] if table == "catalog" else []
+        assert sorted(ours[table]) == sorted(columns + extra), table
+    conn = sqlite3.connect(db)
+    props = dict(conn.execute("SELECT key, value FROM properties"))
+    indexes = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        )
+    ]
+    journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    section = dump.split("== properties (key|value) ==")[1].split("== statistics")[0]
+    dump_props = dict(re.findall(r"^(\w+)\|(.*)$", section, re.M))
+    assert sorted(props) == sorted(dump_props)
+    assert props["TTL"] == "240" and props["revision"] == "4" and props["schema"] == "2.5"
+    assert props["previous_revision"] == results[2].root_hash.hex
+    assert props["last_modified"] == str(PUBLISH_TIMES[2])
+    assert indexes == ["idx_catalog_parent"]
+    assert journal == "delete"
+    assert not db.with_name(db.name + "-journal").exists()
+
+
+def test_manifest_history_and_reflog_look_like_the_fixtures(
+    published: tuple[LocalStorage, list[PublishResult]],
+) -> None:
+    storage, results = published
+    manifest = results[3].manifest
+    theirs = expected("expected.json")["manifest"]["raw_lines"]
+    # same fields in the same order; M (meta-info) only when create_repository gets one
+    assert list(manifest.raw_lines()) == [letter for letter in theirs if letter != "M"]
+    assert manifest.revision == 4 and manifest.publish_timestamp == PUBLISH_TIMES[2]
+    assert manifest.certificate_hash is not None
+    assert manifest.certificate_hash.hex == theirs["X"]  # same certificate, same zlib object
+    assert [r.revision for r in results] == [1, 2, 3, 4]
+    assert (storage.root / ".cvmfs_master_replica").read_bytes() == (
+        GOLDEN / "stratum0" / ".cvmfs_master_replica"
+    ).read_bytes()
