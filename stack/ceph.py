@@ -45,9 +45,6 @@ _OSD_TIMEOUT_S = 120.0
 _RGW_TIMEOUT_S = 180.0
 _STOP_TIMEOUT_S = 10.0
 _CLI_TIMEOUT_S = 60.0
-# The first RGW start of a fresh cluster creates pools and the default zone; radosgw-admin
-# can briefly fail with EAGAIN-like errors meanwhile.
-_ADMIN_ATTEMPTS = 5
 
 
 class CephError(StackError):
@@ -578,12 +575,10 @@ class Ceph:
 
     def _radosgw_admin(self, args: list[str], secret: str) -> str:
         cmd = self._admin_cmd(args)
-        for attempt in range(1, _ADMIN_ATTEMPTS + 1):
-            result = self._run_raw(cmd)
-            if result.returncode == 0:
-                return result.stdout
-            if attempt < _ADMIN_ATTEMPTS:
-                time.sleep(1.0)
+        result = self._run_raw(cmd)
+        if result.returncode == 0:
+            return result.stdout
+        # The secret is on the command line; it must not reach a log or a terminal.
         shown = " ".join(cmd).replace(secret, "***")
         raise CephError(f"`{shown}` failed: {result.stderr.strip().replace(secret, '***')}")
 
