@@ -5,12 +5,19 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import os
+import stat
 import tarfile
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
+from cvmfs.keys import KeySet, generate_keyset
+from cvmfs.reader import RepositoryReader
+from cvmfs.storage import LocalStorage
 from cvmfs.tarball import (
     Compression,
     EntryType,
@@ -20,8 +27,11 @@ from cvmfs.tarball import (
     TarPolicy,
     decompressed,
     detect_compression,
+    import_directory,
+    import_tarball,
     iter_tar_entries,
 )
+from cvmfs.writer import RepositoryWriter, create_repository
 
 MTIME = 1704067200
 
@@ -293,3 +303,212 @@ def test_truncated_tarball_is_refused() -> None:
     data = make_tar([file("a", bytes(5000)), file("b", bytes(5000))])
     with pytest.raises(TarballError, match="truncated"):
         read_all(data[:3000])
+
+
+# -- importing into a real repository (engineer W's writer, engineer R's reader) -----------------
+
+FQRN_IMPORT = "import.example.org"
+
+
+@pytest.fixture(scope="module")
+def import_keys() -> KeySet:
+    return generate_keyset(FQRN_IMPORT)
+
+
+@pytest.fixture
+def repository(tmp_path: Path, import_keys: KeySet) -> tuple[RepositoryWriter, LocalStorage]:
+    storage = LocalStorage(tmp_path / "stratum0")
+    writer, _ = create_repository(storage, FQRN_IMPORT, import_keys)
+    return writer, storage
+
+
+def reader_for(storage: LocalStorage, keys: KeySet) -> RepositoryReader:
+    return RepositoryReader(storage, FQRN_IMPORT, [keys.master_public_pem])
+
+
+def listing(reader: RepositoryReader) -> dict[str, tuple[str, int, str | bytes]]:
+    """path -> (type, permission bits, content or symlink target), root excluded."""
+    result: dict[str, tuple[str, int, str | bytes]] = {}
+    for entry in reader.walk():
+        if entry.path == "":
+            continue
+        if entry.is_dir:
+            result[entry.path] = ("dir", stat.S_IMODE(entry.mode), "")
+        elif entry.is_symlink:
+            result[entry.path] = ("symlink", stat.S_IMODE(entry.mode), entry.symlink)
+        else:
+            result[entry.path] = ("file", stat.S_IMODE(entry.mode), reader.read(entry.path))
+    return result
+
+
+EXPECTED_SAMPLE = {
+    "/sw": ("dir", 0o755, ""),
+    "/sw/pkg": ("dir", 0o755, ""),
+    "/sw/pkg/bin": ("dir", 0o755, ""),
+    "/sw/pkg/bin/run.sh": ("file", 0o755, b"#!/bin/sh\necho hi\n"),
+    "/sw/pkg/README": ("file", 0o644, b"read me\n"),
+    "/sw/pkg/lib": ("dir", 0o755, ""),
+    "/sw/pkg/lib/big.bin": ("file", 0o644, bytes(range(256)) * 4096),
+    "/sw/pkg/lib/big-again.bin": ("file", 0o644, bytes(range(256)) * 4096),
+    "/sw/pkg/lib/third.bin": ("file", 0o644, bytes(range(256)) * 4096),
+    "/sw/pkg/lib/libx.so": ("symlink", 0o777, "big.bin"),
+    "/sw/pkg/abs": ("symlink", 0o777, "/cvmfs/other.example.org/x"),
+    "/sw/pkg/implied": ("dir", 0o755, ""),
+    "/sw/pkg/implied/parent": ("dir", 0o755, ""),
+    "/sw/pkg/implied/parent/file.txt": ("file", 0o644, b"parents are implied\n"),
+}
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_import_tarball_publishes_the_tree(
+    repository: tuple[RepositoryWriter, LocalStorage], import_keys: KeySet, compression: str
+) -> None:
+    writer, storage = repository
+    data = COMPRESSORS[compression](make_tar(SAMPLE))
+    with writer.transaction() as transaction:
+        stats = import_tarball(transaction, OneWayStream(data), "/sw/pkg")
+        transaction.publish()
+    assert (stats.files, stats.directories, stats.symlinks, stats.hardlinks) == (4, 2, 2, 2)
+    reader = reader_for(storage, import_keys)
+    assert listing(reader) == EXPECTED_SAMPLE
+    hardlinked = reader.stat("/sw/pkg/lib/big-again.bin")
+    assert hardlinked.hardlink_group != 0 and hardlinked.linkcount == 3
+    assert reader.stat("/sw/pkg/lib/big.bin").mtime == MTIME
+    assert reader.stat("/sw/pkg/README").uid == 0  # owners are not kept unless asked
+
+
+def test_import_tarball_can_keep_owners(
+    repository: tuple[RepositoryWriter, LocalStorage], import_keys: KeySet
+) -> None:
+    writer, storage = repository
+    with writer.transaction() as transaction:
+        import_tarball(transaction, io.BytesIO(make_tar([file("f")])), preserve_ownership=True)
+        transaction.publish()
+    entry = reader_for(storage, import_keys).stat("/f")
+    assert (entry.uid, entry.gid) == (1000, 1000)
+
+
+@pytest.mark.parametrize(
+    "case", ["dotdot", "absolute", "write-through-symlink", "char-device", "hardlink-forward"]
+)
+def test_refused_tarball_publishes_nothing(
+    repository: tuple[RepositoryWriter, LocalStorage], import_keys: KeySet, case: str
+) -> None:
+    writer, storage = repository
+    before = storage.get(".cvmfspublished")
+    members, message = REFUSED[case]
+    data = make_tar([file("first-ok"), *members])
+    with pytest.raises(TarballError, match=message), writer.transaction() as transaction:
+        import_tarball(transaction, io.BytesIO(data))
+        transaction.publish()  # never reached
+    assert storage.get(".cvmfspublished") == before
+    reader = reader_for(storage, import_keys)
+    assert reader.revision == 1 and listing(reader) == {}
+    with writer.transaction() as transaction:  # the repository is still writable
+        import_tarball(transaction, io.BytesIO(make_tar([file("later")])))
+        transaction.publish()
+    assert set(listing(reader_for(storage, import_keys))) == {"/later"}
+
+
+def test_setuid_bits_from_a_tarball_are_stripped_in_the_repository(
+    repository: tuple[RepositoryWriter, LocalStorage], import_keys: KeySet
+) -> None:
+    writer, storage = repository
+    with writer.transaction() as transaction:
+        stats = import_tarball(transaction, io.BytesIO(make_tar([file("su", mode=0o6755)])))
+        transaction.publish()
+    assert stats.stripped_modes == ["/su"]
+    assert reader_for(storage, import_keys).stat("/su").mode == stat.S_IFREG | 0o755
+
+
+def _make_source_tree(root: Path) -> None:
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    (root / "bin" / "run.sh").chmod(0o755)
+    (root / "README").write_bytes(b"read me\n")
+    (root / "lib").mkdir()
+    (root / "lib" / "big.bin").write_bytes(bytes(range(256)) * 4096)
+    os.link(root / "lib" / "big.bin", root / "lib" / "big-again.bin")
+    os.link(root / "lib" / "big.bin", root / "lib" / "third.bin")
+    (root / "lib" / "libx.so").symlink_to("big.bin")
+    (root / "abs").symlink_to("/cvmfs/other.example.org/x")
+    (root / "implied" / "parent").mkdir(parents=True)
+    (root / "implied" / "parent" / "file.txt").write_bytes(b"parents are implied\n")
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.utime(path, (MTIME, MTIME))
+
+
+def test_import_directory_publishes_the_tree(
+    repository: tuple[RepositoryWriter, LocalStorage], import_keys: KeySet, tmp_path: Path
+) -> None:
+    writer, storage = repository
+    source = tmp_path / "source"
+    _make_source_tree(source)
+    with writer.transaction() as transaction:
+        stats = import_directory(transaction, source, "/sw/pkg")
+        transaction.publish()
+    assert (stats.files, stats.symlinks, stats.hardlinks) == (4, 2, 2)
+    reader = reader_for(storage, import_keys)
+    assert listing(reader) == EXPECTED_SAMPLE
+    assert reader.stat("/sw/pkg/lib/big.bin").mtime == MTIME
+    assert reader.stat("/sw/pkg/lib/third.bin").linkcount == 3
+
+
+@pytest.mark.parametrize("bad", ["escaping-symlink", "fifo", "setuid", "reserved"])
+def test_import_directory_refuses_before_writing_anything(
+    repository: tuple[RepositoryWriter, LocalStorage],
+    import_keys: KeySet,
+    tmp_path: Path,
+    bad: str,
+) -> None:
+    writer, storage = repository
+    source = tmp_path / "source"
+    _make_source_tree(source)
+    if bad == "escaping-symlink":
+        (source / "lib" / "up").symlink_to("../../../etc/passwd")
+    elif bad == "fifo":
+        os.mkfifo(source / "zz-fifo")
+    elif bad == "setuid":
+        (source / "bin" / "run.sh").chmod(0o4755)
+    else:
+        (source / ".cvmfs").mkdir()
+    added: list[str] = []
+
+    class Recording:
+        """Records what reaches the transaction (the real one, wrapped, not replaced)."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            added.append(name)
+            return getattr(self.inner, name)
+
+    with writer.transaction() as transaction:
+        if bad == "setuid":  # stripped, not refused
+            stats = import_directory(Recording(transaction), source, "")
+            transaction.publish()
+            assert stats.stripped_modes == ["/bin/run.sh"]
+            mode = reader_for(storage, import_keys).stat("/bin/run.sh").mode
+            assert mode == stat.S_IFREG | 0o755
+            return
+        with pytest.raises(TarballError):
+            import_directory(Recording(transaction), source, "")
+    assert added == []  # refused during the check pass: nothing reached the transaction
+    assert reader_for(storage, import_keys).revision == 1
+
+
+def test_import_directory_skips_special_files_when_asked(
+    repository: tuple[RepositoryWriter, LocalStorage], import_keys: KeySet, tmp_path: Path
+) -> None:
+    writer, storage = repository
+    source = tmp_path / "source"
+    source.mkdir()
+    os.mkfifo(source / "fifo")
+    (source / "file").write_bytes(b"x")
+    with writer.transaction() as transaction:
+        stats = import_directory(transaction, source, policy=TarPolicy(skip_special=True))
+        transaction.publish()
+    assert stats.skipped_special == ["/fifo"]
+    assert set(listing(reader_for(storage, import_keys))) == {"/file"}
