@@ -1,0 +1,554 @@
+"""The registry of repositories: the source of truth for bucket → repository → owner, plus
+provisioning requests (for idempotent redelivery), per-file sync provenance and key-access audit.
+
+SQLAlchemy 2.0; SQLite under settings.data_dir by default, PostgreSQL when settings.database_url
+is set. Every write is a single conflict-aware statement, so two workers racing on the same
+repository or request cannot both win: one inserts, the other reads what the first wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from service.settings import Settings
+
+RepositoryKind = Literal["personal", "group"]
+RepositoryStatus = Literal["requested", "ready", "failed", "deprovisioned"]
+RequestStatus = Literal["pending", "ok", "refused", "failed"]
+SQLITE_FILE = "registry.sqlite3"
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class RegistryError(Exception):
+    """A registry operation was refused; `reason` is safe to show the requester."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ClaimRefused(RegistryError):
+    """A repository cannot be created as asked (name or bucket owned by someone else)."""
+
+
+class NameTaken(ClaimRefused):
+    pass
+
+
+class BucketTaken(ClaimRefused):
+    pass
+
+
+class ClaimMismatch(ClaimRefused):
+    """The same owner asked again for the repository, but with a different bucket."""
+
+
+class RequestConflict(RegistryError):
+    """A request id was reused for a different repository or requester."""
+
+
+class UnknownRepository(RegistryError):
+    pass
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("registry timestamps must be timezone-aware")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RepositoryRow(Base):
+    __tablename__ = "repositories"
+
+    fqrn: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    owner_subject: Mapped[str] = mapped_column(String(255), index=True)
+    owner_username: Mapped[str] = mapped_column(String(255))
+    group: Mapped[str | None] = mapped_column(String(255), index=True)
+    # One bucket feeds one repository; a deprovisioned repository keeps its bucket reserved
+    # so events still in flight cannot land in someone else's repository.
+    bucket: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    current_revision: Mapped[int | None] = mapped_column(Integer)
+    last_publish_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class ProvisioningRequestRow(Base):
+    __tablename__ = "provisioning_requests"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fqrn: Mapped[str | None] = mapped_column(String(64), index=True)
+    requester_subject: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class FileProvenanceRow(Base):
+    __tablename__ = "file_provenance"
+
+    fqrn: Mapped[str] = mapped_column(
+        String(64), ForeignKey("repositories.fqrn", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    s3_key: Mapped[str] = mapped_column(String(1024))
+    etag: Mapped[str | None] = mapped_column(String(128))
+    version_id: Mapped[str | None] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class KeyAccessRow(Base):
+    __tablename__ = "key_access_audit"
+    __table_args__ = (Index("ix_key_access_fqrn_at", "fqrn", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fqrn: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    allowed: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+# -- values returned to callers -------------------------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+
+class RepositoryClaim(_Record):
+    """What provisioning asks the registry for."""
+
+    fqrn: str
+    kind: RepositoryKind
+    owner_subject: str
+    owner_username: str
+    group: str | None = None
+    bucket: str
+
+
+class Repository(_Record):
+    fqrn: str
+    kind: RepositoryKind
+    owner_subject: str
+    owner_username: str
+    group: str | None
+    bucket: str
+    status: RepositoryStatus
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_error: str | None
+    current_revision: int | None
+    last_publish_at: dt.datetime | None
+
+
+class ProvisioningRequest(_Record):
+    request_id: str
+    fqrn: str | None
+    requester_subject: str | None
+    status: RequestStatus
+    reason: str | None
+    received_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class FileProvenance(_Record):
+    path: str  # inside the repository, e.g. "software/bin/tool"
+    s3_key: str
+    etag: str | None
+    version_id: str | None
+    size_bytes: int
+    revision: int
+    updated_at: dt.datetime | None = None  # set by the registry
+
+
+class KeyAccess(_Record):
+    fqrn: str
+    subject: str
+    action: str
+    allowed: bool
+    detail: str
+    at: dt.datetime
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+
+def database_url(settings: Settings) -> str:
+    """settings.database_url, or the SQLite file under the data directory."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return f"sqlite:///{settings.absolute_data_dir / SQLITE_FILE}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the writer; busy_timeout makes a second writer wait
+        # for the lock instead of failing at once with "database is locked".
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+class RepositoryRegistry:
+    """Typed access to the registry tables; no SQL leaves this class."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utc_now) -> None:
+        self._engine = engine
+        self._clock = clock
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise RegistryError(
+                f"database {engine.dialect.name!r} is not supported: use SQLite or PostgreSQL"
+            )
+
+    @classmethod
+    def open(cls, settings: Settings) -> RepositoryRegistry:
+        """Connect to the configured database and create missing tables."""
+        return cls.open_url(database_url(settings))
+
+    @classmethod
+    def open_url(cls, url: str) -> RepositoryRegistry:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine)
+        registry = cls(engine)
+        registry.create_schema()
+        return registry
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _insert(self, table: Any) -> Any:
+        dialect = sqlite if self._engine.dialect.name == "sqlite" else postgresql
+        return dialect.insert(table)
+
+    # -- repositories ----------------------------------------------------------------------
+
+    def claim(self, claim: RepositoryClaim) -> Repository:
+        """Create the repository, or return it if the same owner already has it.
+
+        Idempotent and race-safe: the INSERT does nothing on any conflict, and what is then in
+        the table decides. Raises NameTaken / BucketTaken / ClaimMismatch otherwise. A
+        deprovisioned repository claimed again by its owner goes back to `requested`.
+        """
+        now = self._clock()
+        with Session(self._engine) as session, session.begin():
+            session.execute(
+                self._insert(RepositoryRow)
+                .values(
+                    **claim.model_dump(),
+                    status="requested",
+                    created_at=now,
+                    updated_at=now,
+                    last_error=None,
+                    current_revision=None,
+                    last_publish_at=None,
+                )
+                .on_conflict_do_nothing()
+            )
+            row = session.get(RepositoryRow, claim.fqrn, populate_existing=True)
+            if row is None:
+                raise BucketTaken(
+                    f"bucket {claim.bucket!r} already feeds another repository; name another bucket"
+                )
+            self._check_same_claim(row, claim)
+            if row.status == "deprovisioned":
+                row.status = "requested"
+                row.updated_at = now
+                row.last_error = None
+            return Repository.model_validate(row)
+
+    @staticmethod
+    def _check_same_claim(row: RepositoryRow, claim: RepositoryClaim) -> None:
+        same_owner = row.kind == claim.kind and (
+            row.group == claim.group
+            if claim.kind == "group"
+            else row.owner_subject == claim.owner_subject
+        )
+        if not same_owner:
+            raise NameTaken(
+                f"repository {claim.fqrn!r} already belongs to another "
+                f"{'group' if row.kind == 'group' else 'user'}; choose another short name"
+            )
+        if row.bucket != claim.bucket:
+            raise ClaimMismatch(
+                f"repository {claim.fqrn!r} already exists and is fed by bucket "
+                f"{row.bucket!r}, not {claim.bucket!r}"
+            )
+
+    def get(self, fqrn: str) -> Repository | None:
+        with Session(self._engine) as session:
+            row = session.get(RepositoryRow, fqrn)
+            return Repository.model_validate(row) if row is not None else None
+
+    def require(self, fqrn: str) -> Repository:
+        repository = self.get(fqrn)
+        if repository is None:
+            raise UnknownRepository(f"no repository {fqrn!r} in the registry")
+        return repository
+
+    def by_bucket(self, bucket: str) -> Repository | None:
+        with Session(self._engine) as session:
+            row = session.scalars(
+                select(RepositoryRow).where(RepositoryRow.bucket == bucket)
+            ).first()
+            return Repository.model_validate(row) if row is not None else None
+
+    def visible_to(self, subject: str, groups: Iterable[str]) -> list[Repository]:
+        """Repositories owned by `subject` or by one of `groups` (normalised group names)."""
+        groups = list(groups)
+        condition = RepositoryRow.owner_subject == subject
+        if groups:
+            condition = or_(
+                condition, (RepositoryRow.kind == "group") & RepositoryRow.group.in_(groups)
+            )
+        with Session(self._engine) as session:
+            rows = session.scalars(select(RepositoryRow).where(condition).order_by("fqrn"))
+            return [Repository.model_validate(r) for r in rows]
+
+    def repositories(self, status: RepositoryStatus | None = None) -> list[Repository]:
+        query = select(RepositoryRow).order_by(RepositoryRow.fqrn)
+        if status is not None:
+            query = query.where(RepositoryRow.status == status)
+        with Session(self._engine) as session:
+            return [Repository.model_validate(r) for r in session.scalars(query)]
+
+    def set_status(
+        self, fqrn: str, status: RepositoryStatus, last_error: str | None = None
+    ) -> Repository:
+        """Set the status; `last_error` is recorded for `failed` and cleared otherwise."""
+        with Session(self._engine) as session, session.begin():
+            result = session.execute(
+                update(RepositoryRow)
+                .where(RepositoryRow.fqrn == fqrn)
+                .values(
+                    status=status,
+                    last_error=last_error if status == "failed" else None,
+                    updated_at=self._clock(),
+                )
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                raise UnknownRepository(f"no repository {fqrn!r} in the registry")
+        return self.require(fqrn)
+
+    def record_error(self, fqrn: str, error: str) -> None:
+        """Remember the last error (e.g. a failed publish) without changing the status."""
+        with Session(self._engine) as session, session.begin():
+            session.execute(
+                update(RepositoryRow)
+                .where(RepositoryRow.fqrn == fqrn)
+                .values(last_error=error, updated_at=self._clock())
+            )
+
+    def record_publish(self, fqrn: str, revision: int, at: dt.datetime | None = None) -> bool:
+        """Record a published revision; False (nothing changed) if it is not newer.
+
+        Revisions only grow: a late, retried task reporting an older revision is ignored.
+        """
+        at = at or self._clock()
+        with Session(self._engine) as session, session.begin():
+            result = session.execute(
+                update(RepositoryRow)
+                .where(RepositoryRow.fqrn == fqrn)
+                .where(
+                    or_(
+                        RepositoryRow.current_revision.is_(None),
+                        RepositoryRow.current_revision < revision,
+                    )
+                )
+                .values(
+                    current_revision=revision,
+                    last_publish_at=at,
+                    last_error=None,
+                    updated_at=self._clock(),
+                )
+            )
+            changed = bool(result.rowcount)  # type: ignore[attr-defined]
+        if not changed:
+            self.require(fqrn)
+        return changed
+
+    # -- provisioning requests -------------------------------------------------------------
+
+    def record_request(
+        self, request_id: str, fqrn: str | None, requester_subject: str | None
+    ) -> tuple[ProvisioningRequest, bool]:
+        """Record a received request; returns (the record, True if this call created it).
+
+        A redelivered request returns the first record unchanged (so its stored outcome can be
+        replied again). The same id for another repository or requester is a RequestConflict.
+        """
+        now = self._clock()
+        with Session(self._engine) as session, session.begin():
+            result = session.execute(
+                self._insert(ProvisioningRequestRow)
+                .values(
+                    request_id=request_id,
+                    fqrn=fqrn,
+                    requester_subject=requester_subject,
+                    status="pending",
+                    reason=None,
+                    received_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing()
+            )
+            created = bool(result.rowcount)  # type: ignore[attr-defined]
+            row = session.get(ProvisioningRequestRow, request_id, populate_existing=True)
+            assert row is not None
+            if (row.fqrn, row.requester_subject) != (fqrn, requester_subject):
+                raise RequestConflict(
+                    f"request id {request_id!r} was already used for another request; "
+                    f"use a new request id"
+                )
+            return ProvisioningRequest.model_validate(row), created
+
+    def finish_request(
+        self, request_id: str, status: RequestStatus, reason: str | None = None
+    ) -> ProvisioningRequest:
+        with Session(self._engine) as session, session.begin():
+            row = session.get(ProvisioningRequestRow, request_id)
+            if row is None:
+                raise RegistryError(f"no provisioning request {request_id!r}")
+            row.status = status
+            row.reason = reason
+            row.updated_at = self._clock()
+            return ProvisioningRequest.model_validate(row)
+
+    def request(self, request_id: str) -> ProvisioningRequest | None:
+        with Session(self._engine) as session:
+            row = session.get(ProvisioningRequestRow, request_id)
+            return ProvisioningRequest.model_validate(row) if row is not None else None
+
+    # -- file provenance -------------------------------------------------------------------
+
+    def upsert_file(self, fqrn: str, file: FileProvenance) -> FileProvenance:
+        """Record where a published path came from (insert or replace)."""
+        values = file.model_dump(exclude={"updated_at"}) | {
+            "fqrn": fqrn,
+            "updated_at": self._clock(),
+        }
+        with Session(self._engine) as session, session.begin():
+            statement = self._insert(FileProvenanceRow).values(**values)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["fqrn", "path"],
+                    set_={k: v for k, v in values.items() if k not in ("fqrn", "path")},
+                )
+            )
+            row = session.get(FileProvenanceRow, (fqrn, file.path), populate_existing=True)
+            return FileProvenance.model_validate(row)
+
+    def get_file(self, fqrn: str, path: str) -> FileProvenance | None:
+        with Session(self._engine) as session:
+            row = session.get(FileProvenanceRow, (fqrn, path))
+            return FileProvenance.model_validate(row) if row is not None else None
+
+    def remove_file(self, fqrn: str, path: str) -> bool:
+        with Session(self._engine) as session, session.begin():
+            row = session.get(FileProvenanceRow, (fqrn, path))
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+    def files(self, fqrn: str, prefix: str = "") -> list[FileProvenance]:
+        query = select(FileProvenanceRow).where(FileProvenanceRow.fqrn == fqrn)
+        if prefix:
+            # Prefix match without LIKE, so '%' and '_' in paths are not wildcards.
+            query = query.where(
+                FileProvenanceRow.path >= prefix, FileProvenanceRow.path < prefix + "\U0010ffff"
+            )
+        with Session(self._engine) as session:
+            rows = session.scalars(query.order_by(FileProvenanceRow.path))
+            return [FileProvenance.model_validate(r) for r in rows]
+
+    # -- key access audit ------------------------------------------------------------------
+
+    def record_key_access(
+        self, fqrn: str, subject: str, action: str, allowed: bool, detail: str = ""
+    ) -> KeyAccess:
+        """Append one audit record (who asked for which repository's keys, and the answer)."""
+        with Session(self._engine) as session, session.begin():
+            row = KeyAccessRow(
+                fqrn=fqrn,
+                subject=subject,
+                action=action,
+                allowed=allowed,
+                detail=detail,
+                at=self._clock(),
+            )
+            session.add(row)
+            session.flush()
+            return KeyAccess.model_validate(row)
+
+    def key_accesses(self, fqrn: str) -> list[KeyAccess]:
+        query = select(KeyAccessRow).where(KeyAccessRow.fqrn == fqrn).order_by(KeyAccessRow.id)
+        with Session(self._engine) as session:
+            return [KeyAccess.model_validate(r) for r in session.scalars(query)]
