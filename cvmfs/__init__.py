@@ -18,22 +18,26 @@ from cvmfs.errors import (
     VerificationError,
     WhitelistExpiredError,
 )
+from cvmfs.fsck import FsckReport, Problem, fsck
 from cvmfs.history import HistoryDb, Tag
 from cvmfs.keys import KeySet, generate_keyset, load_keyset, write_keyset
 from cvmfs.manifest import Manifest, SignedManifest, sign_manifest
 from cvmfs.objects import ContentHash, HashAlgorithm, ObjectSuffix, object_path
+from cvmfs.reader import CatalogInfo, RepositoryReader
 from cvmfs.reflog import Ref, ReflogDb, RefType
 from cvmfs.storage import HttpStorage, LocalStorage, S3Storage, Storage
 from cvmfs.whitelist import SignedWhitelist, Whitelist, build_whitelist, sign_whitelist
 
 __all__ = [
     "Catalog",
+    "CatalogInfo",
     "Chunk",
     "ConflictError",
     "ContentHash",
     "CvmfsError",
     "DirectoryEntry",
     "FormatError",
+    "FsckReport",
     "HashAlgorithm",
     "HistoryDb",
     "HttpStorage",
@@ -46,10 +50,12 @@ __all__ = [
     "NestedCatalogRef",
     "NotFoundError",
     "ObjectSuffix",
+    "Problem",
     "Ref",
     "RefType",
     "ReflogDb",
     "RepositoryNameMismatchError",
+    "RepositoryReader",
     "S3Storage",
     "SignatureError",
     "SignedManifest",
@@ -61,6 +67,7 @@ __all__ = [
     "Whitelist",
     "WhitelistExpiredError",
     "build_whitelist",
+    "fsck",
     "generate_keyset",
     "load_keyset",
     "md5path_pair",

@@ -1,0 +1,256 @@
+"""Repository check: re-hash every object reachable from a revision and check every reference.
+
+`fsck(reader)` never stops at the first problem; it returns them all in a report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cvmfs.catalog import STATISTICS_FIELDS, Catalog, DirectoryEntry
+from cvmfs.errors import CvmfsError
+from cvmfs.objects import ContentHash, ObjectSuffix
+from cvmfs.reader import RepositoryReader
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # object key, path or file name
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class FsckReport:
+    problems: list[Problem] = field(default_factory=list)
+    revisions_checked: list[str] = field(default_factory=list)  # root catalog hashes
+    catalogs_checked: int = 0
+    entries_checked: int = 0
+    objects_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(Problem(where, message))
+
+
+class _Checker:
+    def __init__(self, reader: RepositoryReader, report: FsckReport, check_content: bool) -> None:
+        self.reader = reader
+        self.report = report
+        self.check_content = check_content
+        self.objects: dict[str, int | None] = {}  # key -> inflated size (None = bad)
+        self.catalogs_seen: set[tuple[ContentHash, str]] = set()
+
+    def check_object(
+        self,
+        content_hash: ContentHash,
+        suffix: str,
+        *,
+        compressed: bool = True,
+        expected_size: int | None = None,
+        where: str | None = None,
+    ) -> None:
+        key = content_hash.object_key(suffix)
+        if key not in self.objects:
+            inflated = 0
+            try:
+                for piece in self.reader.iter_object(content_hash, suffix, compressed=compressed):
+                    inflated += len(piece)
+            except CvmfsError as exc:
+                self.report.add(where or key, str(exc))
+                self.objects[key] = None
+            else:
+                self.objects[key] = inflated
+            self.report.objects_checked += 1
+        size = self.objects[key]
+        if size is not None and expected_size is not None and size != expected_size:
+            self.report.add(
+                where or key,
+                f"object {key} inflates to {size} bytes, the catalog records {expected_size}",
+            )
+
+    def check_revision(self, view: RepositoryReader, *, is_head: bool) -> None:
+        self.report.revisions_checked.append(view.root_hash.hex)
+        self.check_catalog(view, view.root_hash, "", view.root_size, None, is_head=is_head)
+
+    def check_catalog(
+        self,
+        view: RepositoryReader,
+        content_hash: ContentHash,
+        mountpoint: str,
+        recorded_size: int | None,
+        parent: Catalog | None,
+        *,
+        is_head: bool = False,
+    ) -> dict[str, int] | None:
+        """Check one catalog and its subtree; returns its self+subtree counters if readable."""
+        where = f"catalog {content_hash.hex} ({mountpoint or '/'})"
+        try:
+            loaded = view._load(content_hash, mountpoint)
+        except CvmfsError as exc:
+            self.report.add(where, str(exc))
+            return None
+        catalog = loaded.catalog
+        first_visit = (content_hash, mountpoint) not in self.catalogs_seen
+        self.catalogs_seen.add((content_hash, mountpoint))
+        if first_visit:
+            self.report.catalogs_checked += 1
+        self.objects[content_hash.object_key(ObjectSuffix.CATALOG)] = loaded.uncompressed_size
+        if recorded_size is not None and recorded_size != loaded.uncompressed_size:
+            self.report.add(
+                where,
+                f"uncompressed size {loaded.uncompressed_size} differs from the "
+                f"{recorded_size} recorded by its parent/manifest",
+            )
+        if is_head:
+            manifest = view.manifest
+            if catalog.revision != manifest.revision:
+                self.report.add(
+                    where,
+                    f"revision {catalog.revision} differs from manifest S {manifest.revision}",
+                )
+            if manifest.publish_timestamp and catalog.last_modified > manifest.publish_timestamp:
+                self.report.add(where, "last_modified is later than the manifest timestamp T")
+        if "schema_revision" not in catalog.properties or "revision" not in catalog.properties:
+            self.report.add(where, "schema_revision or revision property missing (spec §2.3)")
+        statistics = catalog.statistics()
+        counted = self.count_rows(catalog, where, mountpoint)
+        if mountpoint:
+            root = catalog.lookup(mountpoint)
+            if root is None or not root.is_nested_root:
+                self.report.add(where, "no nested-root row (flag 32) at its mount point")
+            if parent is not None:
+                transition = parent.lookup(mountpoint)
+                if transition is None or not transition.is_nested_mountpoint:
+                    self.report.add(where, "parent has no transition-point row (flag 2)")
+        subtree = dict.fromkeys(STATISTICS_FIELDS, 0)
+        subtree_known = True  # false once a child catalog cannot be read
+        nested = catalog.nested_catalogs()
+        counted["nested"] = len(nested)
+        if first_visit:
+            for ref in nested:
+                child = self.check_catalog(view, ref.content_hash, ref.path, ref.size, catalog)
+                if child is None:
+                    subtree_known = False
+                else:
+                    for name in STATISTICS_FIELDS:
+                        subtree[name] += child.get(f"self_{name}", 0)
+                        subtree[name] += child.get(f"subtree_{name}", 0)
+            for name in STATISTICS_FIELDS:
+                for scope, value in (("self", counted[name]), ("subtree", subtree[name])):
+                    recorded = statistics.get(f"{scope}_{name}")
+                    if recorded is None:
+                        self.report.add(where, f"statistics counter {scope}_{name} missing")
+                    elif recorded != value and (scope == "self" or subtree_known):
+                        self.report.add(
+                            where, f"statistics {scope}_{name} is {recorded}, counted {value}"
+                        )
+        return statistics
+
+    def count_rows(self, catalog: Catalog, where: str, mountpoint: str) -> dict[str, int]:
+        counted = dict.fromkeys(STATISTICS_FIELDS, 0)
+        try:
+            entries: Iterable[DirectoryEntry] = list(catalog.entries())
+        except CvmfsError as exc:
+            self.report.add(where, str(exc))
+            return counted
+        for entry in entries:
+            self.report.entries_checked += 1
+            counted["xattr"] += bool(entry.xattrs)
+            if entry.is_dir:
+                counted["dir"] += 1
+            elif entry.is_symlink:
+                counted["symlink"] += 1
+            elif entry.is_regular:
+                counted["regular"] += 1
+                counted["file_size"] += entry.size
+                if entry.is_chunked:
+                    counted["chunked"] += 1
+                    counted["chunked_size"] += entry.size
+                    counted["chunks"] += len(entry.chunks)
+                if entry.is_external:
+                    counted["external"] += 1
+                    counted["external_file_size"] += entry.size
+                else:
+                    self.check_file(entry)
+            else:
+                counted["special"] += 1
+        return counted
+
+    def check_file(self, entry: DirectoryEntry) -> None:
+        where = entry.path
+        if entry.is_chunked:
+            offset = 0
+            for chunk in entry.chunks:
+                if chunk.offset != offset:
+                    self.report.add(where, f"chunk at offset {chunk.offset}, expected {offset}")
+                offset = chunk.offset + chunk.size
+                if self.check_content:
+                    self.check_object(
+                        chunk.content_hash,
+                        ObjectSuffix.PARTIAL,
+                        compressed=entry.is_compressed,
+                        expected_size=chunk.size,
+                        where=where,
+                    )
+            if offset != entry.size:
+                self.report.add(where, f"chunks cover {offset} bytes, the file has {entry.size}")
+        elif entry.content_hash is None:
+            self.report.add(where, "regular file with neither a content hash nor chunks")
+        elif self.check_content:
+            self.check_object(
+                entry.content_hash,
+                ObjectSuffix.FILE,
+                compressed=entry.is_compressed,
+                expected_size=entry.size,
+                where=where,
+            )
+
+
+def fsck(
+    reader: RepositoryReader, *, all_revisions: bool = False, check_content: bool = True
+) -> FsckReport:
+    """Check the reader's revision (and, with `all_revisions`, every tagged revision)."""
+    report = FsckReport()
+    checker = _Checker(reader, report, check_content)
+    manifest = reader.manifest
+    for content_hash, suffix in (
+        (manifest.certificate_hash, ObjectSuffix.CERTIFICATE),
+        (manifest.history_hash, ObjectSuffix.HISTORY),
+        (manifest.metainfo_hash, ObjectSuffix.METAINFO),
+    ):
+        if content_hash is not None:
+            checker.check_object(content_hash, suffix)
+    if manifest.reflog_hash is not None:
+        try:
+            for ref in reader.reflog():
+                if not reader.storage.exists(ref.object_key):
+                    report.add(ref.object_key, "listed in the reflog but missing")
+        except CvmfsError as exc:
+            report.add(".cvmfsreflog", str(exc))
+    head = reader.root_hash == manifest.root_catalog_hash
+    checker.check_revision(reader, is_head=head)
+    if all_revisions:
+        try:
+            tags = reader.tags()
+        except CvmfsError as exc:
+            report.add("history", str(exc))
+            tags = []
+        seen = {reader.root_hash}
+        for tag in tags:
+            if tag.root_hash in seen:
+                continue
+            seen.add(tag.root_hash)
+            try:
+                view = reader.at_root_hash(tag.root_hash, tag.size or None)
+            except CvmfsError as exc:
+                report.add(f"tag {tag.name}", str(exc))
+                continue
+            checker.check_revision(view, is_head=False)
+    return report
