@@ -7,11 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -23,7 +22,6 @@ from botocore.exceptions import ClientError
 from service.settings import Settings
 from stack import procs
 from stack.ceph import SERVICE_USER, Ceph
-from stack.rabbitmq import RabbitMQ
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -36,29 +34,14 @@ EVENT_WAIT_S = 60.0  # the first event after an RGW start needs an AMQP connecti
 
 
 # ----------------------------------------------------------------------------- fixtures
-# Interim: module-level stack fixtures until tests/conftest.py provides the session ones.
+# tests/conftest.py starts the session's stack; its `ceph` and `rabbitmq` fixtures yield the
+# test stack's Settings.
 
 
-@pytest.fixture(scope="module")
-def settings() -> Settings:
-    data_dir = Path(__file__).resolve().parent.parent / ".data" / "test-ceph"
-    return Settings().with_port_offset(100, data_dir)
-
-
-@pytest.fixture(scope="module")
-def ceph(settings: Settings) -> Iterator[Ceph]:
-    component = Ceph(settings, settings.absolute_data_dir / Ceph.name)
-    component.start()
-    yield component
-    component.stop()
-
-
-@pytest.fixture(scope="module")
-def rabbitmq(settings: Settings) -> Iterator[RabbitMQ]:
-    component = RabbitMQ(settings, settings.absolute_data_dir / RabbitMQ.name)
-    component.start()
-    yield component
-    component.stop()
+@pytest.fixture
+def cluster(ceph: Settings) -> Ceph:
+    """The session's Ceph component itself: same directory, so the same running cluster."""
+    return Ceph(ceph, ceph.absolute_data_dir / Ceph.name)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -107,10 +90,10 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def radosgw_admin(ceph: Ceph, *args: str) -> None:
+def radosgw_admin(cluster: Ceph, *args: str) -> None:
     # Drives RGW the way an operator would, to damage the users start() must repair.
     subprocess.run(
-        ["radosgw-admin", "--conf", str(ceph.layout.conf), *args],
+        ["radosgw-admin", "--conf", str(cluster.layout.conf), *args],
         check=True,
         capture_output=True,
         timeout=60,
@@ -121,34 +104,34 @@ def radosgw_admin(ceph: Ceph, *args: str) -> None:
 
 
 def test_start_leaves_a_healthy_cluster_and_start_again_is_a_no_op(
-    ceph: Ceph, settings: Settings
+    cluster: Ceph, ceph: Settings
 ) -> None:
-    health = ceph.health()
+    health = cluster.health()
     assert health.healthy, health.detail
-    assert health.url == settings.ceph.s3_endpoint
-    before = ceph.running_pids()
+    assert health.url == ceph.ceph.s3_endpoint
+    before = cluster.running_pids()
     assert set(before) == {"mon.a", "osd.0", "client.rgw.svc"}
 
-    ceph.start()
+    cluster.start()
 
-    assert ceph.running_pids() == before
-    record = ceph.record()
+    assert cluster.running_pids() == before
+    record = cluster.record()
     assert record is not None
-    conf = ceph.layout.conf.read_text()
+    conf = cluster.layout.conf.read_text()
     assert f"fsid = {record.fsid}" in conf
-    assert f"civetweb port=127.0.0.1:{settings.ceph.rgw_port}" in conf
-    assert f"v2:127.0.0.1:{settings.ceph.mon_port_v2}" in conf
+    assert f"civetweb port=127.0.0.1:{ceph.ceph.rgw_port}" in conf
+    assert f"v2:127.0.0.1:{ceph.ceph.mon_port_v2}" in conf
     # Everything lives under the component's directory, nothing in /etc/ceph.
     paths = [line.split("=", 1)[1].strip() for line in conf.splitlines() if "= /" in line]
     assert len(paths) >= 10
-    assert all(p.startswith(f"{ceph.layout.base}/") for p in paths), paths
+    assert all(p.startswith(f"{cluster.layout.base}/") for p in paths), paths
 
 
 @pytest.mark.parametrize("user", ["service", "demo"])
 def test_s3_put_get_list_and_multipart_for_each_user(
-    ceph: Ceph, settings: Settings, user: str
+    cluster: Ceph, ceph: Settings, user: str
 ) -> None:
-    s3 = service_s3(settings) if user == "service" else demo_s3(settings)
+    s3 = service_s3(ceph) if user == "service" else demo_s3(ceph)
     bucket = unique(f"test-ceph-{user}")
     s3.create_bucket(Bucket=bucket)
     try:
@@ -185,8 +168,8 @@ def test_s3_put_get_list_and_multipart_for_each_user(
         empty_and_delete(s3, bucket)
 
 
-def test_users_are_separate_accounts(ceph: Ceph, settings: Settings) -> None:
-    service, demo = service_s3(settings), demo_s3(settings)
+def test_users_are_separate_accounts(cluster: Ceph, ceph: Settings) -> None:
+    service, demo = service_s3(ceph), demo_s3(ceph)
     bucket = unique("test-ceph-private")
     service.create_bucket(Bucket=bucket)
     try:
@@ -199,46 +182,65 @@ def test_users_are_separate_accounts(ceph: Ceph, settings: Settings) -> None:
         empty_and_delete(service, bucket)
 
 
-def test_start_recreates_a_deleted_user_and_a_removed_key(ceph: Ceph, settings: Settings) -> None:
-    c = settings.ceph
-    radosgw_admin(ceph, "user", "rm", f"--uid={c.demo_user}")
+def test_start_recreates_a_deleted_user_and_a_removed_key(cluster: Ceph, ceph: Settings) -> None:
+    c = ceph.ceph
+    radosgw_admin(cluster, "user", "rm", f"--uid={c.demo_user}")
     radosgw_admin(
-        ceph, "key", "rm", f"--uid={SERVICE_USER}", f"--access-key={c.service_access_key}"
+        cluster, "key", "rm", f"--uid={SERVICE_USER}", f"--access-key={c.service_access_key}"
     )
     with pytest.raises(ClientError):
-        demo_s3(settings).list_buckets()
+        demo_s3(ceph).list_buckets()
     with pytest.raises(ClientError):
-        service_s3(settings).list_buckets()
+        service_s3(ceph).list_buckets()
 
-    ceph.start()
+    cluster.start()
 
-    demo_s3(settings).list_buckets()
-    service_s3(settings).list_buckets()
+    demo_s3(ceph).list_buckets()
+    service_s3(ceph).list_buckets()
 
 
-def test_restart_keeps_data_and_stop_leaves_nothing_running(ceph: Ceph, settings: Settings) -> None:
-    s3 = service_s3(settings)
+def test_start_restarts_only_the_daemon_that_died(cluster: Ceph) -> None:
+    before = cluster.running_pids()
+    rgw = before["client.rgw.svc"]
+    # A crash of radosgw, caused for real; its pid file stays behind, naming a dead process.
+    os.kill(rgw, signal.SIGKILL)
+    assert procs.wait_gone([rgw], 10.0) == []
+    assert cluster.layout.pid_file("client.rgw.svc").exists()
+    assert not cluster.health().healthy
+
+    cluster.start()
+
+    after = cluster.running_pids()
+    assert after["client.rgw.svc"] != rgw
+    assert {k: v for k, v in after.items() if k != "client.rgw.svc"} == {
+        k: v for k, v in before.items() if k != "client.rgw.svc"
+    }
+    assert cluster.health().healthy
+
+
+def test_restart_keeps_data_and_stop_leaves_nothing_running(cluster: Ceph, ceph: Settings) -> None:
+    s3 = service_s3(ceph)
     bucket = unique("test-ceph-restart")
     s3.create_bucket(Bucket=bucket)
     payload = os.urandom(64 * 1024)
     s3.put_object(Bucket=bucket, Key="cvmfs/kept.bin", Body=payload)
-    record = ceph.record()
-    pids = ceph.running_pids()
+    record = cluster.record()
+    pids = cluster.running_pids()
 
-    ceph.stop()
+    cluster.stop()
 
-    assert ceph.running_pids() == {}
+    assert cluster.running_pids() == {}
     assert not any(procs.is_alive(pid) for pid in pids.values())
-    assert list(ceph.layout.run_dir.glob("*.pid")) == []
-    stopped = ceph.health()
+    assert list(cluster.layout.run_dir.glob("*.pid")) == []
+    stopped = cluster.health()
     assert not stopped.healthy
     assert "not running" in stopped.detail
 
-    ceph.start()
+    cluster.start()
 
-    assert ceph.health().healthy
-    assert ceph.record() == record  # the same cluster, not a new one
-    s3 = service_s3(settings)
+    assert cluster.health().healthy
+    assert cluster.record() == record  # the same cluster, not a new one
+    s3 = service_s3(ceph)
     try:
         assert s3.get_object(Bucket=bucket, Key="cvmfs/kept.bin")["Body"].read() == payload
     finally:
@@ -257,13 +259,13 @@ def event_pairs(bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def test_bucket_notifications_reach_rabbitmq_with_prefix_filter_and_survive_multi_delete(
-    ceph: Ceph, rabbitmq: RabbitMQ, settings: Settings
+    cluster: Ceph, ceph: Settings, rabbitmq: Settings
 ) -> None:
-    mq = settings.rabbitmq
+    mq = rabbitmq.rabbitmq
     topic = unique("test-ceph-events")
     queue = f"test.ceph.{topic}"
     bucket = unique("test-ceph-notify")
-    s3, sns = service_s3(settings), service_sns(settings)
+    s3, sns = service_s3(ceph), service_sns(ceph)
 
     connection = pika.BlockingConnection(
         pika.ConnectionParameters(
@@ -304,7 +306,7 @@ def test_bucket_notifications_reach_rabbitmq_with_prefix_filter_and_survive_mult
                 ]
             },
         )
-        rgw_pid = ceph.running_pids()["client.rgw.svc"]
+        rgw_pid = cluster.running_pids()["client.rgw.svc"]
 
         s3.put_object(Bucket=bucket, Key="cvmfs/repo/hello.txt", Body=b"hello")
         s3.put_object(Bucket=bucket, Key="other/ignored.txt", Body=b"ignored")
@@ -355,8 +357,8 @@ def test_bucket_notifications_reach_rabbitmq_with_prefix_filter_and_survive_mult
         assert record["s3"]["bucket"]["name"] == bucket
         assert record["s3"]["configurationId"] == "cvmfs-sync"
         # radosgw survived the multi-object delete: same process, still answering.
-        assert ceph.running_pids().get("client.rgw.svc") == rgw_pid
-        assert ceph.health().healthy
+        assert cluster.running_pids().get("client.rgw.svc") == rgw_pid
+        assert cluster.health().healthy
     finally:
         empty_and_delete(s3, bucket)  # removes the bucket's notification with it
         sns.delete_topic(TopicArn=arn)
