@@ -108,6 +108,7 @@ class _ContentPipeline:
         self._slots = threading.BoundedSemaphore(max(1, options.max_pieces_in_flight))
         self._lock = threading.Lock()
         self._known: set[str] = set()
+        self._inflight: dict[str, threading.Event] = {}
         self.objects_uploaded = 0
         self.bytes_uploaded = 0
         self.objects_deduplicated = 0
@@ -133,21 +134,36 @@ class _ContentPipeline:
         return content_hash
 
     def upload(self, key: str, stored: bytes | IO[bytes], size: int | None = None) -> None:
-        """Upload unless the object is already there (content-addressed: same name, same bytes)."""
-        with self._lock:
-            if key in self._known:
-                self.objects_deduplicated += 1
-                return
-        if self.storage.exists(key):
+        """Upload unless the object is already there (content-addressed: same name, same bytes).
+
+        Two workers encoding the same content wait for one upload instead of racing.
+        """
+        while True:
+            with self._lock:
+                if key in self._known:
+                    self.objects_deduplicated += 1
+                    return
+                busy = self._inflight.get(key)
+                if busy is None:
+                    self._inflight[key] = threading.Event()
+                    break
+            busy.wait()  # then re-check: known on success, free to retry on failure
+        stored_now = False
+        try:
+            if self.storage.exists(key):
+                with self._lock:
+                    self.objects_deduplicated += 1
+            else:
+                self.storage.put(key, stored)
+                stored_now = True
             with self._lock:
                 self._known.add(key)
-                self.objects_deduplicated += 1
-            return
-        self.storage.put(key, stored)
-        with self._lock:
-            self._known.add(key)
-            self.objects_uploaded += 1
-            self.bytes_uploaded += len(stored) if isinstance(stored, bytes) else (size or 0)
+                if stored_now:
+                    self.objects_uploaded += 1
+                    self.bytes_uploaded += len(stored) if isinstance(stored, bytes) else (size or 0)
+        finally:
+            with self._lock:
+                self._inflight.pop(key).set()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

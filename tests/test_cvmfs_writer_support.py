@@ -243,3 +243,100 @@ def expected_listing(name: str) -> dict[str, dict[str, Any]]:
             item["sha256"] = e["sha256"]
         out[e["path"]] = item
     return out
+
+
+# ---------------------------------------------------------------------------- invariants
+def check_catalog_invariants(storage: Storage, root_hash: ContentHash) -> int:
+    """Assert the writer's catalog invariants for every catalog of a revision (spec §2.4-2.9):
+    self_* counters equal the rows, subtree_* = sum of the children's self+subtree, transition
+    points mirror the child root rows, directory link counts = 2 + subdirectories, every row's
+    parent exists, nested references carry the child's size. Returns the number of catalogs."""
+    from cvmfs.catalog import FLAG_DIR_NESTED_MOUNTPOINT, md5path_pair
+
+    totals: dict[str, dict[str, int]] = {}
+    infos: list[tuple[str, dict[str, int], list[tuple[str, int]], dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        queue: list[tuple[str, ContentHash, int | None, Any]] = [("", root_hash, None, None)]
+        while queue:
+            mountpoint, content_hash, size, parent_row = queue.pop(0)
+            db = fetch_catalog(storage, content_hash, Path(tmp))
+            if size is not None:
+                assert db.stat().st_size == size, f"nested_catalogs size of {mountpoint}"
+            catalog = Catalog(db, mountpoint=mountpoint)
+            try:
+                stats = catalog.statistics()
+                assert len(stats) == 24
+                entries = list(catalog.entries())
+                keys = {md5path_pair(e.path) for e in entries}
+                by_path = {e.path: e for e in entries}
+                counts = dict.fromkeys(
+                    (
+                        "regular",
+                        "symlink",
+                        "special",
+                        "dir",
+                        "chunked",
+                        "chunks",
+                        "file_size",
+                        "chunked_size",
+                        "xattr",
+                    ),
+                    0,
+                )
+                for e in entries:
+                    if e.path != mountpoint:
+                        assert md5path_pair(e.path.rsplit("/", 1)[0]) in keys, e.path
+                    if e.is_dir:
+                        counts["dir"] += 1
+                        subdirs = sum(
+                            1
+                            for x in entries
+                            if x.is_dir and x.path != e.path and x.path.rsplit("/", 1)[0] == e.path
+                        )
+                        if not e.is_nested_mountpoint:
+                            assert e.linkcount == 2 + subdirs, e.path
+                    elif e.is_symlink:
+                        counts["symlink"] += 1
+                    elif e.is_regular:
+                        counts["regular"] += 1
+                        counts["file_size"] += e.size
+                        if e.is_chunked:
+                            counts["chunked"] += 1
+                            counts["chunked_size"] += e.size
+                            counts["chunks"] += len(e.chunks)
+                            assert e.content_hash is None
+                            assert sum(c.size for c in e.chunks) == e.size
+                        else:
+                            assert e.content_hash is not None
+                    if e.xattrs:
+                        counts["xattr"] += 1
+                for field, value in counts.items():
+                    assert stats[f"self_{field}"] == value, (mountpoint, field)
+                nested = catalog.nested_catalogs()
+                assert stats["self_nested"] == len(nested)
+                root_row = by_path[mountpoint]
+                if parent_row is not None:
+                    assert root_row.flags & FLAG_DIR_NESTED_ROOT
+                    assert catalog.root_prefix == mountpoint
+                    for attr in ("mode", "mtime", "uid", "gid", "linkcount", "size"):
+                        assert getattr(root_row, attr) == getattr(parent_row, attr), attr
+                    assert parent_row.flags == 1 | FLAG_DIR_NESTED_MOUNTPOINT
+                else:
+                    assert catalog.root_prefix is None and root_row.flags == 1
+                for ref in nested:
+                    queue.append((ref.path, ref.content_hash, ref.size, by_path[ref.path]))
+                mountpoints = {e.path for e in entries if e.is_nested_mountpoint}
+                assert mountpoints == {ref.path for ref in nested}
+                infos.append((mountpoint, stats, [(r.path, 0) for r in nested], {}))
+            finally:
+                catalog.close()
+    for mountpoint, stats, _nested, _ in reversed(infos):
+        fields = {k[len("self_") :] for k in stats if k.startswith("self_")}
+        expected_subtree = dict.fromkeys(fields, 0)
+        for child, _ in _nested:
+            for f in fields:
+                expected_subtree[f] += totals[child][f]
+        for f in fields:
+            assert stats[f"subtree_{f}"] == expected_subtree[f], (mountpoint, f)
+        totals[mountpoint] = {f: stats[f"self_{f}"] + stats[f"subtree_{f}"] for f in fields}
+    return len(infos)
