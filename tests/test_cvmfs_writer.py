@@ -13,6 +13,7 @@ import pytest
 
 from cvmfs.chunking import ChunkingParams
 from cvmfs.errors import ConflictError, InvalidPathError, SignatureError, WhitelistExpiredError
+from cvmfs.fsck import fsck
 from cvmfs.keys import KeySet, generate_keyset
 from cvmfs.objects import EMPTY_FILE_SHA1, ContentHash
 from cvmfs.reader import RepositoryReader
@@ -504,6 +505,9 @@ def test_a_crash_between_any_two_writes_leaves_the_previous_revision_intact(
         else:
             break  # crash_at is past the last write of a publish: every boundary was tried
         assert _snapshot(storage, keys) == before, f"crash at write {crash_at}"
+        with _reader(storage, keys) as reader:
+            report = fsck(reader, all_revisions=True)
+            assert report.ok, (crash_at, [str(p) for p in report.problems])
         check_catalog_invariants(storage, writer.current_manifest().root_catalog_hash)
         # the next publish (same change) succeeds on the real storage
         with writer.transaction() as txn:
