@@ -26,7 +26,15 @@ from cvmfs.objects import ContentHash, HashAlgorithm, ObjectSuffix, object_path
 from cvmfs.reader import CatalogInfo, RepositoryReader
 from cvmfs.reflog import Ref, ReflogDb, RefType
 from cvmfs.storage import HttpStorage, LocalStorage, S3Storage, Storage
+from cvmfs.transaction import Transaction
 from cvmfs.whitelist import SignedWhitelist, Whitelist, build_whitelist, sign_whitelist
+from cvmfs.writer import (
+    PublishResult,
+    RepositoryWriter,
+    WriterOptions,
+    create_repository,
+    resign_whitelist,
+)
 
 __all__ = [
     "Catalog",
@@ -51,11 +59,13 @@ __all__ = [
     "NotFoundError",
     "ObjectSuffix",
     "Problem",
+    "PublishResult",
     "Ref",
     "RefType",
     "ReflogDb",
     "RepositoryNameMismatchError",
     "RepositoryReader",
+    "RepositoryWriter",
     "S3Storage",
     "SignatureError",
     "SignedManifest",
@@ -63,15 +73,19 @@ __all__ = [
     "Storage",
     "StorageError",
     "Tag",
+    "Transaction",
     "VerificationError",
     "Whitelist",
     "WhitelistExpiredError",
+    "WriterOptions",
     "build_whitelist",
+    "create_repository",
     "fsck",
     "generate_keyset",
     "load_keyset",
     "md5path_pair",
     "object_path",
+    "resign_whitelist",
     "sign_manifest",
     "sign_whitelist",
     "write_keyset",
