@@ -253,3 +253,9 @@ def fsck_command(
     )
     if not report.ok:
         raise typer.Exit(1)
+
+
+# Write-side commands live with the writer (cvmfs/cli_write.py); registered last, on this app.
+from cvmfs.cli_write import register_write_commands  # noqa: E402
+
+register_write_commands(repo_app)
