@@ -1,0 +1,186 @@
+"""The bridge consumer on the real test RabbitMQ: routing, coalescing, dead letters, retries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bridge.consumer import BridgeConsumer
+from bridge.errors import PermanentStartError, TransientStartError
+from bridge.registry_events import image_event_message, parse_registry_webhook
+from service.settings import Settings
+from tests.test_bridge_support import (
+    LOOKUP,
+    REPO_A,
+    REPO_B,
+    Isolated,
+    RecordingStarter,
+    declare,
+    drain,
+    isolated,
+    publish,
+    ready_count,
+    rgw_body,
+    running,
+    wait_for,
+)
+
+pytestmark = pytest.mark.stack
+
+FIXTURES = Path("/work/shared/fixtures/events")
+
+
+def consumer_for(iso: Isolated, starter: RecordingStarter) -> BridgeConsumer:
+    return BridgeConsumer(iso.mq, iso.config, LOOKUP, starter)
+
+
+def reasons(iso: Isolated) -> list[str]:
+    return [
+        str(headers["x-cvmfs-reason"]) for headers, _ in drain(iso.mq, iso.config.dead_letter_queue)
+    ]
+
+
+def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
+    rabbitmq: Settings,
+) -> None:
+    iso = isolated(rabbitmq)
+    declare(iso)
+    good = rgw_body(REPO_A.bucket, "cvmfs/good/file.txt")
+    poison = [
+        b"{this is not json",
+        rgw_body(REPO_A.bucket, "cvmfs/x").replace(b'"size": 12', b'"size": "12"'),
+        rgw_body("stranger-bucket", "cvmfs/x"),
+        rgw_body(REPO_A.bucket, "cvmfs/x", owner="mallory"),
+        rgw_body(REPO_A.bucket, "cvmfs/../../etc/passwd"),
+        rgw_body(REPO_A.bucket, "cvmfs//etc/passwd"),
+    ]
+    # With prefetch 1 the old service stalled behind the first bad message; here it must not.
+    publish(iso.mq, iso.s3_key, [*poison, good])
+    starter = RecordingStarter()
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: len(starter.snapshot()) == 1, "the good event's flow run")
+        wait_for(
+            lambda: ready_count(iso.mq, iso.config.dead_letter_queue) == len(poison),
+            "every poison message in the dead-letter queue",
+        )
+    [call] = starter.calls
+    assert call.deployment == "sync/sync"
+    assert call.parameters == {
+        "req": {"repo": REPO_A.fqrn, "bucket": REPO_A.bucket, "keys": ["cvmfs/good/file.txt"]}
+    }
+    dead = drain(iso.mq, iso.config.dead_letter_queue)
+    assert [body for _, body in dead] == poison  # bodies kept verbatim, in order
+    found = [str(headers["x-cvmfs-reason"]) for headers, _ in dead]
+    assert "not valid JSON" in found[0]
+    assert "s3.object.size" in found[1]
+    assert "feeds no repository" in found[2]
+    assert "'mallory'" in found[3] and REPO_A.fqrn in found[3]
+    assert "'..'" in found[4]
+    assert "leading '/'" in found[5]
+    assert all(headers["x-cvmfs-queue"] == iso.config.s3.queue for headers, _ in dead)
+    assert all(headers["x-cvmfs-routing-key"] == iso.s3_key for headers, _ in dead)
+    assert ready_count(iso.mq, iso.config.s3.queue) == 0
+
+
+def test_duplicates_and_out_of_order_events_make_one_run_per_repository(
+    rabbitmq: Settings,
+) -> None:
+    iso = isolated(rabbitmq)
+    declare(iso)
+    put_x = rgw_body(REPO_A.bucket, "cvmfs/x", sequencer="01", at_s=1)
+    delete_x = rgw_body(REPO_A.bucket, "cvmfs/x", kind="removed", sequencer="02", at_s=2)
+    put_y = rgw_body(REPO_A.bucket, "cvmfs/dir/y z.txt", sequencer="03", at_s=3)
+    put_b = rgw_body(REPO_B.bucket, "cvmfs/b", sequencer="01", at_s=1)
+    # Out of order (delete before put) and duplicated, as S3 notifications may arrive.
+    publish(iso.mq, iso.s3_key, [delete_x, put_y, put_b, put_x, put_y, delete_x, put_b])
+    starter = RecordingStarter()
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: len(starter.snapshot()) == 2, "one run per repository")
+        wait_for(lambda: ready_count(iso.mq, iso.config.s3.queue) == 0, "an empty queue")
+    by_repo = {call.parameters["req"]["repo"]: call for call in starter.calls}
+    assert by_repo[REPO_A.fqrn].parameters["req"]["keys"] == ["cvmfs/dir/y z.txt", "cvmfs/x"]
+    assert by_repo[REPO_B.fqrn].parameters["req"]["keys"] == ["cvmfs/b"]
+    assert ready_count(iso.mq, iso.config.dead_letter_queue) == 0
+
+    # The same events again, in another order and without the duplicates: the same keys.
+    again = isolated(rabbitmq)
+    declare(again)
+    publish(again.mq, again.s3_key, [put_b, put_x, delete_x, put_y])
+    second = RecordingStarter()
+    with running(consumer_for(again, second)):
+        wait_for(lambda: len(second.snapshot()) == 2, "one run per repository, again")
+    assert {c.idempotency_key for c in second.calls} == {c.idempotency_key for c in starter.calls}
+
+
+def test_transient_start_failures_are_retried_with_the_same_key(rabbitmq: Settings) -> None:
+    iso = isolated(rabbitmq)
+    declare(iso)
+    publish(iso.mq, iso.s3_key, [rgw_body(REPO_A.bucket, "cvmfs/x")])
+    starter = RecordingStarter(
+        failures=[TransientStartError("Prefect down"), ConnectionError("refused")]
+    )
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: len(starter.snapshot()) == 1, "the run after two failures")
+        wait_for(lambda: ready_count(iso.mq, iso.config.s3.queue) == 0, "an empty queue")
+    assert starter.attempts == 3
+    assert ready_count(iso.mq, iso.config.dead_letter_queue) == 0
+    assert ready_count(iso.mq, iso.config.s3.retry_queue) == 0
+
+
+def test_retries_are_bounded_then_dead_lettered(rabbitmq: Settings) -> None:
+    iso = isolated(rabbitmq, max_attempts=3)
+    declare(iso)
+    body = rgw_body(REPO_A.bucket, "cvmfs/x")
+    publish(iso.mq, iso.s3_key, [body])
+    starter = RecordingStarter(failures=[TransientStartError(f"down {i}") for i in range(10)])
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: ready_count(iso.mq, iso.config.dead_letter_queue) == 1, "the dead letter")
+    [(headers, dead_body)] = drain(iso.mq, iso.config.dead_letter_queue)
+    assert dead_body == body
+    assert "still failing after 3 attempts" in str(headers["x-cvmfs-reason"])
+    assert "down 2" in str(headers["x-cvmfs-reason"])
+    assert starter.attempts == 3 and starter.calls == []
+
+
+def test_a_refused_run_is_dead_lettered_at_once(rabbitmq: Settings) -> None:
+    iso = isolated(rabbitmq)
+    declare(iso)
+    publish(iso.mq, iso.s3_key, [rgw_body(REPO_A.bucket, "cvmfs/x")])
+    starter = RecordingStarter(failures=[PermanentStartError("409: Validation failed")])
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: ready_count(iso.mq, iso.config.dead_letter_queue) == 1, "the dead letter")
+    [reason] = reasons(iso)
+    assert "refused" in reason and "409" in reason
+    assert starter.attempts == 1
+
+
+def test_registry_events_and_repository_requests_are_routed(rabbitmq: Settings) -> None:
+    iso = isolated(rabbitmq)
+    declare(iso)
+    sample = json.loads((FIXTURES / "distribution-registry-push-manifest.json").read_text())
+    [pushed] = parse_registry_webhook(json.dumps(sample["body"])).events
+    publish(iso.mq, "registry.image-pushed", [image_event_message(pushed), b'{"event": 1}'])
+    request = json.dumps({"version": 1, "kind": "personal", "token": "eyJ..."}).encode()
+    publish(iso.mq, "repository.create", [request], message_id="req-42")
+    publish(iso.mq, "repository.create", [b"alice,sub-1,alice.sw.example.org,P"])
+    starter = RecordingStarter()
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: len(starter.snapshot()) == 3, "three runs")
+        wait_for(
+            lambda: ready_count(iso.mq, iso.config.dead_letter_queue) == 1, "the bad image event"
+        )
+    by_deployment: dict[str, list[dict[str, object]]] = {}
+    for call in starter.calls:
+        by_deployment.setdefault(call.deployment, []).append(
+            {"params": call.parameters, "key": call.idempotency_key}
+        )
+    [unpack] = by_deployment["unpack/unpack"]
+    assert unpack["params"] == {"req": pushed.model_dump(mode="json")}
+    assert unpack["key"] == f"unpack-{pushed.message_id()}"
+    provisions = by_deployment["provision/provision"]
+    assert {"params": {"req": json.loads(request)}, "key": "provision-req-42"} in provisions
+    assert any(p["params"] == {"raw": "alice,sub-1,alice.sw.example.org,P"} for p in provisions)
+    [reason] = reasons(iso)
+    assert "image event message" in reason
