@@ -19,17 +19,18 @@ of in-flight pieces, so memory stays bounded however large the import.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import shutil
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from cvmfs.catalog import (
     COMPRESSION_NONE,
@@ -216,6 +217,28 @@ class FinalizedCatalog:
     revision: int
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+# Refusals raised before anything changed; every other error leaves the transaction unusable.
+_REFUSALS = (InvalidPathError, NotFoundError, TransactionError)
+
+
+def _guarded(method: _F) -> _F:
+    """Mark the transaction broken when an operation fails part-way (storage error, crash)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Transaction, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except _REFUSALS:
+            raise
+        except BaseException as exc:
+            if self._broken is None:
+                self._broken = exc
+            raise
+
+    return cast(_F, wrapper)
+
+
 class Transaction:
     """Changes against one base revision; `publish()` makes them the next revision.
 
@@ -255,6 +278,7 @@ class Transaction:
         self._pending: collections.deque[_PendingFile] = collections.deque()
         self._nodes: dict[str, _Node] = {}
         self._closed = False
+        self._broken: BaseException | None = None
         self.files_added = 0
         self.root = self._load("", base_root_hash, None)
 
@@ -279,6 +303,11 @@ class Transaction:
     def _check_open(self) -> None:
         if self._closed:
             raise TransactionError("this transaction is closed: start a new one")
+        if self._broken is not None:
+            raise TransactionError(
+                f"an earlier operation of this transaction failed ({self._broken}); its working "
+                "catalogs may be half-changed, so it cannot be published: start a new one"
+            ) from self._broken
 
     def publish(
         self, *, tag: str | None = None, description: str = "", auto_tag: bool | None = None
@@ -438,6 +467,7 @@ class Transaction:
             self._make_mountpoint(parent)
 
     # ---------------------------------------------------------------------- public: write
+    @_guarded
     def mkdir(
         self,
         path: str,
@@ -474,6 +504,7 @@ class Transaction:
         if updated != existing:
             self._write_dir_row(node, updated)
 
+    @_guarded
     def symlink(
         self,
         path: str,
@@ -504,6 +535,7 @@ class Transaction:
             )
         )
 
+    @_guarded
     def add_file(
         self,
         path: str,
@@ -578,6 +610,7 @@ class Transaction:
             row = replace(pending.row, content_hash=None if chunks else content_hash.digest)  # type: ignore[union-attr]
             self._put_leaf(row, chunks)
 
+    @_guarded
     def link(self, existing: str, new_path: str) -> None:
         """Hard link `new_path` to the regular file `existing`.
 
@@ -630,6 +663,7 @@ class Transaction:
                 node.writer.update(replace(member, linkcount=len(members)))
 
     # --------------------------------------------------------------------- public: remove
+    @_guarded
     def remove(self, path: str, *, missing_ok: bool = False) -> None:
         """Remove a file, symlink or directory tree (nested catalogs below it included)."""
         self._check_open()
@@ -805,6 +839,7 @@ class Transaction:
         yield path, total
 
     # ------------------------------------------------------------------------ finalizing
+    @_guarded
     def finalize_catalogs(self, *, last_modified: int) -> list[FinalizedCatalog]:
         """Write every changed catalog bottom-up; the root (last in the list) last of all."""
         self._check_open()

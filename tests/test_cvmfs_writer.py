@@ -18,7 +18,7 @@ from cvmfs.keys import KeySet, generate_keyset
 from cvmfs.objects import EMPTY_FILE_SHA1, ContentHash
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage
-from cvmfs.transaction import AUTO_CATALOG_MARKER, CATALOG_MARKER, Transaction
+from cvmfs.transaction import AUTO_CATALOG_MARKER, CATALOG_MARKER, Transaction, TransactionError
 from cvmfs.writer import (
     MANIFEST_KEY,
     PublishResult,
@@ -565,3 +565,23 @@ def test_tag_and_rollback_to_a_tag(tmp_path: Path, keys: KeySet) -> None:
     with writer.transaction() as txn:  # publishing continues normally after a rollback
         txn.add_file("/app/version", b"3.0\n")
         assert txn.publish().revision == 5
+
+
+def test_a_failed_operation_makes_the_transaction_refuse_to_publish(
+    tmp_path: Path, keys: KeySet
+) -> None:
+    storage, _writer = _new_repo(tmp_path, keys)
+    before = storage.get(MANIFEST_KEY)
+    crashing = CrashingStorage(tmp_path / "stratum0", crash_at=1)
+    writer = RepositoryWriter.open(crashing, FQRN, keys)
+    txn = writer.transaction()
+    with pytest.raises(InjectedCrash):  # from add_file or from the next call that waits for it
+        txn.add_file("/a", b"the upload of this object fails")
+        txn.mkdir("/b")
+    with pytest.raises(TransactionError, match="cannot be published"):
+        txn.publish()
+    txn.abort()
+    assert storage.get(MANIFEST_KEY) == before
+    with writer.transaction() as again:  # a fresh transaction works (crash_at was used up)
+        again.add_file("/a", b"second try")
+        assert again.publish().revision == 2
