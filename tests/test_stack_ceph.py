@@ -18,6 +18,7 @@ import pika
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from pydantic import SecretStr
 
 from service.settings import Settings
 from stack import procs
@@ -90,14 +91,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def radosgw_admin(cluster: Ceph, *args: str) -> None:
-    # Drives RGW the way an operator would, to damage the users start() must repair.
-    subprocess.run(
+def radosgw_admin(cluster: Ceph, *args: str) -> str:
+    # Drives RGW the way an operator would: to inspect users, and to damage what start() repairs.
+    return subprocess.run(
         ["radosgw-admin", "--conf", str(cluster.layout.conf), *args],
         check=True,
         capture_output=True,
+        text=True,
         timeout=60,
-    )
+    ).stdout
 
 
 # -------------------------------------------------------------------------------- tests
@@ -125,6 +127,11 @@ def test_start_leaves_a_healthy_cluster_and_start_again_is_a_no_op(
     paths = [line.split("=", 1)[1].strip() for line in conf.splitlines() if "= /" in line]
     assert len(paths) >= 10
     assert all(p.startswith(f"{cluster.layout.base}/") for p in paths), paths
+    # The two S3 users, under their fixed ids, with the keys of the settings.
+    c = ceph.ceph
+    for uid, access_key in ((SERVICE_USER, c.service_access_key), (c.demo_user, c.demo_access_key)):
+        info = json.loads(radosgw_admin(cluster, "user", "info", f"--uid={uid}"))
+        assert access_key in [k["access_key"] for k in info["keys"]]
 
 
 @pytest.mark.parametrize("user", ["service", "demo"])
@@ -182,21 +189,41 @@ def test_users_are_separate_accounts(cluster: Ceph, ceph: Settings) -> None:
         empty_and_delete(service, bucket)
 
 
-def test_start_recreates_a_deleted_user_and_a_removed_key(cluster: Ceph, ceph: Settings) -> None:
-    c = ceph.ceph
-    radosgw_admin(cluster, "user", "rm", f"--uid={c.demo_user}")
-    radosgw_admin(
-        cluster, "key", "rm", f"--uid={SERVICE_USER}", f"--access-key={c.service_access_key}"
+def test_start_creates_a_missing_user_and_repairs_a_removed_key(
+    cluster: Ceph, ceph: Settings
+) -> None:
+    # A demo user of its own, so the session's shared users (and their buckets) stay intact.
+    tag = uuid.uuid4().hex[:12].upper()
+    own = ceph.model_copy(
+        update={
+            "ceph": ceph.ceph.model_copy(
+                update={
+                    "demo_user": f"test-ceph-{tag.lower()}",
+                    "demo_access_key": f"TESTCEPH{tag}",
+                    "demo_secret_key": SecretStr(f"testcephsecret{tag}{tag}".ljust(40, "0")),
+                }
+            )
+        }
     )
     with pytest.raises(ClientError):
-        demo_s3(ceph).list_buckets()
-    with pytest.raises(ClientError):
-        service_s3(ceph).list_buckets()
+        demo_s3(own).list_buckets()
+    same_cluster = Ceph(own, cluster.layout.base)
+    try:
+        same_cluster.start()
+        assert same_cluster.running_pids() == cluster.running_pids()
+        demo_s3(own).list_buckets()
+        same_cluster.start()  # the user exists now: nothing to do, no error
 
-    cluster.start()
-
-    demo_s3(ceph).list_buckets()
-    service_s3(ceph).list_buckets()
+        radosgw_admin(
+            cluster, "key", "rm", f"--uid={own.ceph.demo_user}", f"--access-key=TESTCEPH{tag}"
+        )
+        with pytest.raises(ClientError):
+            demo_s3(own).list_buckets()
+        same_cluster.start()
+        demo_s3(own).list_buckets()
+        service_s3(ceph).list_buckets()  # the service user was never disturbed
+    finally:
+        radosgw_admin(cluster, "user", "rm", f"--uid={own.ceph.demo_user}")
 
 
 def test_start_restarts_only_the_daemon_that_died(cluster: Ceph) -> None:
