@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import io
+import os
 import shutil
 import stat
 import tempfile
@@ -94,8 +95,39 @@ class IngestOptions:
     hash_algorithm: HashAlgorithm = HashAlgorithm.SHA1
     compress: bool = True
     chunking: ChunkingParams | None = field(default_factory=ChunkingParams)
-    workers: int = 2
-    max_pieces_in_flight: int = 4
+    # Threads compressing, hashing and uploading (zlib and hashlib release the GIL). One per
+    # core by default; raise it for high-latency storage (S3), where uploads mostly wait.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    # Bound on the plain bytes handed to the pool and not yet stored (one piece may exceed it
+    # when nothing else is in flight), and on the number of pieces in flight.
+    max_bytes_in_flight: int = 64 << 20
+    max_pieces_in_flight: int = 64
+
+
+class _Budget:
+    """Blocks `acquire(n)` while `n` more bytes or one more piece would exceed the limits."""
+
+    def __init__(self, max_bytes: int, max_items: int) -> None:
+        self._cond = threading.Condition()
+        self._bytes = 0
+        self._items = 0
+        self._max_bytes = max_bytes
+        self._max_items = max(1, max_items)
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            while self._items and (
+                self._items >= self._max_items or self._bytes + size > self._max_bytes
+            ):
+                self._cond.wait()
+            self._items += 1
+            self._bytes += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._items -= 1
+            self._bytes -= size
+            self._cond.notify_all()
 
 
 # --------------------------------------------------------------------------- content pipeline
@@ -106,7 +138,7 @@ class _ContentPipeline:
         self.storage = storage
         self.options = options
         self._pool = ThreadPoolExecutor(max_workers=max(1, options.workers))
-        self._slots = threading.BoundedSemaphore(max(1, options.max_pieces_in_flight))
+        self._budget = _Budget(options.max_bytes_in_flight, options.max_pieces_in_flight)
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._inflight: dict[str, threading.Event] = {}
@@ -115,13 +147,14 @@ class _ContentPipeline:
         self.objects_deduplicated = 0
 
     def submit(self, data: bytes, suffix: ObjectSuffix) -> Future[ContentHash]:
-        self._slots.acquire()
+        size = len(data)
+        self._budget.acquire(size)
         try:
             future = self._pool.submit(self.store, data, suffix)
         except BaseException:
-            self._slots.release()
+            self._budget.release(size)
             raise
-        future.add_done_callback(lambda _f: self._slots.release())
+        future.add_done_callback(lambda _f: self._budget.release(size))
         return future
 
     def encode(self, data: bytes) -> tuple[bytes, ContentHash]:

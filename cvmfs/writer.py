@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -69,8 +70,8 @@ class WriterOptions:
     compress: bool = True
     # None switches chunking off; defaults 4/8/16 MiB (spec §1.5)
     chunking: ChunkingParams | None = field(default_factory=ChunkingParams)
-    workers: int = 2
-    max_pieces_in_flight: int = 4
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)  # see IngestOptions
+    max_bytes_in_flight: int = 64 << 20
     # Automatic nested catalogs (`.cvmfsautocatalog`) above this many rows; None = off.
     max_catalog_entries: int | None = DEFAULT_MAX_CATALOG_ENTRIES
     ttl_s: int = DEFAULT_TTL_S
@@ -85,7 +86,7 @@ class WriterOptions:
             compress=self.compress,
             chunking=self.chunking,
             workers=self.workers,
-            max_pieces_in_flight=self.max_pieces_in_flight,
+            max_bytes_in_flight=self.max_bytes_in_flight,
         )
 
 
