@@ -5,12 +5,12 @@ Each component gets `<data_dir>/<name>/` as its own directory; down runs in reve
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
 from service.settings import Settings
 from stack import packages, procs
+from stack.ceph import Ceph
 from stack.component import Component, Health
 from stack.errors import StackError
 from stack.openbao import OpenBao
@@ -22,14 +22,7 @@ from stack.stratum0_http import Stratum0Http
 
 def component_classes() -> list[type[Component]]:
     """Every component class, in start order."""
-    classes: list[type[Component]] = [RabbitMQ]
-    # stack/ceph.py is written separately; the stack runs without it until it lands.
-    if importlib.util.find_spec("stack.ceph") is not None:
-        from stack.ceph import Ceph
-
-        classes.append(Ceph)
-    classes += [OpenBao, Registry, PrefectServer, Stratum0Http]
-    return classes
+    return [RabbitMQ, Ceph, OpenBao, Registry, PrefectServer, Stratum0Http]
 
 
 class Stack:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from service.settings import Settings
+from stack.ceph import Ceph
 from stack.component import Component
 from stack.manager import Stack
 from stack.openbao import OpenBao, root_token
@@ -169,10 +169,6 @@ def rabbitmq(stack_settings: Settings) -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def ceph(stack_settings: Settings) -> Iterator[Settings]:
-    if importlib.util.find_spec("stack.ceph") is None:
-        pytest.skip("stack/ceph.py is not in this checkout yet")
-    from stack.ceph import Ceph
-
     yield from _run_component(_component(Ceph, stack_settings), stack_settings)
 
 
