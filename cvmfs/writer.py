@@ -245,11 +245,27 @@ class RepositoryWriter:
                 "apply the changes again"
             )
 
+    def check_whitelist(self) -> Whitelist:
+        """Refuse to publish what clients would reject: the whitelist must name this
+        repository, be unexpired now (as `cvmfs_server publish` requires) and list the
+        certificate of these keys."""
+        try:
+            whitelist = SignedWhitelist.parse(self.storage.get(WHITELIST_KEY)).whitelist
+        except NotFoundError:
+            raise CvmfsError(
+                f"{self.storage!r} has no {WHITELIST_KEY}: sign one with resign_whitelist"
+            ) from None
+        whitelist.check_repository_name(self.fqrn)
+        whitelist.check_not_expired(dt.datetime.fromtimestamp(self.clock(), dt.UTC))
+        whitelist.check_certificate(self.keys.certificate_pem)
+        return whitelist
+
     def _publish_transaction(
         self, txn: Transaction, *, tag: str | None, description: str, auto_tag: bool | None
     ) -> PublishResult:
         base = txn.base_manifest
         self._check_base(base)  # fail early, before writing catalogs
+        self.check_whitelist()
         timestamp = self._next_timestamp(base)
         catalogs = txn.finalize_catalogs(last_modified=timestamp)
         root = catalogs[-1]
@@ -428,7 +444,8 @@ class RepositoryWriter:
         if name in (TAG_TRUNK, TAG_TRUNK_PREVIOUS):
             raise CvmfsError(f"{name!r} is maintained automatically; choose another tag name")
         base = self.current_manifest()
-        root_hash, root_size, tag_revision = base.root_catalog_hash, base.root_catalog_size, 0
+        self.check_whitelist()
+        root_hash, root_size = base.root_catalog_hash, base.root_catalog_size
         tag_revision = base.revision
         if revision is not None and revision != base.revision:
             matches = [t for t in self.tags() if t.revision == revision]
@@ -479,6 +496,7 @@ class RepositoryWriter:
         previous_revision); nested catalogs are the tagged revision's objects. Tags are kept.
         """
         base = self.current_manifest()
+        self.check_whitelist()
         matches = [t for t in self.tags() if t.name == tag_name]
         if not matches:
             raise NotFoundError(f"no tag named {tag_name!r}: list the tags first")

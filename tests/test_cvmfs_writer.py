@@ -585,3 +585,27 @@ def test_a_failed_operation_makes_the_transaction_refuse_to_publish(
     with writer.transaction() as again:  # a fresh transaction works (crash_at was used up)
         again.add_file("/a", b"second try")
         assert again.publish().revision == 2
+
+
+def test_publishing_needs_an_unexpired_whitelist_listing_the_certificate(
+    tmp_path: Path, keys: KeySet
+) -> None:
+    storage, _writer = _new_repo(tmp_path, keys)
+    late = RepositoryWriter.open(storage, FQRN, keys, clock=SteppingClock(T0 + 31 * 86400))
+    with late.transaction() as txn:
+        txn.add_file("/x", b"x")
+        with pytest.raises(WhitelistExpiredError, match="re-sign"):
+            txn.publish()
+    foreign = generate_keyset(FQRN)
+    stranger = RepositoryWriter.open(storage, FQRN, foreign)  # its certificate is not listed
+    with stranger.transaction() as txn, pytest.raises(SignatureError, match="not listed"):
+        txn.publish()
+    resign_whitelist(  # after re-signing, the late writer publishes again
+        storage,
+        FQRN,
+        keys.require_master_key(),
+        now=dt.datetime.fromtimestamp(T0 + 31 * 86400, dt.UTC),
+    )
+    with late.transaction() as txn:
+        txn.add_file("/x", b"x")
+        assert txn.publish().revision == 2
