@@ -3,21 +3,28 @@ writer have the stock publisher's object names, chunk cuts, layout, flags and st
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cvmfs.fsck import fsck
+from cvmfs.objects import compress_and_hash, object_path
+from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage
-from cvmfs.writer import PublishResult, WriterOptions, create_repository
+from cvmfs.writer import PublishResult, RepositoryWriter, WriterOptions, create_repository
 from tests.test_cvmfs_writer_support import (
     FQRN,
     GOLDEN,
     MKFS_TIME,
     PUBLISH_TIMES,
     SteppingClock,
+    big_chunked,
+    check_catalog_invariants,
     expected,
     expected_listing,
     fetch_catalog,
@@ -191,3 +198,50 @@ def test_manifest_history_and_reflog_look_like_the_fixtures(
     assert (storage.root / ".cvmfs_master_replica").read_bytes() == (
         GOLDEN / "stratum0" / ".cvmfs_master_replica"
     ).read_bytes()
+
+
+N1_CHANGED = b"nested catalog file n1, changed by our writer\n"
+
+
+def test_publishing_into_the_stock_made_repository(tmp_path: Path) -> None:
+    """Our writer continues the stock repository: revision 5 on top of the fixture's 4."""
+    root = tmp_path / "stratum0"
+    shutil.copytree(GOLDEN / "stratum0", root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    storage = LocalStorage(root)
+    now = 1795837083 + 3600  # after the fixture's last publish, before its whitelist expires
+    writer = RepositoryWriter.open(storage, FQRN, golden_keys(), clock=SteppingClock(now))
+    objects_before = set(storage.list("data/"))
+    with writer.transaction() as txn:
+        txn.add_file("/nested/n1.txt", N1_CHANGED)
+        txn.add_file(
+            "/copy-of-hello.txt",
+            b"Hello from golden.example.org!\nThis is revision B (modified).\n",
+            mtime=1,
+        )
+        result = txn.publish(description="revision 5 by the pure-Python writer")
+    assert result.revision == 5
+    assert result.catalogs_rewritten == ["/nested", ""]  # /nested/deeper keeps its stock hash
+    new_objects = set(storage.list("data/")) - objects_before
+    # dedup with the stock objects: only the changed n1.txt, two catalogs and the history
+    n1_key = object_path(compress_and_hash(N1_CHANGED)[1])
+    assert {k for k in new_objects if k[-1] not in "CH"} == {n1_key}
+    assert sorted(k[-1] for k in new_objects if k != n1_key) == ["C", "C", "H"]
+    check_catalog_invariants(storage, result.root_hash)
+    pinned = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    pub = str(GOLDEN / "keys" / f"{FQRN}.pub")
+    with RepositoryReader(storage, FQRN, [pub], now=pinned) as reader:
+        assert reader.read("/nested/n1.txt").endswith(b"changed by our writer\n")
+        assert reader.read("/data/big-chunked.bin") == big_chunked()
+        tags = {t.name: t.revision for t in reader.tags()}
+        assert tags["v1"] == 3 and tags["trunk"] == 5 and tags["trunk-previous"] == 4
+        catalogs = {c.mountpoint: c for c in reader.catalogs()}
+        assert catalogs["/nested/deeper"].content_hash.hex == (
+            "aef8d6652fcfa773dfcc56b9e0c771d72363be31"
+        )
+        assert catalogs[""].properties["schema_revision"] == "7"
+        assert catalogs["/nested/deeper"].properties["schema_revision"] == "6"
+        report = fsck(reader, all_revisions=True)
+        assert report.ok, [str(p) for p in report.problems]
+        assert len(report.revisions_checked) >= 5
