@@ -6,6 +6,7 @@ user's S3 keys in place; the recipe and its measured pitfalls are services-notes
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -420,10 +420,13 @@ class Ceph:
     def _stop_daemon(self, daemon: _Daemon) -> None:
         pid = self._pid_of(daemon)
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+            # suppress: the daemon may exit on its own between the check and the signal.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
             if procs.wait_gone([pid], _STOP_TIMEOUT_S):
                 log.warning("ceph daemon=%s pid=%d ignored SIGTERM; SIGKILL", daemon.name, pid)
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
                 procs.wait_gone([pid], _STOP_TIMEOUT_S)
             log.info("ceph stopped daemon=%s pid=%d", daemon.name, pid)
         self.layout.pid_file(daemon.name).unlink(missing_ok=True)
@@ -653,7 +656,7 @@ class Ceph:
                 "move this stack to other ports (settings.ceph)"
             )
 
-    @contextmanager
+    @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialise start/stop of this cluster across processes (two `up`s at once)."""
         self.layout.base.mkdir(parents=True, exist_ok=True)
