@@ -15,7 +15,7 @@ from cvmfs.chunking import ChunkingParams
 from cvmfs.errors import ConflictError, InvalidPathError, SignatureError, WhitelistExpiredError
 from cvmfs.fsck import fsck
 from cvmfs.keys import KeySet, generate_keyset
-from cvmfs.objects import EMPTY_FILE_SHA1, ContentHash
+from cvmfs.objects import EMPTY_FILE_SHA1, ContentHash, HashAlgorithm
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage
 from cvmfs.transaction import AUTO_CATALOG_MARKER, CATALOG_MARKER, Transaction, TransactionError
@@ -609,3 +609,27 @@ def test_publishing_needs_an_unexpired_whitelist_listing_the_certificate(
     with late.transaction() as txn:
         txn.add_file("/x", b"x")
         assert txn.publish().revision == 2
+
+
+def test_another_hash_algorithm_is_recorded_in_flags_and_names(
+    tmp_path: Path, keys: KeySet
+) -> None:
+    options = WriterOptions(hash_algorithm=HashAlgorithm.SHAKE128, chunking=SMALL_CHUNKS)
+    storage, writer = _new_repo(tmp_path, keys, options)
+    data = random.Random(3).randbytes(400_000)
+    with writer.transaction() as txn:
+        txn.add_file("/small", b"shake it\n")
+        txn.add_file("/big", data)
+        txn.add_file("/sub/.cvmfscatalog", b"")
+        result = txn.publish()
+    assert result.root_hash.hex.endswith("-shake128")
+    assert (storage.root / result.root_hash.object_key("C")).is_file()
+    with _reader(storage, keys) as reader:
+        small, big = reader.stat("/small"), reader.stat("/big")
+        assert small.flags == 4 | (2 << 8) and big.flags == 4 | 64 | (2 << 8)
+        assert str(small.object_key).endswith("-shake128")
+        assert reader.read("/big") == data
+        assert all(c.content_hash.algorithm is HashAlgorithm.SHAKE128 for c in big.chunks)
+        assert reader.catalogs()[1].content_hash.hex.endswith("-shake128")
+        assert fsck(reader).ok
+    check_catalog_invariants(storage, result.root_hash)
