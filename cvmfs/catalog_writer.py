@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from cvmfs.catalog import (
     CATALOG_DDL,
@@ -301,23 +302,23 @@ class CatalogWriter:
 
     # ----------------------------------------------------------------------------------- rows
     @staticmethod
-    def _to_row(path: str, rec: tuple[object, ...]) -> Row:
+    def _to_row(path: str, rec: tuple[Any, ...]) -> Row:
         hardlinks, h, size, mode, mtime, mtimens, flags, _name, symlink, uid, gid, xattr = rec
-        hl = int(hardlinks or 1)  # type: ignore[call-overload]
+        hl = int(hardlinks or 1)
         return Row(
             path=path,
-            mode=int(mode),  # type: ignore[call-overload]
-            mtime=int(mtime or 0),  # type: ignore[call-overload]
-            flags=int(flags),  # type: ignore[call-overload]
-            size=int(size or 0),  # type: ignore[call-overload]
-            content_hash=bytes(h) if h is not None else None,  # type: ignore[call-overload]
+            mode=int(mode),
+            mtime=int(mtime or 0),
+            flags=int(flags),
+            size=int(size or 0),
+            content_hash=bytes(h) if h is not None else None,
             symlink=str(symlink or ""),
-            uid=int(uid or 0),  # type: ignore[call-overload]
-            gid=int(gid or 0),  # type: ignore[call-overload]
+            uid=int(uid or 0),
+            gid=int(gid or 0),
             linkcount=hl & 0xFFFFFFFF,
             hardlink_group=hl >> 32,
-            mtimens=None if mtimens is None else int(mtimens),  # type: ignore[call-overload]
-            xattr=bytes(xattr) if xattr is not None else None,  # type: ignore[call-overload]
+            mtimens=None if mtimens is None else int(mtimens),
+            xattr=bytes(xattr) if xattr is not None else None,
         )
 
     def lookup(self, path: str) -> Row | None:

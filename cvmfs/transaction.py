@@ -640,7 +640,8 @@ class Transaction:
                 content_hash = pending.whole.result()
             for offset, size, future in pending.chunks:
                 chunks.append(ChunkRow(offset, size, future.result().digest))
-            row = replace(pending.row, content_hash=None if chunks else content_hash.digest)  # type: ignore[union-attr]
+            digest = None if chunks or content_hash is None else content_hash.digest
+            row = replace(pending.row, content_hash=digest)
             self._put_leaf(row, chunks)
 
     @_guarded
