@@ -21,9 +21,9 @@ def serve_forever(settings: Settings) -> None:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"service: running against {settings.absolute_data_dir}; Ctrl-C stops it")
+        print(f"service: running against {settings.absolute_data_dir}; Ctrl-C stops it", flush=True)
         stop.wait()
-        print("service: stopped (the stack still runs; `./svc stack down` stops it)")
+        print("service: stopped (the stack still runs; `./svc stack down` stops it)", flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

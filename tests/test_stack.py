@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from stack import probe, procs
+from stack import packages, probe, procs
 from stack.manager import Stack, component_classes
 from stack.openbao import root_token, secrets_file
 
@@ -135,6 +136,50 @@ def test_cli_stack_status_fails_for_a_stack_that_does_not_run(
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "UNHEALTHY" in result.stdout
+
+
+def test_cli_up_prints_the_endpoints_and_ctrl_c_leaves_the_stack_running(
+    stack: Stack, stack_env: dict[str, str]
+) -> None:
+    before = stack_pids(stack)
+    proc = subprocess.Popen(
+        [CLI, "up"],
+        env={**stack_env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("service: running"):
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    s = stack.settings
+    assert f"Prefect UI      http://127.0.0.1:{s.prefect.port}" in output
+    assert f"S3 endpoint     {s.ceph.s3_endpoint}" in output
+    assert s.ceph.demo_access_key in output
+    assert s.ceph.demo_secret_key.get_secret_value() in output
+    assert f"OCI registry    {s.registry.url}" in output
+    assert f"stratum-0       http://127.0.0.1:{s.stratum0.http_port}/cvmfs/" in output
+    assert "service: stopped" in output
+    assert all(h.healthy for h in stack.status())
+    assert stack_pids(stack) == before
+
+
+def test_missing_packages_are_detected_for_debian_and_python() -> None:
+    assert packages.missing_debian(["dpkg", "cvmfs-svc-no-such-package"]) == [
+        "cvmfs-svc-no-such-package"
+    ]
+    assert packages.missing_python(["pika", "cvmfs-svc-no-such-dist"]) == [
+        "pypi:cvmfs-svc-no-such-dist"
+    ]
 
 
 def test_rabbitmq_has_the_events_exchange_for_rgw(rabbitmq: Settings) -> None:
