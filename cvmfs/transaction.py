@@ -11,6 +11,12 @@ Invariants (spec §2.5, §2.9, §2.11, §7):
 * directory link count = 2 + number of subdirectories; `self_*` counters are recomputed from the
   rows of each rewritten catalog and `subtree_*` = old value + the changes reported by children.
 
+Nested catalogs: a `.cvmfscatalog` file in a directory makes it a mount point at once (its
+subtree moves into a new catalog); removing the file merges the catalog back into its parent.
+At publish, any changed catalog above `max_catalog_entries` rows is split at its heaviest
+directory that fits, marked with `.cvmfscatalog` + `.cvmfsautocatalog`; automatic catalogs are
+not merged back when they shrink (remove the marker to do that).
+
 Working copies of catalogs live in a temporary directory on local disk; compression and hashing
 of file content run in a thread pool (zlib and hashlib release the GIL) behind a bounded number
 of in-flight pieces, so memory stays bounded however large the import.

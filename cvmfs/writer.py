@@ -9,6 +9,20 @@ manifest timestamps never go backwards. A publish re-reads the current manifest 
 writing its own; if it is no longer the transaction's base, it raises `ConflictError` and writes
 no manifest. (On S3 the final check-then-PUT is not atomic: two writers racing within that
 window can still both succeed; serialize publishers with the service's repository lock.)
+
+Decisions where we knowingly differ from, or choose among, upstream behaviours:
+* mkfs writes no `new_repository` file: revision 1 is the bare root directory.
+* Hard links: a group within one directory (spec §7); a link to another directory is stored
+  as an independent copy (same content object). The stock overlayfs publisher breaks every
+  hard link up, so a fixture-identical tree needs plain copies (tests do that).
+* setuid, setgid and sticky bits are stripped (`cvmfs.paths.sanitize_mode`).
+* The reflog lists root catalogs, histories, the certificate and meta-info, not nested
+  catalogs, as the stock 2.11 publisher does (fixture). A crash between the reflog write and
+  the manifest write leaves a reflog "ahead" of the manifest's `Y`; fsck accepts that.
+* Rollback keeps every tag (upstream deletes the tags newer than the target).
+* Catalogs are rewritten at schema 2.5 revision 7; an opened revision-6 catalog gets the
+  `mtimens` column when it is rewritten; untouched catalogs are left as they are.
+* Publishing refuses an expired whitelist, or one not listing the signing certificate.
 """
 
 from __future__ import annotations
