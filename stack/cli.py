@@ -53,7 +53,9 @@ def install_missing(stack: Stack) -> None:
 def bring_up(stack: Stack, names: list[str] | None = None) -> None:
     """Start the stack, print its health, exit 1 if something is unhealthy."""
     began = time.monotonic()
-    healths = stack.up(names)
+    healths = stack.up(
+        names, progress=lambda name, took_s: typer.echo(f"stack: {name} up ({took_s:.1f} s)")
+    )
     typer.echo(
         f"stack: up in {time.monotonic() - began:.1f} s ({stack.settings.absolute_data_dir})"
     )

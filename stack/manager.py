@@ -5,7 +5,8 @@ Each component gets `<data_dir>/<name>/` as its own directory; down runs in reve
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from service.settings import Settings
@@ -52,11 +53,21 @@ class Stack:
             )
         return [c for c in self.components if c.name in wanted]
 
-    def up(self, names: Iterable[str] | None = None) -> list[Health]:
-        """Start the components (already running ones are left alone); their health after."""
+    def up(
+        self,
+        names: Iterable[str] | None = None,
+        progress: Callable[[str, float], None] | None = None,
+    ) -> list[Health]:
+        """Start the components (already running ones are left alone); their health after.
+
+        `progress(name, seconds)` is called after each component is up.
+        """
         self.settings.absolute_data_dir.mkdir(parents=True, exist_ok=True)
         for component in self.select(names):
+            began = time.monotonic()
             component.start()
+            if progress is not None:
+                progress(component.name, time.monotonic() - began)
         return self.status(names)
 
     def down(self, names: Iterable[str] | None = None) -> None:
