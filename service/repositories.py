@@ -32,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from service.settings import Settings
@@ -458,8 +459,11 @@ class RepositoryRegistry:
                     updated_at=now,
                 )
                 .on_conflict_do_nothing()
+                # RETURNING tells reliably whether this statement inserted (rowcount does
+                # not, on every driver, for ON CONFLICT DO NOTHING).
+                .returning(ProvisioningRequestRow.request_id)
             )
-            created = bool(result.rowcount)  # type: ignore[attr-defined]
+            created = result.first() is not None
             row = session.get(ProvisioningRequestRow, request_id, populate_existing=True)
             assert row is not None
             if (row.fqrn, row.requester_subject) != (fqrn, requester_subject):
@@ -494,16 +498,19 @@ class RepositoryRegistry:
             "fqrn": fqrn,
             "updated_at": self._clock(),
         }
-        with Session(self._engine) as session, session.begin():
-            statement = self._insert(FileProvenanceRow).values(**values)
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["fqrn", "path"],
-                    set_={k: v for k, v in values.items() if k not in ("fqrn", "path")},
-                )
-            )
-            row = session.get(FileProvenanceRow, (fqrn, file.path), populate_existing=True)
-            return FileProvenance.model_validate(row)
+        statement = self._insert(FileProvenanceRow).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["fqrn", "path"],
+            set_={k: v for k, v in values.items() if k not in ("fqrn", "path")},
+        )
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(statement)
+                row = session.get(FileProvenanceRow, (fqrn, file.path), populate_existing=True)
+                return FileProvenance.model_validate(row)
+        except IntegrityError as error:
+            # The only constraint an upsert can break is the foreign key to the repository.
+            raise UnknownRepository(f"no repository {fqrn!r} in the registry") from error
 
     def get_file(self, fqrn: str, path: str) -> FileProvenance | None:
         with Session(self._engine) as session:

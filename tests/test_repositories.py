@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, text
 
 from service.repositories import (
     SQLITE_FILE,
@@ -41,9 +48,57 @@ CMS = RepositoryClaim(
 )
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_socket_dir() -> Iterator[Path]:
+    """A private PostgreSQL cluster listening on a Unix socket only (no TCP port)."""
+    if not (PG_BIN / "pg_ctl").exists() or os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL 15 binaries (and root, to run them as postgres) are needed")
+    # Not under pytest's tmp dir: that is mode 0700 root, and the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="cvmfs-svc-registry-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+    data, socket_dir = base / "data", base / "socket"
+
+    def as_postgres(*args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
+
+    as_postgres("mkdir", str(socket_dir))
+    as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    options = f"-c listen_addresses='' -k {socket_dir}"
+    as_postgres(
+        str(PG_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(base / "log"),
+        "-o",
+        options,
+        "-w",
+        "start",
+    )
+    try:
+        yield socket_dir
+    finally:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return Settings(data_dir=tmp_path / "data")
+    socket_dir: Path = request.getfixturevalue("postgres_socket_dir")
+    database = f"t_{uuid.uuid4().hex[:12]}"  # one database per test keeps tests independent
+    admin = create_engine(
+        f"postgresql+psycopg://postgres@/postgres?host={socket_dir}", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {database}"))
+    admin.dispose()
+    url = f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
+    return Settings(data_dir=tmp_path / "data", database_url=SecretStr(url))
 
 
 @pytest.fixture
@@ -53,11 +108,14 @@ def registry(settings: Settings) -> Iterator[RepositoryRegistry]:
     registry.close()
 
 
-def test_open_creates_sqlite_file_under_data_dir(
-    settings: Settings, registry: RepositoryRegistry
-) -> None:
-    assert (settings.absolute_data_dir / SQLITE_FILE).is_file()
-    assert registry.repositories() == []
+def test_open_creates_sqlite_file_under_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    registry = RepositoryRegistry.open(settings)
+    try:
+        assert (settings.absolute_data_dir / SQLITE_FILE).is_file()
+        assert registry.repositories() == []
+    finally:
+        registry.close()
 
 
 def test_claim_is_idempotent(registry: RepositoryRegistry) -> None:
@@ -214,7 +272,7 @@ def test_provenance_needs_a_known_repository(registry: RepositoryRegistry) -> No
     orphan = FileProvenance(
         path="x", s3_key="cvmfs/x", etag=None, version_id=None, size_bytes=0, revision=1
     )
-    with pytest.raises(Exception, match="FOREIGN KEY"):
+    with pytest.raises(UnknownRepository):
         registry.upsert_file("nope.sw.example.org", orphan)
 
 
