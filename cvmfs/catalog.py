@@ -9,7 +9,7 @@ import hashlib
 import sqlite3
 import stat
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -475,35 +475,58 @@ class Catalog:
         entries = [self._entry(row, prefix + str(row[11])) for row in rows]
         return sorted(entries, key=lambda e: path_bytes(e.name))
 
-    def rows(self) -> Iterator[CatalogRow]:
-        """Every row with its path rebuilt from the parent keys (for walks and fsck)."""
+    def rows(self, on_problem: Callable[[str], None] | None = None) -> Iterator[CatalogRow]:
+        """Every row with its path rebuilt from the parent keys (for walks and fsck).
+
+        A row whose parent directory is not in this catalog raises `FormatError`, or, with
+        `on_problem`, is reported there and skipped together with its descendants.
+        """
         raw = self._db.execute(self._select()).fetchall()
         by_key = {(r[0], r[1]): r for r in raw}
-        paths: dict[tuple[int, int], str] = {}
+        paths: dict[tuple[int, int], str | None] = {}
 
-        def resolve(key: tuple[int, int], depth: int = 0) -> str:
-            if key in paths:
-                return paths[key]
-            row = by_key[key]
-            parent = (row[2], row[3])
-            if depth > 4096:
-                raise FormatError(f"{self.db_path}: the parent chain of a row loops")
-            if parent == ROOT_PARENT_PAIR:
-                path = ""  # the repository root (spec §2.4)
-            elif parent not in by_key and int(row[10]) & FLAG_DIR_NESTED_ROOT:
-                path = self.mountpoint  # the root row of a nested catalog (spec §2.5)
-            elif parent not in by_key:
-                raise FormatError(
-                    f"{self.db_path}: row {row[11]!r} has no parent directory in its catalog"
-                )
-            else:
-                path = resolve(parent, depth + 1) + "/" + str(row[11])
-            paths[key] = path
-            return path
+        def problem(message: str) -> None:
+            if on_problem is None:
+                raise FormatError(f"catalog {self.mountpoint or '/'}: {message}")
+            on_problem(message)
+
+        def resolve(start: tuple[int, int]) -> str | None:
+            chain: list[tuple[int, int]] = []  # iterative: trees can be deeper than the stack
+            key = start
+            base: str | None
+            while True:
+                if key in paths:
+                    base = paths[key]
+                    break
+                row = by_key[key]
+                parent = (row[2], row[3])
+                if parent == ROOT_PARENT_PAIR:
+                    paths[key] = ""  # the repository root (spec §2.4)
+                    base = ""
+                    break
+                if parent not in by_key:
+                    if int(row[10]) & FLAG_DIR_NESTED_ROOT:
+                        base = self.mountpoint  # root row of a nested catalog (spec §2.5)
+                    else:
+                        problem(f"row {row[11]!r} has no parent directory in its catalog")
+                        base = None
+                    paths[key] = base
+                    break
+                chain.append(key)
+                if len(chain) > len(by_key):
+                    problem(f"the parent chain of row {row[11]!r} loops")
+                    base = None
+                    break
+                key = parent
+            for child in reversed(chain):
+                base = None if base is None else f"{base}/{by_key[child][11]}"
+                paths[child] = base
+            return paths.get(start, base)
 
         for key, row in by_key.items():
             path = resolve(key)
-            yield CatalogRow(key, (row[2], row[3]), self._entry(row, path))
+            if path is not None:
+                yield CatalogRow(key, (row[2], row[3]), self._entry(row, path))
 
     def entries(self) -> Iterator[DirectoryEntry]:
         for row in self.rows():

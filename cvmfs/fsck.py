@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cvmfs.catalog import STATISTICS_FIELDS, Catalog, DirectoryEntry
+from cvmfs.catalog import STATISTICS_FIELDS, Catalog, DirectoryEntry, NestedCatalogRef
 from cvmfs.errors import CvmfsError, IntegrityError
 from cvmfs.objects import ContentHash, ObjectSuffix
 from cvmfs.reader import RepositoryReader
@@ -30,6 +29,7 @@ class Problem:
 class FsckReport:
     problems: list[Problem] = field(default_factory=list)
     revisions_checked: list[str] = field(default_factory=list)  # root catalog hashes
+    signatures_verified: bool = False  # whether the reader checked whitelist and manifest
     catalogs_checked: int = 0
     entries_checked: int = 0
     objects_checked: int = 0
@@ -123,46 +123,110 @@ class _Checker:
         if "schema_revision" not in catalog.properties or "revision" not in catalog.properties:
             self.report.add(where, "schema_revision or revision property missing (spec §2.3)")
         statistics = catalog.statistics()
-        counted = self.count_rows(catalog, where, mountpoint)
+        if not first_visit:  # shared with a revision checked before
+            return statistics
+        entries = self.read_entries(catalog, where)
+        counted = self.check_rows(entries)
+        nested = catalog.nested_catalogs()
+        counted["nested"] = len(nested)
+        self.check_structure(catalog, entries, nested, where, mountpoint, parent)
+        subtree = dict.fromkeys(STATISTICS_FIELDS, 0)
+        subtree_known = True  # false once a child catalog cannot be read
+        for ref in nested:
+            child = self.check_catalog(view, ref.content_hash, ref.path, ref.size, catalog)
+            if child is None:
+                subtree_known = False
+            else:
+                for name in STATISTICS_FIELDS:
+                    subtree[name] += child.get(f"self_{name}", 0)
+                    subtree[name] += child.get(f"subtree_{name}", 0)
+        for name in STATISTICS_FIELDS:
+            for scope, value in (("self", counted[name]), ("subtree", subtree[name])):
+                recorded = statistics.get(f"{scope}_{name}")
+                if recorded is None:
+                    self.report.add(where, f"statistics counter {scope}_{name} missing")
+                elif recorded != value and (scope == "self" or subtree_known):
+                    self.report.add(
+                        where, f"statistics {scope}_{name} is {recorded}, counted {value}"
+                    )
+        return statistics
+
+    def read_entries(self, catalog: Catalog, where: str) -> list[DirectoryEntry]:
+        def report(message: str) -> None:
+            self.report.add(where, message)
+
+        try:
+            return [row.entry for row in catalog.rows(on_problem=report)]
+        except CvmfsError as exc:
+            report(str(exc))
+            return []
+
+    def check_structure(
+        self,
+        catalog: Catalog,
+        entries: list[DirectoryEntry],
+        nested: list[NestedCatalogRef],
+        where: str,
+        mountpoint: str,
+        parent: Catalog | None,
+    ) -> None:
+        """Nested-catalog links, directory link counts and hard-link groups (spec §2.4-§2.9)."""
         if mountpoint:
             root = catalog.lookup(mountpoint)
             if root is None or not root.is_nested_root:
                 self.report.add(where, "no nested-root row (flag 32) at its mount point")
-            if parent is not None:
-                transition = parent.lookup(mountpoint)
-                if transition is None or not transition.is_nested_mountpoint:
-                    self.report.add(where, "parent has no transition-point row (flag 2)")
-        subtree = dict.fromkeys(STATISTICS_FIELDS, 0)
-        subtree_known = True  # false once a child catalog cannot be read
-        nested = catalog.nested_catalogs()
-        counted["nested"] = len(nested)
-        if first_visit:
-            for ref in nested:
-                child = self.check_catalog(view, ref.content_hash, ref.path, ref.size, catalog)
-                if child is None:
-                    subtree_known = False
-                else:
-                    for name in STATISTICS_FIELDS:
-                        subtree[name] += child.get(f"self_{name}", 0)
-                        subtree[name] += child.get(f"subtree_{name}", 0)
-            for name in STATISTICS_FIELDS:
-                for scope, value in (("self", counted[name]), ("subtree", subtree[name])):
-                    recorded = statistics.get(f"{scope}_{name}")
-                    if recorded is None:
-                        self.report.add(where, f"statistics counter {scope}_{name} missing")
-                    elif recorded != value and (scope == "self" or subtree_known):
-                        self.report.add(
-                            where, f"statistics {scope}_{name} is {recorded}, counted {value}"
-                        )
-        return statistics
+            transition = parent.lookup(mountpoint) if parent is not None else None
+            if transition is None or not transition.is_nested_mountpoint:
+                self.report.add(where, "parent has no transition-point row (flag 2)")
+            elif root is not None and transition.linkcount != root.linkcount:
+                self.report.add(
+                    where,
+                    f"transition point link count {transition.linkcount} differs from the "
+                    f"nested root's {root.linkcount}",
+                )
+        elif catalog.root_prefix is not None:
+            self.report.add(where, "the root catalog must not have a root_prefix (spec §2.3)")
+        transitions = {e.path for e in entries if e.is_nested_mountpoint}
+        refs = {ref.path for ref in nested}
+        for path in sorted(transitions - refs):
+            self.report.add(path, "transition point (flag 2) without a nested_catalogs row")
+        for path in sorted(refs - transitions):
+            self.report.add(path, "nested_catalogs row without a transition point (flag 2)")
+        subdirs: dict[str, int] = {}
+        for entry in entries:
+            if entry.is_dir and entry.path != mountpoint and entry.path:
+                parent_path = entry.path.rsplit("/", 1)[0]
+                subdirs[parent_path] = subdirs.get(parent_path, 0) + 1
+        groups: dict[int, list[DirectoryEntry]] = {}
+        for entry in entries:
+            if entry.is_dir and not entry.is_nested_mountpoint:
+                wanted = 2 + subdirs.get(entry.path, 0)
+                if entry.linkcount != wanted:
+                    self.report.add(
+                        entry.path or "/",
+                        f"directory link count {entry.linkcount}, expected {wanted} "
+                        "(2 + subdirectories, spec §2.4)",
+                    )
+            elif entry.linkcount == 0:
+                self.report.add(entry.path, "link count 0 (spec §2.4: never 0)")
+            if entry.hardlink_group:
+                groups.setdefault(entry.hardlink_group, []).append(entry)
+        for group, members in sorted(groups.items()):
+            first = members[0]
+            for member in members:
+                if (member.content_hash, member.size, member.linkcount) != (
+                    first.content_hash,
+                    first.size,
+                    len(members),
+                ):
+                    self.report.add(
+                        member.path,
+                        f"hard-link group {group}: members must share hash and size, "
+                        f"link count {len(members)}",
+                    )
 
-    def count_rows(self, catalog: Catalog, where: str, mountpoint: str) -> dict[str, int]:
+    def check_rows(self, entries: list[DirectoryEntry]) -> dict[str, int]:
         counted = dict.fromkeys(STATISTICS_FIELDS, 0)
-        try:
-            entries: Iterable[DirectoryEntry] = list(catalog.entries())
-        except CvmfsError as exc:
-            self.report.add(where, str(exc))
-            return counted
         for entry in entries:
             self.report.entries_checked += 1
             counted["xattr"] += bool(entry.xattrs)
@@ -245,7 +309,7 @@ def fsck(
     reader: RepositoryReader, *, all_revisions: bool = False, check_content: bool = True
 ) -> FsckReport:
     """Check the reader's revision (and, with `all_revisions`, every tagged revision)."""
-    report = FsckReport()
+    report = FsckReport(signatures_verified=reader.signatures_verified)
     checker = _Checker(reader, report, check_content)
     manifest = reader.manifest
     for content_hash, suffix in (

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from cvmfs.fsck import fsck
-from cvmfs.objects import ObjectSuffix, compress_and_hash
+from cvmfs.objects import ContentHash, ObjectSuffix, compress_and_hash
 from cvmfs.reader import RepositoryReader
+from cvmfs.storage import LocalStorage
 from tests.cvmfs_golden import FQRN, PINNED_NOW, PUBLIC_KEY, STRATUM0
 
 HELLO_OBJECT = "data/b1/2817a864b2715fa886c933b350ed31ed05db86"
@@ -84,34 +85,85 @@ def test_corrupt_older_revision_only_found_with_all_revisions(copy: Path) -> Non
     assert len(report.revisions_checked) == 3  # revision A could not be opened
 
 
-def test_wrong_statistics_and_size_in_a_rewritten_catalog(copy: Path, tmp_path: Path) -> None:
-    """A nested catalog whose counters and a file size lie, re-hashed so only fsck can tell."""
+ROOT_CATALOG = "data/73/7cda743e3f9079bfd1fe54945338cb839192feC"
+
+
+def rewrite_nested_catalog(copy: Path, tmp_path: Path, *statements: str) -> ContentHash:
+    """Apply SQL to the /nested catalog, store it and a root catalog pointing at it.
+
+    Both are stored under their new hashes, so only fsck's semantic checks can tell; the
+    revision is opened by the new root hash since the manifest cannot be re-signed here.
+    """
     db_path = tmp_path / "nested.db"
     db_path.write_bytes(zlib.decompress((copy / NESTED_CATALOG).read_bytes()))
     db = sqlite3.connect(db_path)
-    db.execute("UPDATE statistics SET value = 99 WHERE counter = 'self_regular'")
-    db.execute("UPDATE catalog SET size = 5 WHERE name = 'n1.txt'")
+    for statement in statements:
+        db.execute(statement)
     db.commit()
     db.close()
-    stored, new_hash = compress_and_hash(db_path.read_bytes())
-    key = new_hash.object_key(ObjectSuffix.CATALOG)
-    (copy / key).parent.mkdir(exist_ok=True)
-    (copy / key).write_bytes(stored)
-    # point the root catalog at it: rewrite root, then re-sign is impossible without keys,
-    # so open the revision by its root hash instead.
-    root_key = "data/73/7cda743e3f9079bfd1fe54945338cb839192feC"
+    stored, nested_hash = compress_and_hash(db_path.read_bytes())
+    store = LocalStorage(copy)
+    store.put(nested_hash.object_key(ObjectSuffix.CATALOG), stored)
     root_db = tmp_path / "root.db"
-    root_db.write_bytes(zlib.decompress((copy / root_key).read_bytes()))
+    root_db.write_bytes(zlib.decompress((copy / ROOT_CATALOG).read_bytes()))
     db = sqlite3.connect(root_db)
-    db.execute("UPDATE nested_catalogs SET sha1 = ? WHERE path = '/nested'", (new_hash.hex,))
+    db.execute(
+        "UPDATE nested_catalogs SET sha1 = ?, size = ? WHERE path = '/nested'",
+        (nested_hash.hex, db_path.stat().st_size),
+    )
     db.commit()
     db.close()
     root_stored, root_hash = compress_and_hash(root_db.read_bytes())
-    (copy / root_hash.object_key(ObjectSuffix.CATALOG)).parent.mkdir(exist_ok=True)
-    (copy / root_hash.object_key(ObjectSuffix.CATALOG)).write_bytes(root_stored)
+    store.put(root_hash.object_key(ObjectSuffix.CATALOG), root_stored)
+    return root_hash
+
+
+def fsck_messages(copy: Path, root_hash: ContentHash) -> list[str]:
     with open_reader(copy) as reader:
-        report = fsck(reader.at_root_hash(root_hash))
-    messages = [str(p) for p in report.problems]
+        return [str(p) for p in fsck(reader.at_root_hash(root_hash)).problems]
+
+
+def test_wrong_statistics_and_size(copy: Path, tmp_path: Path) -> None:
+    root_hash = rewrite_nested_catalog(
+        copy,
+        tmp_path,
+        "UPDATE statistics SET value = 99 WHERE counter = 'self_regular'",
+        "UPDATE catalog SET size = 5 WHERE name = 'n1.txt'",
+    )
+    messages = fsck_messages(copy, root_hash)
     assert any("self_regular is 99, counted 5" in m for m in messages), messages
     assert any("/nested/n1.txt" in m and "inflates to 23 bytes" in m for m in messages), messages
     assert any("self_file_size" in m for m in messages), messages
+
+
+def test_unchanged_rewrite_is_clean(copy: Path, tmp_path: Path) -> None:
+    """The rewrite helper itself does not introduce problems (so the other tests can fail)."""
+    root_hash = rewrite_nested_catalog(copy, tmp_path)
+    assert fsck_messages(copy, root_hash) == []
+
+
+def test_link_counts_and_hardlink_groups(copy: Path, tmp_path: Path) -> None:
+    root_hash = rewrite_nested_catalog(
+        copy,
+        tmp_path,
+        "UPDATE catalog SET hardlinks = 5 WHERE name = 'sub'",
+        "UPDATE catalog SET hardlinks = (7 << 32) | 2 WHERE name IN ('n1.txt', 'n2.txt')",
+    )
+    messages = fsck_messages(copy, root_hash)
+    assert any("/nested/sub: directory link count 5, expected 2" in m for m in messages)
+    assert sum("hard-link group 7" in m for m in messages) >= 1, messages
+
+
+def test_orphan_row_and_dangling_transition_point(copy: Path, tmp_path: Path) -> None:
+    root_hash = rewrite_nested_catalog(
+        copy,
+        tmp_path,
+        "DELETE FROM catalog WHERE name = 'sub'",
+        "DELETE FROM nested_catalogs",
+    )
+    messages = fsck_messages(copy, root_hash)
+    assert any("has no parent directory" in m for m in messages), messages
+    assert any(
+        "/nested/deeper: transition point (flag 2) without a nested_catalogs row" in m
+        for m in messages
+    ), messages

@@ -504,3 +504,28 @@ def test_local_storage(tmp_path: Path) -> None:
     for bad in ["../x", "/etc/passwd", "data/../../x", ""]:
         with pytest.raises(InvalidPathError):
             store.get(bad)
+
+
+def test_catalog_rows_deep_tree_and_orphans(tmp_path: Path) -> None:
+    path = tmp_path / "deep.db"
+    db = sqlite3.connect(path)
+    for ddl in catalog.CATALOG_DDL:
+        db.execute(ddl)
+    db.execute("INSERT INTO properties VALUES ('schema', '2.5')")
+    paths = [""] + ["/d" * depth for depth in range(1, 3001)] + ["/orphan/x"]
+    for entry_path in paths:
+        db.execute(
+            "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, size, mode, "
+            "mtime, flags, name, symlink, uid, gid) VALUES (?,?,?,?,2,4096,16877,0,1,?,'',0,0)",
+            (*catalog.md5path_pair(entry_path), *catalog.parent_pair(entry_path),
+             entry_path.rsplit("/", 1)[-1]),
+        )  # fmt: skip
+    db.commit()
+    db.close()
+    problems: list[str] = []
+    with catalog.Catalog(path) as cat:
+        rows = list(cat.rows(on_problem=problems.append))
+        assert len(rows) == 3001 and max(len(r.entry.path) for r in rows) == 6000
+        assert problems == ["row 'x' has no parent directory in its catalog"]
+        with pytest.raises(FormatError, match="no parent directory"):
+            list(cat.entries())
