@@ -108,6 +108,14 @@ class ApiSettings(BaseModel):
     """The service's HTTP application: user API and registry webhook receiver."""
 
     port: int = 8090
+    # Mutating calls (request, sync, rollback) per token subject: a token bucket of this many
+    # calls, refilled at rate_limit_per_minute; its state is in the registry database, so
+    # every API process shares it.
+    rate_limit_burst: int = Field(default=10, ge=1)
+    rate_limit_per_minute: float = Field(default=10.0, gt=0)
+    # A member of `<group>/<manager_subgroup>` manages the group's repositories (may read
+    # their keys).
+    manager_subgroup: str = "managers"
 
 
 class OidcSettings(BaseModel):
