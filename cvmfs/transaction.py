@@ -721,6 +721,10 @@ class Transaction:
             name = base_name(path)
             parent = parent_path(path)
             if name == CATALOG_MARKER and node.mountpoint == parent and parent != "":
+                # the catalog is gone, so it is no longer an automatic one either
+                auto = node.writer.lookup(f"{parent}/{AUTO_CATALOG_MARKER}")
+                if auto is not None:
+                    self._remove_leaf(node, auto)
                 self._merge_into_parent(node)
             return
         if row.is_nested_root:
