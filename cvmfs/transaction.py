@@ -505,6 +505,26 @@ class Transaction:
         if base_name(row.path) == CATALOG_MARKER and parent != "":
             self._make_mountpoint(parent)
 
+    # ----------------------------------------------------------------------- public: read
+    def stat(self, path: str) -> Row | None:
+        """The row `path` has in this transaction (pending changes included), or None."""
+        self._check_open()
+        self._drain(block=True)
+        return self._lookup(repository_path(path))[1]
+
+    def exists(self, path: str) -> bool:
+        return self.stat(path) is not None
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory `path` (nested catalogs followed; markers included)."""
+        self._check_open()
+        self._drain(block=True)
+        path = repository_path(path)
+        node, row = self._lookup(path)
+        if row is None or not row.is_dir:
+            raise NotFoundError(f"{path or '/'} is not a directory in this transaction")
+        return [child.name for child in node.writer.children(path)]
+
     # ---------------------------------------------------------------------- public: write
     @_guarded
     def mkdir(

@@ -12,7 +12,13 @@ from typing import IO, Any
 import pytest
 
 from cvmfs.chunking import ChunkingParams
-from cvmfs.errors import ConflictError, InvalidPathError, SignatureError, WhitelistExpiredError
+from cvmfs.errors import (
+    ConflictError,
+    InvalidPathError,
+    NotFoundError,
+    SignatureError,
+    WhitelistExpiredError,
+)
 from cvmfs.fsck import fsck
 from cvmfs.keys import KeySet, generate_keyset
 from cvmfs.objects import EMPTY_FILE_SHA1, ContentHash, HashAlgorithm
@@ -633,3 +639,24 @@ def test_another_hash_algorithm_is_recorded_in_flags_and_names(
         assert reader.catalogs()[1].content_hash.hex.endswith("-shake128")
         assert fsck(reader).ok
     check_catalog_invariants(storage, result.root_hash)
+
+
+def test_a_transaction_answers_what_exists_including_its_own_changes(
+    tmp_path: Path, keys: KeySet
+) -> None:
+    _storage, writer = _new_repo(tmp_path, keys)
+    with writer.transaction() as txn:
+        txn.add_file("/sw/.cvmfscatalog", b"")
+        txn.add_file("/sw/a", b"a")
+        txn.symlink("/sw/b", "a")
+        txn.publish()
+    with writer.transaction() as txn:
+        txn.add_file("/sw/c", b"c")
+        txn.remove("/sw/a")
+        assert txn.listdir("/sw") == [".cvmfscatalog", "b", "c"]
+        assert txn.exists("/sw/c") and not txn.exists("/sw/a")
+        row = txn.stat("/sw/b")
+        assert row is not None and row.is_symlink and row.symlink == "a"
+        assert txn.listdir("/") == ["sw"]
+        with pytest.raises(NotFoundError):
+            txn.listdir("/sw/c")
