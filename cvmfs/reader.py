@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, BinaryIO, cast
+from typing import IO, Any, BinaryIO, cast
 
 from cvmfs.catalog import (
     Catalog,
@@ -176,10 +176,16 @@ class RepositoryReader:
         location: str | os.PathLike[str],
         fqrn: str,
         public_keys: Sequence[str | os.PathLike[str]],
-        **kwargs: object,
+        **kwargs: Any,
     ) -> RepositoryReader:
         """Open a repository by URL (`http://host/cvmfs/<fqrn>`) or stratum-0 directory."""
-        return cls(open_storage(location), fqrn, public_keys, **kwargs)  # type: ignore[arg-type]
+        storage = open_storage(location)
+        try:
+            return cls(storage, fqrn, public_keys, **kwargs)
+        except BaseException:
+            if isinstance(storage, HttpStorage):
+                storage.close()
+            raise
 
     # lifecycle
     def close(self) -> None:
@@ -298,19 +304,23 @@ class RepositoryReader:
     def _fetch_to_file(
         self, content_hash: ContentHash, suffix: str, target: Path
     ) -> tuple[int, int]:
-        """Inflate a verified object into `target`; returns (uncompressed, stored) sizes."""
-        if target.exists():
-            return target.stat().st_size, -1
-        tmp = target.with_suffix(".tmp")
+        """Inflate a verified object into `target` (kept as a cache, named by hash).
+
+        Returns (uncompressed, stored) sizes; the stored size is remembered in a side file.
+        """
+        stored_note = target.with_name(target.name + ".stored-size")
+        if target.exists() and stored_note.exists():
+            return target.stat().st_size, int(stored_note.read_text())
+        tmp = target.with_name(target.name + ".tmp")
         stored_size = 0
-        with tmp.open("wb") as out:
-            key = content_hash.object_key(suffix)
-            with self.fetch_stored(key, content_hash) as stored:
-                decoder = VerifyingDecoder(content_hash, what=key)
-                while piece := stored.read(READ_PIECE):
-                    stored_size += len(piece)
-                    out.write(decoder.update(piece))
-                decoder.finish()
+        key = content_hash.object_key(suffix)
+        with tmp.open("wb") as out, self.fetch_stored(key, content_hash) as stored:
+            decoder = VerifyingDecoder(content_hash, what=key)
+            while piece := stored.read(READ_PIECE):
+                stored_size += len(piece)
+                out.write(decoder.update(piece))
+            decoder.finish()
+        stored_note.write_text(str(stored_size))
         os.replace(tmp, target)
         return target.stat().st_size, stored_size
 
@@ -324,8 +334,6 @@ class RepositoryReader:
         if loaded is None:
             target = self._cache.root / f"{content_hash.hex}.catalog"
             size, stored_size = self._fetch_to_file(content_hash, ObjectSuffix.CATALOG, target)
-            if stored_size < 0:
-                stored_size = len(self.storage.get(content_hash.object_key(ObjectSuffix.CATALOG)))
             loaded = _LoadedCatalog(Catalog(target, mountpoint=mountpoint), size, stored_size)
             root_prefix = loaded.catalog.root_prefix
             if mountpoint and root_prefix != mountpoint:

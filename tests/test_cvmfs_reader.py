@@ -20,12 +20,13 @@ from cvmfs.errors import (
     NotFoundError,
     RepositoryNameMismatchError,
     SignatureError,
+    StorageError,
     WhitelistExpiredError,
 )
 from cvmfs.keys import generate_keyset
 from cvmfs.objects import ContentHash
 from cvmfs.reader import RepositoryReader
-from cvmfs.storage import LocalStorage
+from cvmfs.storage import HttpStorage, LocalStorage
 from tests.cvmfs_golden import (
     DESCRIPTIVE_FIELDS,
     FIXTURE,
@@ -314,3 +315,31 @@ def test_root_hash_view_verifies_catalog(copy: Path) -> None:
         missing = ContentHash.from_hex("00" * 20)
         with pytest.raises(NotFoundError):
             reader.at_root_hash(missing)
+
+
+def test_http_storage_errors(http_url: str) -> None:
+    store = HttpStorage(http_url)
+    try:
+        assert store.exists(".cvmfspublished") and not store.exists("data/00/missing")
+        with pytest.raises(NotFoundError, match="404"):
+            store.get("data/00/missing")
+        with pytest.raises(StorageError, match="read-only"):
+            store.put("data/00/x", b"x")
+        with pytest.raises(StorageError, match="read-only"):
+            store.put_atomic(".cvmfspublished", b"x")
+    finally:
+        store.close()
+    with pytest.raises(StorageError):
+        HttpStorage("http://127.0.0.1:9").get(".cvmfspublished")  # nothing listens on port 9
+
+
+def test_catalog_cache_dir_is_reused(copy: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with open_reader(copy, cache_dir=cache) as reader:
+        first = reader.catalogs()
+    (copy / NESTED_CATALOG).unlink()
+    with open_reader(copy, cache_dir=cache) as reader:
+        assert reader.catalogs() == first  # stored sizes included, nothing re-downloaded
+        assert reader.read("nested/n1.txt") == b"nested catalog file n1\n"
+    with open_reader(copy) as reader, pytest.raises(NotFoundError):
+        reader.stat("nested/n1.txt")
