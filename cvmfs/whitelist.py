@@ -24,13 +24,20 @@ SEPARATOR = b"--\n"
 
 
 def format_timestamp(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime(TIMESTAMP_FORMAT)
+    return _as_utc(moment).strftime(TIMESTAMP_FORMAT)
 
 
 def parse_timestamp(text: str) -> dt.datetime:
     if len(text) != 14 or not text.isdigit():
         raise FormatError(f"whitelist timestamp {text!r} is not YYYYMMDDhhmmss")
     return dt.datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC)
+
+
+def _as_utc(moment: dt.datetime) -> dt.datetime:
+    """A naive datetime is taken as UTC (the whitelist's own time zone), never local time."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
 
 
 def normalize_fingerprint(text: str) -> str:
@@ -72,7 +79,7 @@ class Whitelist:
 
     def is_expired(self, now: dt.datetime) -> bool:
         """Expired unless now < expiry, compared at hour granularity in UTC (spec §3.3)."""
-        now_utc = now.astimezone(dt.UTC)
+        now_utc = _as_utc(now)
         key_now = (now_utc.year, now_utc.month, now_utc.day, now_utc.hour)
         exp = self.expires
         return not key_now < (exp.year, exp.month, exp.day, exp.hour)
@@ -81,7 +88,7 @@ class Whitelist:
         if self.is_expired(now):
             raise WhitelistExpiredError(
                 f"the whitelist of {self.repository_name} expired at "
-                f"{self.expires.isoformat()} (now {now.astimezone(dt.UTC).isoformat()}): "
+                f"{self.expires.isoformat()} (now {_as_utc(now).isoformat()}): "
                 "re-sign it with the master key (resign-whitelist)"
             )
 
@@ -175,7 +182,7 @@ def build_whitelist(
     algorithm: HashAlgorithm = HashAlgorithm.SHA1,
 ) -> Whitelist:
     """A whitelist valid from `now` for `validity`, listing the given certificates."""
-    created = now.astimezone(dt.UTC).replace(microsecond=0)
+    created = _as_utc(now).replace(microsecond=0)
     return Whitelist(
         created=created,
         expires=created + validity,

@@ -529,3 +529,9 @@ def test_catalog_rows_deep_tree_and_orphans(tmp_path: Path) -> None:
         assert problems == ["row 'x' has no parent directory in its catalog"]
         with pytest.raises(FormatError, match="no parent directory"):
             list(cat.entries())
+
+
+def test_naive_clock_is_utc() -> None:
+    signed = whitelist.SignedWhitelist.parse((FIXTURE / "stratum0/.cvmfswhitelist").read_bytes())
+    assert not signed.whitelist.is_expired(dt.datetime(2026, 12, 28, 2, 59))
+    assert signed.whitelist.is_expired(dt.datetime(2026, 12, 28, 3, 0))
