@@ -5,8 +5,10 @@ Each component gets `<data_dir>/<name>/` as its own directory; down runs in reve
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from service.settings import Settings
@@ -19,6 +21,9 @@ from stack.prefect_server import PrefectServer
 from stack.rabbitmq import RabbitMQ
 from stack.registry import Registry
 from stack.stratum0_http import Stratum0Http
+
+# A cold start of the whole stack takes about a minute on a busy 2-core machine.
+LOCK_WAIT_S = 600.0
 
 
 def component_classes() -> list[type[Component]]:
@@ -62,18 +67,44 @@ class Stack:
 
         `progress(name, seconds)` is called after each component is up.
         """
-        self.settings.absolute_data_dir.mkdir(parents=True, exist_ok=True)
-        for component in self.select(names):
-            began = time.monotonic()
-            component.start()
-            if progress is not None:
-                progress(component.name, time.monotonic() - began)
+        chosen = self.select(names)
+        with self._exclusive():
+            for component in chosen:
+                began = time.monotonic()
+                component.start()
+                if progress is not None:
+                    progress(component.name, time.monotonic() - began)
         return self.status(names)
 
     def down(self, names: Iterable[str] | None = None) -> None:
         """Stop the components in reverse start order; each stops only what it recorded."""
-        for component in reversed(self.select(names)):
-            component.stop()
+        chosen = self.select(names)
+        with self._exclusive():
+            for component in reversed(chosen):
+                component.stop()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One `up` or `down` at a time per data directory (two terminals, one checkout)."""
+        data_dir = self.settings.absolute_data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with (data_dir / ".stack.lock").open("a") as handle:
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StackError(
+                            f"Another `stack up`/`stack down` on {data_dir} has been running "
+                            f"for over {LOCK_WAIT_S:.0f} s; wait for it, then retry."
+                        ) from None
+                    time.sleep(0.5)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def status(self, names: Iterable[str] | None = None) -> list[Health]:
         return [component.health() for component in self.select(names)]
