@@ -29,6 +29,8 @@ ALLOWED_ALGORITHMS: frozenset[str] = frozenset({"RS256", "RS384", "RS512", "ES25
 _KEY_TYPE_FOR_ALG = {"RS256": "RSA", "RS384": "RSA", "RS512": "RSA", "ES256": "EC"}
 _GROUP_CLAIMS = ("groups", "wlcg.groups")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# IAM access tokens are 1-2 KiB; parsing megabytes of attacker input buys nothing.
+MAX_TOKEN_LENGTH = 16 * 1024
 
 
 class AuthError(Exception):
@@ -246,6 +248,8 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Identity:
         """The Identity of a valid token; raises an AuthError subclass otherwise."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise MalformedToken(f"the bearer token is longer than {MAX_TOKEN_LENGTH} characters")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as error:

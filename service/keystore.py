@@ -98,6 +98,17 @@ class KeyOwner(BaseModel):
     def of_group(cls, group: str) -> KeyOwner:
         return cls(kind="group", group=group.strip().strip("/"))
 
+    @classmethod
+    def for_repository(
+        cls, kind: Literal["personal", "group"], owner_subject: str, group: str | None
+    ) -> KeyOwner:
+        """From an AuthorizedProvisionRequest or a registry Repository (same three fields)."""
+        if kind == "group":
+            if group is None:
+                raise ValueError("a group repository needs its group")
+            return cls.of_group(group)
+        return cls.personal(owner_subject)
+
 
 def secret_path(owner: KeyOwner, fqrn: str) -> str:
     """The KV v2 path inside the mount (the API path is `<mount>/data/<this>`).
@@ -187,7 +198,14 @@ class KeyStore:
             created = False
         except (hvac.exceptions.VaultError, RequestException) as error:
             raise self._translate(error, path) from error
-        stored = self.read(owner, fqrn)
+        try:
+            stored = self.read(owner, fqrn)
+        except KeysNotFound as error:
+            # cas=0 failed yet nothing is readable: the current version was soft-deleted.
+            raise KeystoreError(
+                f"a deleted key set exists at {self._mount}/data/{path}: undelete it, or "
+                f"destroy it (KeyStore.destroy) before provisioning {fqrn} again"
+            ) from error
         log.info("event=keys_stored fqrn=%s path=%s created=%s", fqrn, path, created)
         return stored, created
 

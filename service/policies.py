@@ -83,7 +83,9 @@ class PublisherAccess:
             response = self._client.auth.token.create(
                 role_name=name,
                 policies=[name],
-                no_default_policy=True,
+                # The default policy grants only self-service on the token itself
+                # (lookup/renew/revoke-self), which a long publish needs to renew it.
+                no_default_policy=False,
                 ttl=ttl,
                 display_name=name,
                 meta={"fqrn": fqrn},

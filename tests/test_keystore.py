@@ -92,6 +92,13 @@ def test_paths_follow_the_service_we_replace() -> None:
     )
 
 
+def test_owner_for_repository() -> None:
+    assert KeyOwner.for_repository("personal", "abc", None) == KeyOwner.personal("abc")
+    assert KeyOwner.for_repository("group", "abc", "/cms") == KeyOwner.of_group("cms")
+    with pytest.raises(ValueError):
+        KeyOwner.for_repository("group", "abc", None)
+
+
 @pytest.mark.parametrize("subject", ["../other", "a/b", "", ".hidden", 'x"y', "a..b"])
 def test_unsafe_subjects_are_refused(subject: str) -> None:
     with pytest.raises((UnsafeKeyPath, ValueError)):
@@ -177,6 +184,18 @@ def test_missing_keys(store: KeyStore) -> None:
     assert not store.exists(owner, fqrn)
 
 
+def test_soft_deleted_key_set_is_reported_not_replaced(
+    store: KeyStore, client: hvac.Client, keysets: tuple[KeySet, KeySet]
+) -> None:
+    owner, fqrn = _owner(), _fqrn("soft-deleted")
+    store.store_if_absent(owner, fqrn, keysets[0])
+    client.secrets.kv.v2.delete_latest_version_of_secret(
+        path=secret_path(owner, fqrn), mount_point="secret"
+    )
+    with pytest.raises(KeystoreError, match="deleted key set"):
+        store.store_if_absent(owner, fqrn, keysets[1])
+
+
 def test_destroy(store: KeyStore, keysets: tuple[KeySet, KeySet]) -> None:
     owner, fqrn = _owner(), _fqrn("gone")
     store.store_if_absent(owner, fqrn, keysets[0])
@@ -207,7 +226,7 @@ def test_publisher_token_reads_only_its_repository(
     access.grant(owner, fqrn_a)  # idempotent
     access.grant(owner, fqrn_b)
     token_a = access.mint_token(fqrn_a, ttl="10m")
-    assert token_a.policies == (publisher_policy_name(fqrn_a),)
+    assert set(token_a.policies) == {publisher_policy_name(fqrn_a), "default"}
     assert 0 < token_a.ttl_s <= 600
 
     publisher = _as_token(vault, token_a.token.get_secret_value())
@@ -229,9 +248,10 @@ def test_publisher_token_reads_only_its_repository(
         publisher.secrets.kv.v2.list_secrets(
             path=f"{owner.subject}/cvmfs_keys", mount_point="secret"
         )
-    # It cannot mint itself a token for B either.
+    # It cannot mint itself a token for B either; it can renew itself.
     with pytest.raises(hvac.exceptions.Forbidden):
         publisher.auth.token.create(role_name=publisher_policy_name(fqrn_b))
+    publisher.auth.token.renew_self()
 
 
 def test_revoked_access_stops_existing_tokens(
