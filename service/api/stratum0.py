@@ -1,0 +1,26 @@
+"""Where a repository's stratum-0 content lives, for the API's reader and the rollback flow.
+
+One function to swap for `tasks.storage` once that lands; local directory or the RGW bucket.
+"""
+
+from __future__ import annotations
+
+from cvmfs.storage import LocalStorage, S3Storage, Storage
+from service.settings import Settings
+
+
+def repository_storage(settings: Settings, fqrn: str) -> Storage:
+    """The storage of `fqrn`: `<data_dir>/stratum0/<fqrn>`, or `<bucket>/<fqrn>/` on S3."""
+    if settings.stratum0.backend == "s3":
+        import boto3  # only the S3 backend needs it (slow import)
+
+        ceph = settings.ceph
+        client = boto3.client(
+            "s3",
+            endpoint_url=ceph.s3_endpoint,
+            aws_access_key_id=ceph.service_access_key,
+            aws_secret_access_key=ceph.service_secret_key.get_secret_value(),
+            region_name=ceph.region,
+        )
+        return S3Storage(client, settings.stratum0.bucket, prefix=fqrn)
+    return LocalStorage(settings.absolute_data_dir / "stratum0" / fqrn)
