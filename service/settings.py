@@ -77,6 +77,11 @@ class RegistrySettings(BaseModel):
     # Shared secret the registry (or Harbor) sends in the Authorization header of webhooks.
     webhook_secret: SecretStr = SecretStr("dev-webhook-secret")
     unpack_projects: list[str] = Field(default_factory=lambda: ["unpacked"])
+    # Robot account for pulling images to unpack (None: anonymous); never logged.
+    robot_username: str | None = None
+    robot_password: SecretStr | None = None
+    # Platforms taken from a multi-architecture index, first match wins.
+    unpack_platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
 
     @property
     def url(self) -> str:
