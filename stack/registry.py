@@ -29,14 +29,11 @@ class Registry(Daemon):
     def ports(self) -> list[int]:
         return [self.settings.registry.port]
 
-    def marker(self) -> str:
-        return str(self.config_file)
-
     def argv(self) -> list[str]:
         return ["docker-registry", "serve", str(self.config_file)]
 
     def missing_packages(self) -> list[str]:
-        return packages.missing_debian(["docker-registry"])
+        return packages.missing_debian(["docker-registry", "skopeo", "umoci"])
 
     def config(self) -> dict[str, object]:
         """The registry configuration; never the packaged one, which binds every interface."""
