@@ -9,6 +9,7 @@ so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -16,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.tree import TreeSpec, generate_tree, write_tarball
@@ -29,16 +32,38 @@ FQRN = "bench.example.org"
 MB = 1_000_000
 
 
-def _storage_objects(root: Path) -> tuple[int, int]:
-    """(number, bytes) of content-addressed objects under `root/data` (staging excluded)."""
-    count = size = 0
+def _storage_objects(root: Path) -> tuple[int, int, int]:
+    """(objects, of which chunks, bytes) under `root/data` (staging excluded)."""
+    count = chunks = size = 0
     for directory in (root / "data").iterdir():
         if directory.name == "txn" or not directory.is_dir():
             continue
         for entry in os.scandir(directory):
             count += 1
+            chunks += entry.name.endswith("P")
             size += entry.stat().st_size
-    return count, size
+    return count, chunks, size
+
+
+def compute_floor(tree: Path, workers: int) -> dict[str, object]:
+    """zlib level 6 then SHA-1 of every file of the tree on `workers` threads: the compute floor
+    of any Python writer on this machine, measured in the same run (docs/performance.md)."""
+    files = sorted(p for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+
+    def encode(path: Path) -> int:
+        return len(hashlib.sha1(zlib.compress(path.read_bytes(), 6)).digest())
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(encode, files))
+    wall = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in files)
+    return {
+        "mode": "floor",
+        "workers": workers,
+        "wall_s": round(wall, 2),
+        "mb_per_s": round(size / MB / wall, 1),
+    }
 
 
 def run_one(mode: str, source: Path, repo_dir: Path, workers: int) -> dict[str, object]:
@@ -57,7 +82,7 @@ def run_one(mode: str, source: Path, repo_dir: Path, workers: int) -> dict[str, 
     wall = time.perf_counter() - wall0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)
-    objects, object_bytes = _storage_objects(repo_dir)
+    objects, chunk_objects, object_bytes = _storage_objects(repo_dir)
 
     # One changed file, published into the repository just imported.
     reader = RepositoryReader(storage, FQRN, [keys.master_public_pem])
@@ -77,6 +102,7 @@ def run_one(mode: str, source: Path, repo_dir: Path, workers: int) -> dict[str, 
         "mb_per_s": round(stats.bytes / MB / wall, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),
         "objects": objects,
+        "chunk_objects": chunk_objects,
         "object_mb": round(object_bytes / MB, 1),
         "catalogs": len(result.catalogs_written),
         "publish_one_s": round(one_wall, 3),
@@ -91,6 +117,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cvmfs-bench"))
     parser.add_argument("--modes", default="dir,tar")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--floor", action="store_true", help="also time zlib+SHA-1 alone")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
@@ -133,6 +160,9 @@ def main() -> None:
         figures = json.loads(output.strip().splitlines()[-1])
         print(" ".join(f"{key}={value}" for key, value in figures.items()))
         shutil.rmtree(repo, ignore_errors=True)
+    if args.floor:
+        figures = compute_floor(tree, args.workers)
+        print(" ".join(f"{key}={value}" for key, value in figures.items()))
 
 
 if __name__ == "__main__":

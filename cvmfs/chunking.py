@@ -121,9 +121,12 @@ def _first_cut(buffer: bytearray, start: int, end: int, threshold: int) -> int |
 
 
 def _read_into(stream: ReadableStream, buffer: bytearray, wanted: int, read_size: int) -> bool:
-    """Read until `buffer` holds `wanted` bytes; False once the stream is exhausted."""
+    """Read until `buffer` holds `wanted` bytes; False once the stream is exhausted.
+
+    Reads at most `read_size` bytes at a time so the transient copy stays one block.
+    """
     while len(buffer) < wanted:
-        data = stream.read(max(read_size, wanted - len(buffer)))
+        data = stream.read(min(read_size, wanted - len(buffer)))
         if not data:
             return False
         buffer += data
@@ -164,7 +167,8 @@ def iter_chunks(
         if cut is None:  # the stream ended inside the search window
             yield Chunk(offset, bytes(buffer), last=True)
             return
-        piece = bytes(buffer[:cut])
+        with memoryview(buffer) as view:
+            piece = bytes(view[:cut])  # one copy; the view is released before the resize
         del buffer[:cut]
         if not buffer and not exhausted:
             exhausted = not _read_into(stream, buffer, 1, block_size)
