@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,11 +45,18 @@ class FsckReport:
 
 
 class _Checker:
-    def __init__(self, reader: RepositoryReader, report: FsckReport, check_content: bool) -> None:
+    def __init__(
+        self, reader: RepositoryReader, report: FsckReport, check_content: bool, workers: int
+    ) -> None:
         self.reader = reader
         self.report = report
         self.check_content = check_content
+        self.workers = workers
         self.objects: dict[str, int | None] = {}  # key -> inflated size (None = bad)
+        # Objects are re-hashed after the catalog walk, on `workers` threads (zlib and hashlib
+        # release the GIL); what each reference expects is kept until then.
+        self.pending: dict[str, tuple[ContentHash, str, bool, str]] = {}
+        self.expected_sizes: list[tuple[str, int, str]] = []
         self.catalogs_seen: set[tuple[ContentHash, str]] = set()
 
     def check_object(
@@ -60,23 +69,41 @@ class _Checker:
         where: str | None = None,
     ) -> None:
         key = content_hash.object_key(suffix)
-        if key not in self.objects:
-            inflated = 0
-            try:
-                for piece in self.reader.iter_object(content_hash, suffix, compressed=compressed):
-                    inflated += len(piece)
-            except CvmfsError as exc:
-                self.report.add(where or key, str(exc))
-                self.objects[key] = None
-            else:
-                self.objects[key] = inflated
-            self.report.objects_checked += 1
-        size = self.objects[key]
-        if size is not None and expected_size is not None and size != expected_size:
-            self.report.add(
-                where or key,
-                f"object {key} inflates to {size} bytes, the catalog records {expected_size}",
-            )
+        if key not in self.objects and key not in self.pending:
+            self.pending[key] = (content_hash, suffix, compressed, where or key)
+        if expected_size is not None:
+            self.expected_sizes.append((key, expected_size, where or key))
+
+    def _inflated_size(self, content_hash: ContentHash, suffix: str, compressed: bool) -> int:
+        inflated = 0
+        for piece in self.reader.iter_object(content_hash, suffix, compressed=compressed):
+            inflated += len(piece)
+        return inflated
+
+    def run_pending(self) -> None:
+        """Re-hash and inflate every queued object, then compare the sizes references expect."""
+        jobs = list(self.pending.items())
+        self.pending.clear()
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            futures = [
+                (key, where, pool.submit(self._inflated_size, h, suffix, compressed))
+                for key, (h, suffix, compressed, where) in jobs
+            ]
+            for key, where, future in futures:
+                try:
+                    self.objects[key] = future.result()
+                except CvmfsError as exc:
+                    self.report.add(where, str(exc))
+                    self.objects[key] = None
+                self.report.objects_checked += 1
+        for key, expected_size, where in self.expected_sizes:
+            size = self.objects.get(key)
+            if size is not None and size != expected_size:
+                self.report.add(
+                    where,
+                    f"object {key} inflates to {size} bytes, the catalog records {expected_size}",
+                )
+        self.expected_sizes.clear()
 
     def check_revision(self, view: RepositoryReader, *, is_head: bool) -> None:
         self.report.revisions_checked.append(view.root_hash.hex)
@@ -306,11 +333,18 @@ def _reflog_ahead_of_manifest(
 
 
 def fsck(
-    reader: RepositoryReader, *, all_revisions: bool = False, check_content: bool = True
+    reader: RepositoryReader,
+    *,
+    all_revisions: bool = False,
+    check_content: bool = True,
+    workers: int | None = None,
 ) -> FsckReport:
-    """Check the reader's revision (and, with `all_revisions`, every tagged revision)."""
+    """Check the reader's revision (and, with `all_revisions`, every tagged revision).
+
+    Objects are re-hashed on `workers` threads (default: one per CPU).
+    """
     report = FsckReport(signatures_verified=reader.signatures_verified)
-    checker = _Checker(reader, report, check_content)
+    checker = _Checker(reader, report, check_content, workers or os.cpu_count() or 1)
     manifest = reader.manifest
     for content_hash, suffix in (
         (manifest.certificate_hash, ObjectSuffix.CERTIFICATE),
@@ -349,4 +383,5 @@ def fsck(
                 report.add(f"tag {tag.name}", str(exc))
                 continue
             checker.check_revision(view, is_head=False)
+    checker.run_pending()
     return report
