@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from service.run import serve_forever
-from service.settings import Settings
+from service.settings import LOOPBACK, Settings
 from stack.cli import bring_up, install_missing, stack_app
 from stack.errors import StackError
 from stack.manager import Stack
@@ -53,3 +53,14 @@ def up() -> None:
         f"stratum-0       {stratum0_url}\n"
     )
     serve_forever(settings)
+
+
+@app.command()
+def api() -> None:
+    """Serve the user API and the registry webhook on 127.0.0.1:<api.port> (uvicorn)."""
+    import uvicorn
+
+    from service.api import create_app
+
+    settings = Settings.load()
+    uvicorn.run(create_app(settings), host=LOOPBACK, port=settings.api.port)
