@@ -51,9 +51,9 @@ from service.api.models import (
 )
 from service.api.security import Caller, authenticate, bearer_scheme
 from service.api.services import ApiServices
+from service.api.stratum0 import key_owner
 from service.client_config import build_client_config
 from service.keystore import (
-    KeyOwner,
     KeysNotFound,
     KeystoreError,
     VaultUnavailable,
@@ -144,13 +144,6 @@ def _authorized(svc: ApiServices, caller: Caller, fqrn: str, right: Any) -> Repo
     repository = _repository(svc, fqrn)
     caller.require(repository, right)
     return repository
-
-
-def key_owner(repository: Repository) -> KeyOwner:
-    if repository.kind == "group":
-        assert repository.group is not None
-        return KeyOwner.of_group(repository.group)
-    return KeyOwner.personal(repository.owner_subject)
 
 
 def _keyset(svc: ApiServices, repository: Repository) -> KeySet:

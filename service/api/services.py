@@ -19,15 +19,26 @@ from bridge.publisher import EventPublisher
 from bridge.run_requests import FlowStarter
 from bridge.webhook import Publisher
 from cvmfs.storage import Storage
+from service.api.errors import Unavailable
 from service.api.ratelimit import RateLimiter
 from service.api.stratum0 import repository_storage
 from service.auth import TokenVerifier
-from service.keystore import KeyStore
+from service.keystore import KeyStore, KeystoreError
 from service.messages import RequestParser
 from service.repositories import RepositoryRegistry, database_url
 from service.settings import RabbitMQSettings, Settings
+from stack.errors import StackError
 
 log = logging.getLogger("cvmfs.api")
+
+
+def _default_key_store(settings: Settings) -> KeyStore:
+    vault = settings.vault
+    if vault.token is None:
+        from stack.openbao import root_token  # the local stack's token file
+
+        vault = vault.model_copy(update={"token": root_token(settings)})
+    return KeyStore.from_settings(vault)
 
 
 def _prefect_starter(api_url: str) -> FlowStarter:
@@ -120,7 +131,7 @@ class ApiServices:
             parser=RequestParser.from_settings(settings),
             queue_depth=depth,
             storage_for=lambda fqrn: repository_storage(settings, fqrn),
-            _key_store_factory=key_store or (lambda: KeyStore.from_settings(settings.vault)),
+            _key_store_factory=key_store or (lambda: _default_key_store(settings)),
             _closers=closers,
         )
 
@@ -128,7 +139,13 @@ class ApiServices:
         """Built on first use, so the API starts (and serves the rest) without Vault."""
         with self._lock:
             if self._key_store is None:
-                self._key_store = self._key_store_factory()
+                try:
+                    self._key_store = self._key_store_factory()
+                except (StackError, KeystoreError) as error:
+                    log.error("event=keystore-unconfigured error=%s", error)
+                    raise Unavailable(
+                        "the key store (Vault) is not configured for the API; ask an operator"
+                    ) from None
             return self._key_store
 
     def close(self) -> None:

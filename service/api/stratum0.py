@@ -1,12 +1,22 @@
-"""Where a repository's stratum-0 content lives, for the API's reader and the rollback flow.
+"""Where a repository's content and keys live, for the API's reader and the rollback flow.
 
-One function to swap for `tasks.storage` once that lands; local directory or the RGW bucket.
+`repository_storage` is the one function to swap for `tasks.storage` once that lands.
 """
 
 from __future__ import annotations
 
 from cvmfs.storage import LocalStorage, S3Storage, Storage
+from service.keystore import KeyOwner
+from service.repositories import Repository
 from service.settings import Settings
+
+
+def key_owner(repository: Repository) -> KeyOwner:
+    """Whose Vault path holds the keys: the group's for a group repository, else the owner's."""
+    if repository.kind == "group":
+        assert repository.group is not None
+        return KeyOwner.of_group(repository.group)
+    return KeyOwner.personal(repository.owner_subject)
 
 
 def repository_storage(settings: Settings, fqrn: str) -> Storage:
