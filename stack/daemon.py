@@ -37,10 +37,6 @@ class Daemon:
     def argv(self) -> list[str]:
         raise NotImplementedError
 
-    def marker(self) -> str:
-        """A string that appears in the daemon's command line and identifies this instance."""
-        raise NotImplementedError
-
     def extra_env(self) -> dict[str, str]:
         return {}
 
@@ -71,8 +67,13 @@ class Daemon:
         return self.base_dir / f"{self.name}.log"
 
     def owns(self, pid: int) -> bool:
-        """Whether live process `pid` is this instance (guards against recycled pids)."""
-        return self.marker() in " ".join(procs.cmdline(pid))
+        """Whether live process `pid` is this instance (guards against recycled pids).
+
+        Compares the arguments after the program: a console script shows up as
+        `python <script> ...`, and `bao` execs its real binary, so argv[0] differs.
+        """
+        args = self.argv()[1:]
+        return procs.cmdline(pid)[-len(args) :] == args
 
     def running_pid(self) -> int | None:
         pid = procs.read_pid(self.pid_file)

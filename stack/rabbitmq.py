@@ -42,12 +42,9 @@ class RabbitMQ(Daemon):
         mq = self.settings.rabbitmq
         return [mq.port, mq.management_port, mq.dist_port]
 
-    def marker(self) -> str:
-        return str(self.base_dir / "mnesia")
-
     def owns(self, pid: int) -> bool:
         # beam.smp gets its node name and directories through the environment, not argv.
-        return procs.environ(pid).get("RABBITMQ_MNESIA_BASE") == self.marker()
+        return procs.environ(pid).get("RABBITMQ_MNESIA_BASE") == str(self.base_dir / "mnesia")
 
     def missing_packages(self) -> list[str]:
         return packages.missing_debian(["rabbitmq-server"])

@@ -29,9 +29,6 @@ class Stratum0Http(Daemon):
     def ports(self) -> list[int]:
         return [self.settings.stratum0.http_port]
 
-    def marker(self) -> str:
-        return f"--root {self.storage_dir}"
-
     def argv(self) -> list[str]:
         return [
             sys.executable,
