@@ -5,7 +5,24 @@ Group names are normalised here, once, so every caller compares groups the same 
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, field_validator
+
+# What a subject or a group path segment may contain to be used in a Vault path and policy:
+# no '/', no '..', nothing HCL quoting or Vault's policy globs ('*', '+') treat specially.
+# IAM subjects are UUIDs, so this refuses nothing real.
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@=-]{0,254}$")
+
+
+def is_path_segment(value: str) -> bool:
+    """True when `value` can be one segment of a Vault path (see _PATH_SEGMENT)."""
+    return bool(_PATH_SEGMENT.match(value)) and ".." not in value
+
+
+def is_path_safe_group(group: str) -> bool:
+    """True when every segment of a normalised group path is a safe path segment."""
+    return all(is_path_segment(segment) for segment in group.split("/"))
 
 
 def normalise_group(raw: str) -> str:

@@ -17,6 +17,7 @@ from requests.exceptions import RequestException
 
 from cvmfs.errors import CvmfsError
 from cvmfs.keys import KeySet, validate_keyset
+from service.identity import is_path_segment
 from service.settings import VaultSettings
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,6 @@ _FIELDS = {
     FIELD_REPOSITORY_KEY: "repository_private_pem",
     FIELD_GATEWAY_KEY: "gateway_key",
 }
-# A path segment taken from a token claim: no '/', no '..', nothing HCL or a URL would treat
-# specially. IAM subjects are UUIDs; group paths are checked segment by segment.
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,254}$")
 _FQRN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
 
 
@@ -57,7 +55,8 @@ class VaultUnavailable(KeystoreError):
 
 
 def _check_segment(value: str, what: str) -> str:
-    if not _SEGMENT.match(value) or ".." in value:
+    # Subjects and groups come from token claims; group paths are checked segment by segment.
+    if not is_path_segment(value):
         raise UnsafeKeyPath(f"{what} {value[:80]!r} cannot be used in a Vault path")
     return value
 

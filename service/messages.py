@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from service.auth import AuthError, IssuerUnavailable, TokenVerifier
-from service.identity import Identity, normalise_group
+from service.identity import Identity, is_path_safe_group, is_path_segment, normalise_group
 from service.naming import NamingError, RepositoryNamer, bucket_for
 from service.settings import ProvisioningSettings, Settings
 
@@ -140,6 +140,16 @@ def _validation_reason(error: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _unsafe_subject(request_id: str | None) -> Refusal:
+    # The subject becomes a Vault path segment (<subject>/cvmfs_keys/<fqrn>).
+    return Refusal(
+        code="invalid_name",
+        reason="the requester's subject has characters the key store cannot use in a path; "
+        "contact the service operators",
+        request_id=request_id,
+    )
+
+
 class RequestParser:
     """Turns raw message bytes into a request to authorize, an authorized request or a Refusal."""
 
@@ -241,6 +251,8 @@ class RequestParser:
                 request_id=request_id,
             )
         username, subject, raw_fqrn, flag = fields
+        if not is_path_segment(subject):
+            return _unsafe_subject(request_id)
         if flag not in ("P", "G"):
             return Refusal(
                 code="malformed",
@@ -305,11 +317,19 @@ class RequestParser:
         self, request: ProvisionRequest, identity: Identity
     ) -> AuthorizedProvisionRequest | Refusal:
         """The part of `authorize` after the token (the API verifies the bearer itself)."""
+        if not is_path_segment(identity.subject):
+            return _unsafe_subject(request.request_id)
         group: str | None = None
         try:
             if request.kind == "group":
                 assert request.group is not None  # checked by the model
                 group = normalise_group(request.group)
+                if not is_path_safe_group(group):
+                    return Refusal(
+                        code="invalid_name",
+                        reason=f"group {group[:80]!r} has characters the key store cannot use",
+                        request_id=request.request_id,
+                    )
                 if not identity.is_member(group):
                     return Refusal(
                         code="forbidden",

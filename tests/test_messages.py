@@ -206,6 +206,27 @@ def test_legacy_with_invalid_repository_is_refused(parser: RequestParser, fqrn: 
     _refusal(parser.parse(f"alice,sub,{fqrn},P".encode(), TRUSTED), "invalid_name")
 
 
+@pytest.mark.parametrize("subject", ["../admin", "a/b", "a*b", "a+b"])
+def test_legacy_with_unsafe_subject_is_refused(parser: RequestParser, subject: str) -> None:
+    body = f"alice,{subject},alice-personal.sw.example.org,P".encode()
+    _refusal(parser.parse(body, TRUSTED), "invalid_name")
+
+
+def test_token_with_unsafe_subject_is_refused(
+    parser: RequestParser, oidc_issuer: TestIssuer, token_verifier: TokenVerifier
+) -> None:
+    request = _request(oidc_issuer, kind="personal", access_token=oidc_issuer.mint(sub="x/../y"))
+    _refusal(parser.authorize(request, token_verifier), "invalid_name")
+
+
+def test_group_with_unsafe_characters_is_refused(
+    parser: RequestParser, oidc_issuer: TestIssuer, token_verifier: TokenVerifier
+) -> None:
+    token = oidc_issuer.mint(groups=["cms/*"])
+    request = _request(oidc_issuer, kind="group", group="cms/*", access_token=token)
+    _refusal(parser.authorize(request, token_verifier), "invalid_name")
+
+
 def test_legacy_group_cannot_take_a_personal_name(parser: RequestParser) -> None:
     body = b"bob,sub,alice-personal.sw.example.org,G"
     _refusal(parser.parse(body, TRUSTED), "invalid_name")
