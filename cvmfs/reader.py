@@ -10,7 +10,7 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, cast
@@ -405,8 +405,8 @@ class RepositoryReader:
                 entry.content_hash, compressed=entry.is_compressed, expected_size=entry.size
             )
 
-    def _iter_chunks(self, entry: DirectoryEntry) -> Iterator[bytes]:
-        offset = 0
+    def _iter_chunks(self, entry: DirectoryEntry, start: int = 0) -> Iterator[bytes]:
+        offset = start
         for chunk in entry.chunks:
             if chunk.offset != offset:
                 raise IntegrityError(
@@ -420,15 +420,35 @@ class RepositoryReader:
                 expected_size=chunk.size,
             )
             offset += chunk.size
-        if offset != entry.size:
-            raise IntegrityError(f"{entry.path}: chunks cover {offset} of {entry.size} bytes")
+        if offset - start != entry.size:
+            raise IntegrityError(
+                f"{entry.path}: chunks cover {offset - start} of {entry.size} bytes"
+            )
 
     def read(self, path: str) -> bytes:
         return b"".join(self.iter_content(path))
 
+    def iter_content_from(self, entry: DirectoryEntry, offset: int) -> Iterator[bytes]:
+        """Content of a regular file from `offset` on; a chunked file skips whole chunks."""
+        if offset >= entry.size:
+            return
+        if not entry.is_chunked:
+            yield from _skip(self.iter_content(entry), offset)
+            return
+        for index, chunk in enumerate(entry.chunks):
+            if chunk.offset <= offset < chunk.offset + chunk.size:
+                rest = replace(entry, chunks=entry.chunks[index:], size=entry.size - chunk.offset)
+                yield from _skip(self._iter_chunks(rest, start=chunk.offset), offset - chunk.offset)
+                return
+        raise IntegrityError(f"{entry.path}: no chunk covers offset {offset}")
+
     def open_file(self, path: str) -> BinaryIO:
-        """A streaming binary file object over a regular file's content."""
-        return cast(BinaryIO, io.BufferedReader(_IteratorReader(self.iter_content(path))))
+        """A binary file object over a regular file's content: streaming, and seekable (a seek
+        in a chunked file fetches only the chunks from the new position on)."""
+        entry = self.stat(path)
+        if not entry.is_regular:
+            raise InvalidPathError(f"{entry.path} is not a regular file")
+        return cast(BinaryIO, io.BufferedReader(_FileReader(self, entry)))
 
     def walk_with_catalogs(self, path: str = "") -> Iterator[tuple[str, DirectoryEntry]]:
         """(catalog mount point, entry) for `path` and everything below it, depth first.
@@ -559,17 +579,48 @@ def parent_of(path: str) -> str:
     return path.rsplit("/", 1)[0] if path else ""
 
 
-class _IteratorReader(io.RawIOBase):
-    """`readinto` over an iterator of byte pieces."""
+def _skip(pieces: Iterator[bytes], count: int) -> Iterator[bytes]:
+    """The pieces without their first `count` bytes."""
+    for piece in pieces:
+        if count >= len(piece):
+            count -= len(piece)
+            continue
+        yield piece[count:] if count else piece
+        count = 0
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
+
+class _FileReader(io.RawIOBase):
+    """Seekable raw reader over one file; a seek restarts the content stream at the offset."""
+
+    def __init__(self, reader: RepositoryReader, entry: DirectoryEntry) -> None:
+        self._reader = reader
+        self._entry = entry
+        self._position = 0
+        self._pieces: Iterator[bytes] | None = None
         self._pending = b""
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._entry.size}
+        position = base[whence] + offset
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        if position != self._position:
+            self._close_pieces()
+            self._position = position
+        return self._position
+
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._pieces is None:
+            self._pieces = self._reader.iter_content_from(self._entry, self._position)
         while not self._pending:
             try:
                 self._pending = next(self._pieces)
@@ -578,10 +629,17 @@ class _IteratorReader(io.RawIOBase):
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
+        self._position += n
         return n
 
+    def _close_pieces(self) -> None:
+        if self._pieces is not None:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
+        self._pieces = None
+        self._pending = b""
+
     def close(self) -> None:
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
+        self._close_pieces()
         super().close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import http.server
+import io
 import shutil
 import threading
 from collections.abc import Iterator
@@ -343,3 +344,28 @@ def test_catalog_cache_dir_is_reused(copy: Path, tmp_path: Path) -> None:
         assert reader.read("nested/n1.txt") == b"nested catalog file n1\n"
     with open_reader(copy) as reader, pytest.raises(NotFoundError):
         reader.stat("nested/n1.txt")
+
+
+def test_open_file_seeks_by_chunk(copy: Path) -> None:
+    with open_reader(STRATUM0) as reader:
+        whole = reader.read("data/big-chunked.bin")
+        random_file = reader.read("data/random-1MiB.bin")
+    (copy / "data/09/0d8d57cb02074e09b814ba17c4247a83c9c212P").unlink()  # first chunk
+    with open_reader(copy) as reader:
+        with reader.open_file("data/big-chunked.bin") as fh:
+            fh.seek(9569064 + 100)  # inside the third chunk: the first is never fetched
+            assert fh.read(50) == whole[9569164:9569214]
+            fh.seek(9569064 - 3)  # across the boundary of chunks 2 and 3
+            assert fh.read(10) == whole[9569061:9569071]
+            assert fh.seek(-5, io.SEEK_END) == len(whole) - 5
+            assert fh.read() == whole[-5:]
+            assert fh.read() == b""
+            fh.seek(0)
+            with pytest.raises(NotFoundError):
+                fh.read(1)
+        with reader.open_file("data/random-1MiB.bin") as fh:
+            fh.seek(1000)
+            assert fh.read(24) == random_file[1000:1024]
+            assert fh.tell() == 1024
+        with pytest.raises(InvalidPathError):
+            reader.open_file("links/relative")
