@@ -146,6 +146,7 @@ class RepositoryReader:
         self.now = now or dt.datetime.now(dt.UTC)
         self._cache = _ObjectCache(cache_dir)
         self._owns_cache = True
+        self._owns_storage = False  # set by open(), which made the storage
         self.signatures_verified = False
         try:
             data = manifest_data if manifest_data is not None else storage.get(MANIFEST_KEY)
@@ -181,17 +182,19 @@ class RepositoryReader:
         """Open a repository by URL (`http://host/cvmfs/<fqrn>`) or stratum-0 directory."""
         storage = open_storage(location)
         try:
-            return cls(storage, fqrn, public_keys, **kwargs)
+            reader = cls(storage, fqrn, public_keys, **kwargs)
         except BaseException:
             if isinstance(storage, HttpStorage):
                 storage.close()
             raise
+        reader._owns_storage = True
+        return reader
 
     # lifecycle
     def close(self) -> None:
         if self._owns_cache:
             self._cache.close()
-            if isinstance(self.storage, HttpStorage):
+            if self._owns_storage and isinstance(self.storage, HttpStorage):
                 self.storage.close()
 
     def __enter__(self) -> RepositoryReader:
