@@ -61,6 +61,8 @@ class TestIssuer:
         self.audience = audience
         self._keys: list[IssuerKey] = [IssuerKey.new_rsa()]
         self._lock = threading.Lock()
+        # Raw JWKs published beside the issuer's keys (e.g. a symmetric or an `enc` key).
+        self.extra_jwks: list[dict[str, Any]] = []
         self.jwks_requests = 0
         self.discovery_requests = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -110,7 +112,7 @@ class TestIssuer:
 
     def jwks(self) -> dict[str, Any]:
         with self._lock:
-            return {"keys": [k.public_jwk() for k in self._keys]}
+            return {"keys": [k.public_jwk() for k in self._keys] + list(self.extra_jwks)}
 
     # -- tokens ----------------------------------------------------------------------------
 

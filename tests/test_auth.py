@@ -305,6 +305,36 @@ def test_algorithm_not_matching_key_type_is_refused(
     )
 
 
+def test_token_pointing_at_a_symmetric_jwk_is_refused(
+    oidc_issuer: TestIssuer, token_verifier: TokenVerifier
+) -> None:
+    secret = b"shared-secret-published-by-mistake"
+    oidc_issuer.extra_jwks.append({"kty": "oct", "kid": "oct-1", "k": _b64(secret)})
+    signing_input = _unsigned_parts({"alg": "HS256", "kid": "oct-1"}, oidc_issuer.claims())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    _refused(token_verifier, signing_input + "." + _b64(signature), AlgorithmRefused)
+    # An RS256 header naming the symmetric key does not get it used either.
+    token = oidc_issuer.mint(headers={"kid": "oct-1"})
+    _refused(token_verifier, token, AlgorithmRefused)
+
+
+def test_algorithm_other_than_the_jwk_alg_is_refused(
+    oidc_issuer: TestIssuer, token_verifier: TokenVerifier
+) -> None:
+    key = IssuerKey.new_rsa()
+    oidc_issuer.extra_jwks.append({**key.public_jwk(), "alg": "RS256"})
+    assert token_verifier.verify(oidc_issuer.mint(key=key)).username == "alice"
+    _refused(token_verifier, oidc_issuer.mint(key=key, algorithm="RS512"), AlgorithmRefused)
+
+
+def test_encryption_keys_are_not_used_for_signatures(
+    oidc_issuer: TestIssuer, token_verifier: TokenVerifier
+) -> None:
+    key = IssuerKey.new_rsa()
+    oidc_issuer.extra_jwks.append({**key.public_jwk(), "use": "enc"})
+    _refused(token_verifier, oidc_issuer.mint(key=key), UnknownSigningKey)
+
+
 @pytest.mark.parametrize(
     "token",
     ["", "not-a-jwt", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.!!!.###", "....", "x" * 5000, "a." * 9000],
