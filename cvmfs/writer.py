@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,7 +259,7 @@ class RepositoryWriter:
                 "apply the changes again"
             )
 
-    def check_whitelist(self) -> Whitelist:
+    def check_whitelist(self, at: int | None = None) -> Whitelist:
         """Refuse to publish what clients would reject: the whitelist must name this
         repository, be unexpired now (as `cvmfs_server publish` requires) and list the
         certificate of these keys."""
@@ -270,7 +270,8 @@ class RepositoryWriter:
                 f"{self.storage!r} has no {WHITELIST_KEY}: sign one with resign_whitelist"
             ) from None
         whitelist.check_repository_name(self.fqrn)
-        whitelist.check_not_expired(dt.datetime.fromtimestamp(self.clock(), dt.UTC))
+        moment = self.clock() if at is None else at
+        whitelist.check_not_expired(dt.datetime.fromtimestamp(moment, dt.UTC))
         whitelist.check_certificate(self.keys.certificate_pem)
         return whitelist
 
@@ -279,8 +280,8 @@ class RepositoryWriter:
     ) -> PublishResult:
         base = txn.base_manifest
         self._check_base(base)  # fail early, before writing catalogs
-        self.check_whitelist()
         timestamp = self._next_timestamp(base)
+        self.check_whitelist(timestamp)
         catalogs = txn.finalize_catalogs(last_modified=timestamp)
         root = catalogs[-1]
         return self._commit(
@@ -316,7 +317,6 @@ class RepositoryWriter:
         description: str,
         auto_tag: bool,
         move_trunk: bool,
-        extra_refs: Iterable[tuple[ContentHash, RefType]] = (),
         metainfo_hash: ContentHash | None = None,
         files_added: int = 0,
         objects_uploaded: int = 0,
@@ -349,8 +349,7 @@ class RepositoryWriter:
             if move_trunk
             else None,
         )
-        refs: list[tuple[ContentHash, RefType]] = list(extra_refs)
-        refs.append((root_hash, RefType.CATALOG))
+        refs: list[tuple[ContentHash, RefType]] = [(root_hash, RefType.CATALOG)]
         if history_hash is not None:
             refs.append((history_hash, RefType.HISTORY))
         refs.append((certificate_hash, RefType.CERTIFICATE))
@@ -458,30 +457,33 @@ class RepositoryWriter:
         if name in (TAG_TRUNK, TAG_TRUNK_PREVIOUS):
             raise CvmfsError(f"{name!r} is maintained automatically; choose another tag name")
         base = self.current_manifest()
-        self.check_whitelist()
-        root_hash, root_size = base.root_catalog_hash, base.root_catalog_size
-        tag_revision = base.revision
+        known = self.tags()
+        # A tag carries the time its revision was published (as upstream's `tag -a` does).
+        current = [t for t in known if t.root_hash == base.root_catalog_hash]
+        target = Tag(
+            name,
+            base.root_catalog_hash,
+            base.revision,
+            current[0].timestamp if current else base.publish_timestamp or 0,
+            description,
+            base.root_catalog_size or 0,
+        )
         if revision is not None and revision != base.revision:
-            matches = [t for t in self.tags() if t.revision == revision]
+            matches = [t for t in known if t.revision == revision]
             if not matches:
                 raise NotFoundError(f"no tag records revision {revision}: cannot tag it")
-            root_hash, root_size, tag_revision = (
-                matches[0].root_hash,
-                matches[0].size,
-                revision,
-            )
+            old = matches[0]
+            target = Tag(name, old.root_hash, revision, old.timestamp, description, old.size)
         timestamp = self._next_timestamp(base)
-        history_hash = self._write_history(
-            base,
-            [Tag(name, root_hash, tag_revision, timestamp, description, root_size or 0)],
-            trunk=None,
-        )
+        self.check_whitelist(timestamp)
+        history_hash = self._write_history(base, [target], trunk=None)
         return self._resign_manifest(base, timestamp=timestamp, history_hash=history_hash)
 
     def _resign_manifest(
         self, base: Manifest, *, timestamp: int, history_hash: ContentHash | None
     ) -> PublishResult:
-        refs: list[tuple[ContentHash, RefType]] = []
+        # as upstream's `tag`: the root catalog and the new history are (re-)recorded
+        refs: list[tuple[ContentHash, RefType]] = [(base.root_catalog_hash, RefType.CATALOG)]
         if history_hash is not None:
             refs.append((history_hash, RefType.HISTORY))
         self._check_base(base)
@@ -510,13 +512,13 @@ class RepositoryWriter:
         previous_revision); nested catalogs are the tagged revision's objects. Tags are kept.
         """
         base = self.current_manifest()
-        self.check_whitelist()
         matches = [t for t in self.tags() if t.name == tag_name]
         if not matches:
             raise NotFoundError(f"no tag named {tag_name!r}: list the tags first")
         target = matches[0]
         revision = base.revision + 1
         timestamp = self._next_timestamp(base)
+        self.check_whitelist(timestamp)
         with tempfile.TemporaryDirectory(dir=self.options.work_dir) as tmp:
             path = Path(tmp) / "root.sqlite"
             path.write_bytes(self._get_object(target.root_hash, ObjectSuffix.CATALOG))
@@ -569,7 +571,7 @@ def create_repository(
     writer = RepositoryWriter(storage, fqrn, keys, options, clock=clock)
     writer._check_base(None)
     master_key = keys.require_master_key()
-    timestamp = clock()
+    timestamp = clock()  # revision 0 (and the root directory's mtime) and the whitelist
     opts = writer.options
     work = Path(tempfile.mkdtemp(prefix="cvmfs-mkfs-", dir=opts.work_dir))
     try:
@@ -587,6 +589,7 @@ def create_repository(
         catalog = CatalogWriter.create(db_path, root, ttl_s=opts.ttl_s)
         catalog.finalize(revision=0, last_modified=timestamp, previous_revision=None, subtree={})
         rev0_hash = writer._put_object(db_path.read_bytes(), ObjectSuffix.CATALOG)
+        writer._write_reflog([(rev0_hash, RefType.CATALOG)], timestamp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     metainfo_hash: ContentHash | None = None
@@ -605,6 +608,7 @@ def create_repository(
     if replicable:
         storage.put_atomic(MASTER_REPLICA_KEY, MASTER_REPLICA_TEXT)
     txn = writer._transaction_from(None, rev0_hash)
+    timestamp = max(clock(), timestamp)  # revision 1, a moment later as upstream's mkfs
     try:
         catalogs = txn.finalize_catalogs(last_modified=timestamp)
         root_catalog = catalogs[-1]
@@ -619,7 +623,6 @@ def create_repository(
             description="",
             auto_tag=opts.auto_tag,
             move_trunk=True,
-            extra_refs=[(rev0_hash, RefType.CATALOG)],
             metainfo_hash=metainfo_hash,
         )
     finally:

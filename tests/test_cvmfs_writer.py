@@ -132,7 +132,7 @@ def test_create_makes_a_verified_revision_1_with_an_empty_root(
         assert reader.whitelist.expires == dt.datetime.fromtimestamp(T0, dt.UTC) + dt.timedelta(
             days=30
         )
-        assert [t.name for t in reader.tags()] == ["generic-2027-01-15T08:00:00Z", "trunk"]
+        assert [t.name for t in reader.tags()] == ["generic-2027-01-15T08:00:01Z", "trunk"]
         refs = reader.reflog()
         assert sorted(r.type.label for r in refs) == [
             "catalog",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cvmfs.fsck import fsck
-from cvmfs.objects import compress_and_hash, object_path
+from cvmfs.objects import ContentHash, compress_and_hash, decode_verified, object_path
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage
 from cvmfs.writer import PublishResult, RepositoryWriter, WriterOptions, create_repository
@@ -39,20 +39,34 @@ from tests.test_cvmfs_writer_support import (
 pytestmark = pytest.mark.slow
 
 
+def _fixture_metainfo() -> str:
+    """The meta-info JSON text of the fixture (upstream's mkfs template), from its M object."""
+    m_hash = ContentHash.from_hex(expected("expected.json")["manifest"]["raw_lines"]["M"])
+    stored = (GOLDEN / "stratum0" / m_hash.object_key("M")).read_bytes()
+    return decode_verified(stored, m_hash).decode()
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStorage, list[PublishResult]]:
     storage = LocalStorage(tmp_path_factory.mktemp("golden") / "stratum0")
-    clock = SteppingClock(MKFS_TIME, *PUBLISH_TIMES)
-    writer, created = create_repository(storage, FQRN, golden_keys(), WriterOptions(), clock=clock)
+    a_time, b_time, c_time = PUBLISH_TIMES
+    # README "How the repository was produced": mkfs, A, B, `tag -a v1` (T 1795837081), C
+    clock = SteppingClock(MKFS_TIME, MKFS_TIME + 1, a_time, b_time, 1795837081, c_time)
+    writer, created = create_repository(
+        storage, FQRN, golden_keys(), WriterOptions(), meta_info=_fixture_metainfo(), clock=clock
+    )
     results = [created]
-    for write, tag, message in (
-        (write_revision_a, None, "revision A: initial content"),
-        (write_revision_b, "v1", "revision B: modify, delete, add in nested catalogs"),
-        (write_revision_c, None, "revision C: small change after tag v1"),
+    for write, message in (
+        (write_revision_a, "revision A: initial content"),
+        (write_revision_b, "revision B: modify, delete, add in nested catalogs"),
+        (write_revision_c, "revision C: small change after tag v1"),
     ):
         txn = writer.transaction()
         write(txn)
-        results.append(txn.publish(tag=tag, description=message))
+        results.append(txn.publish(description=message))
+        if write is write_revision_b:
+            tagged = writer.tag("v1", description="release v1 (revision B)")
+            assert tagged.revision == 3 and tagged.timestamp == 1795837081
     return storage, results
 
 
@@ -189,8 +203,8 @@ def test_manifest_history_and_reflog_look_like_the_fixtures(
     storage, results = published
     manifest = results[3].manifest
     theirs = expected("expected.json")["manifest"]["raw_lines"]
-    # same fields in the same order; M (meta-info) only when create_repository gets one
-    assert list(manifest.raw_lines()) == [letter for letter in theirs if letter != "M"]
+    assert list(manifest.raw_lines()) == list(theirs)  # same fields in the same order
+    assert manifest.metainfo_hash is not None and manifest.metainfo_hash.hex == theirs["M"]
     assert manifest.revision == 4 and manifest.publish_timestamp == PUBLISH_TIMES[2]
     assert manifest.certificate_hash is not None
     assert manifest.certificate_hash.hex == theirs["X"]  # same certificate, same zlib object
@@ -245,3 +259,44 @@ def test_publishing_into_the_stock_made_repository(tmp_path: Path) -> None:
         report = fsck(reader, all_revisions=True)
         assert report.ok, [str(p) for p in report.problems]
         assert len(report.revisions_checked) >= 5
+
+
+def test_history_tags_are_the_fixtures(
+    published: tuple[LocalStorage, list[PublishResult]],
+) -> None:
+    storage, _results = published
+    pub = str(GOLDEN / "keys" / f"{FQRN}.pub")
+    pinned = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    with RepositoryReader(storage, FQRN, [pub], now=pinned) as reader:
+        ours = sorted(
+            (t.name, t.revision, t.timestamp, t.description, t.channel, t.branch)
+            for t in reader.tags()
+        )
+    theirs = sorted(
+        (t["name"], t["revision"], t["timestamp"], t["description"], t["channel"], t["branch"])
+        for t in expected("expected.json")["history_tags"]
+    )
+    assert ours == theirs
+
+
+def test_reflog_records_what_the_stock_publisher_records(
+    published: tuple[LocalStorage, list[PublishResult]],
+) -> None:
+    storage, _results = published
+    pub = str(GOLDEN / "keys" / f"{FQRN}.pub")
+    with RepositoryReader(
+        storage, FQRN, [pub], now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    ) as reader:
+        ours = sorted((r.type.label, r.timestamp) for r in reader.reflog())
+        fixed = {
+            r.content_hash.hex
+            for r in reader.reflog()
+            if r.type.label in ("certificate", "metainfo")
+        }
+    theirs = sorted((r["type"], r["timestamp"]) for r in expected("expected.json")["reflog"])
+    assert ours == theirs
+    assert fixed == {
+        r["hash"]
+        for r in expected("expected.json")["reflog"]
+        if r["type"] in ("certificate", "metainfo")
+    }

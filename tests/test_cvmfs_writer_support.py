@@ -26,7 +26,7 @@ GOLDEN = FIXTURE / "golden.example.org"
 FQRN = "golden.example.org"
 
 # Fixture README "How the repository was produced": mkfs and publish times of the fixture.
-MKFS_TIME = 1795837053
+MKFS_TIME = 1795837053  # revision 0; revision 1 one second later
 PUBLISH_TIMES = (1795837062, 1795837078, 1795837083)
 JAN, FEB, MAR = 1704067200, 1706745600, 1709251200
 
