@@ -15,7 +15,7 @@ from cvmfs.catalog import STATISTICS_FIELDS, Catalog, DirectoryEntry, NestedCata
 from cvmfs.errors import CvmfsError, IntegrityError
 from cvmfs.objects import ContentHash, ObjectSuffix
 from cvmfs.reader import RepositoryReader
-from cvmfs.reflog import REFLOG_KEY, Ref, ReflogDb
+from cvmfs.reflog import REFLOG_KEY, Ref, ReflogDb, RefType
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,8 @@ def fsck(
     check_content: bool = True,
     workers: int | None = None,
 ) -> FsckReport:
-    """Check the reader's revision (and, with `all_revisions`, every tagged revision).
+    """Check the reader's revision; with `all_revisions`, also every revision named by a tag or
+    listed in the reflog, and every other object the reflog lists.
 
     Objects are re-hashed on `workers` threads (default: one per CPU).
     """
@@ -353,6 +354,7 @@ def fsck(
     ):
         if content_hash is not None:
             checker.check_object(content_hash, suffix)
+    refs: list[Ref] = []
     if manifest.reflog_hash is not None:
         try:
             try:
@@ -383,5 +385,29 @@ def fsck(
                 report.add(f"tag {tag.name}", str(exc))
                 continue
             checker.check_revision(view, is_head=False)
+        check_reflog_objects(reader, checker, refs, seen)
     checker.run_pending()
     return report
+
+
+def check_reflog_objects(
+    reader: RepositoryReader, checker: _Checker, refs: list[Ref], seen: set[ContentHash]
+) -> None:
+    """Re-hash every object the reflog lists; root catalogs no tag names are checked as
+    revisions too (nested catalogs, recognised by their root_prefix, as objects only)."""
+    for ref in refs:
+        if ref.type is not RefType.CATALOG:
+            checker.check_object(
+                ref.content_hash, ref.type.suffix, where=f"reflog {ref.type.label}"
+            )
+            continue
+        if ref.content_hash in seen:
+            continue
+        seen.add(ref.content_hash)
+        try:
+            view = reader.at_root_hash(ref.content_hash)
+        except CvmfsError as exc:
+            checker.report.add(f"reflog catalog {ref.content_hash.hex}", str(exc))
+            continue
+        if view.root_catalog.root_prefix is None:
+            checker.check_revision(view, is_head=False)

@@ -67,7 +67,7 @@ def test_expired_whitelist_and_wrong_key_exit_2(tmp_path: Path) -> None:
 def test_fsck_clean_and_corrupt(tmp_path: Path) -> None:
     code, out, _ = run("fsck", str(STRATUM0), "--all-revisions", *COMMON)
     assert code == 0, out
-    assert out.strip().endswith("clean") and out.startswith("4 revision(s)")
+    assert out.strip().endswith("clean") and out.startswith("5 revision(s)")
     copy = tmp_path / "stratum0"
     shutil.copytree(STRATUM0, copy)
     (copy / "data/d8/ce481831d04ee3ee6c2e8084d87bb3a53deed5P").unlink()

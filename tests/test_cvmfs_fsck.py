@@ -39,8 +39,10 @@ def test_fixture_is_clean_for_every_revision() -> None:
     with open_reader(STRATUM0) as reader:
         report = fsck(reader, all_revisions=True)
     assert report.ok, report.problems
-    assert len(report.revisions_checked) == 4  # mkfs, A, B, C
-    assert report.catalogs_checked == 8  # 1 + 3 + 3 + 1 (C shares B's nested catalogs)
+    # mkfs, A, B, C from the tags, and the empty revision-0 catalog only the reflog lists
+    assert len(report.revisions_checked) == 5
+    assert report.revisions_checked[-1] == "c7ebe5d123aead341fa590183dfd18182e70a6d0"
+    assert report.catalogs_checked == 9  # 1 + 3 + 3 + 1 (C shares B's nested ones) + 1
     assert report.objects_checked > 20
 
 
@@ -82,7 +84,7 @@ def test_corrupt_older_revision_only_found_with_all_revisions(copy: Path) -> Non
     # the head check still notices the reflog entry without an object
     assert [p.message for p in head_only.problems] == ["listed in the reflog but missing"]
     assert any("3f/1d3708d9" in str(p) and "missing" in str(p) for p in report.problems[1:])
-    assert len(report.revisions_checked) == 3  # revision A could not be opened
+    assert len(report.revisions_checked) == 4  # all but revision A, which cannot be opened
 
 
 ROOT_CATALOG = "data/73/7cda743e3f9079bfd1fe54945338cb839192feC"
@@ -167,3 +169,16 @@ def test_orphan_row_and_dangling_transition_point(copy: Path, tmp_path: Path) ->
         "/nested/deeper: transition point (flag 2) without a nested_catalogs row" in m
         for m in messages
     ), messages
+
+
+def test_old_history_object_checked_through_the_reflog(copy: Path) -> None:
+    old_history = copy / "data/a6/136f9beedf3c86aab5be7ec00a2dc8301a8194H"  # revision A's
+    data = bytearray(old_history.read_bytes())
+    data[50] ^= 1
+    old_history.write_bytes(bytes(data))
+    with open_reader(copy) as reader:
+        assert fsck(reader).ok  # not reachable from the current revision
+        report = fsck(reader, all_revisions=True)
+    assert [(p.where, "does not match" in p.message) for p in report.problems] == [
+        ("reflog history", True)
+    ]
