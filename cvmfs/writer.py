@@ -129,6 +129,15 @@ def _now() -> int:
     return int(time.time())
 
 
+def validate_tag_name(name: str) -> str:
+    """Tag names are shown and typed by operators: no whitespace, '/' or NUL, not empty."""
+    if not name or len(name) > 255 or any(c.isspace() or c in "/\0" for c in name):
+        raise CvmfsError(
+            f"invalid tag name {name!r}: use 1-255 characters without spaces or '/' (e.g. v1.2)"
+        )
+    return name
+
+
 class RepositoryWriter:
     """Write access to one repository in `storage`, signing with `keys`.
 
@@ -279,6 +288,8 @@ class RepositoryWriter:
         self, txn: Transaction, *, tag: str | None, description: str, auto_tag: bool | None
     ) -> PublishResult:
         base = txn.base_manifest
+        if tag is not None and validate_tag_name(tag) in (TAG_TRUNK, TAG_TRUNK_PREVIOUS):
+            raise CvmfsError(f"{tag!r} is maintained automatically; choose another tag name")
         self._check_base(base)  # fail early, before writing catalogs
         timestamp = self._next_timestamp(base)
         self.check_whitelist(timestamp)
@@ -454,7 +465,7 @@ class RepositoryWriter:
         Without `revision` the tag names the current revision; otherwise an earlier revision
         that an existing tag already records (e.g. a `generic-…` auto tag).
         """
-        if name in (TAG_TRUNK, TAG_TRUNK_PREVIOUS):
+        if validate_tag_name(name) in (TAG_TRUNK, TAG_TRUNK_PREVIOUS):
             raise CvmfsError(f"{name!r} is maintained automatically; choose another tag name")
         base = self.current_manifest()
         known = self.tags()

@@ -14,6 +14,7 @@ import pytest
 from cvmfs.chunking import ChunkingParams
 from cvmfs.errors import (
     ConflictError,
+    CvmfsError,
     InvalidPathError,
     NotFoundError,
     SignatureError,
@@ -660,3 +661,14 @@ def test_a_transaction_answers_what_exists_including_its_own_changes(
         assert txn.listdir("/") == ["sw"]
         with pytest.raises(NotFoundError):
             txn.listdir("/sw/c")
+
+
+@pytest.mark.parametrize("name", ["", "with space", "a/b", "trunk", "trunk-previous"])
+def test_bad_tag_names_are_refused(tmp_path: Path, keys: KeySet, name: str) -> None:
+    storage, writer = _new_repo(tmp_path, keys)
+    before = storage.get(MANIFEST_KEY)
+    with pytest.raises(CvmfsError, match="tag name"):
+        writer.tag(name)
+    with writer.transaction() as txn, pytest.raises(CvmfsError, match="tag name"):
+        txn.publish(tag=name)
+    assert storage.get(MANIFEST_KEY) == before
