@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,11 @@ def revision_record(
 
 def object_key_of(hash_hex: str, suffix: ObjectSuffix) -> str:
     return f"data/{hash_hex[:2]}/{hash_hex[2:]}{suffix}"
+
+
+def writable_copy(destination: Path) -> Path:
+    """A copy of the fixture's stratum0 that tests may damage (the fixture is read-only)."""
+    shutil.copytree(STRATUM0, destination)
+    for path in [destination, *destination.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return destination

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from cvmfs.cli import repo_app
-from tests.cvmfs_golden import FQRN, PUBLIC_KEY, STRATUM0
+from tests.cvmfs_golden import FQRN, PUBLIC_KEY, STRATUM0, writable_copy
 
 runner = CliRunner()
 COMMON = ["--fqrn", FQRN, "--key", str(PUBLIC_KEY), "--now", "2026-12-01T00:00:00Z"]
@@ -68,8 +67,7 @@ def test_fsck_clean_and_corrupt(tmp_path: Path) -> None:
     code, out, _ = run("fsck", str(STRATUM0), "--all-revisions", *COMMON)
     assert code == 0, out
     assert out.strip().endswith("clean") and out.startswith("5 revision(s)")
-    copy = tmp_path / "stratum0"
-    shutil.copytree(STRATUM0, copy)
+    copy = writable_copy(tmp_path / "stratum0")
     (copy / "data/d8/ce481831d04ee3ee6c2e8084d87bb3a53deed5P").unlink()
     code, out, _ = run("fsck", str(copy), *COMMON)
     assert code == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import zlib
 from pathlib import Path
@@ -13,7 +12,7 @@ from cvmfs.fsck import fsck
 from cvmfs.objects import ContentHash, ObjectSuffix, compress_and_hash
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage
-from tests.cvmfs_golden import FQRN, PINNED_NOW, PUBLIC_KEY, STRATUM0
+from tests.cvmfs_golden import FQRN, PINNED_NOW, PUBLIC_KEY, STRATUM0, writable_copy
 
 HELLO_OBJECT = "data/b1/2817a864b2715fa886c933b350ed31ed05db86"
 CHUNK_2 = "data/d8/ce481831d04ee3ee6c2e8084d87bb3a53deed5P"
@@ -27,12 +26,7 @@ def open_reader(location: Path) -> RepositoryReader:
 
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
-    target = tmp_path / "stratum0"
-    shutil.copytree(STRATUM0, target)
-    for path in target.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)
-    return target
+    return writable_copy(tmp_path / "stratum0")
 
 
 def test_fixture_is_clean_for_every_revision() -> None:

@@ -6,7 +6,6 @@ import datetime as dt
 import functools
 import http.server
 import io
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.cvmfs_golden import (
     manifest_record,
     revision_record,
     tag_record,
+    writable_copy,
 )
 
 HELLO_OBJECT = "data/b1/2817a864b2715fa886c933b350ed31ed05db86"
@@ -202,9 +202,7 @@ def test_stat_listdir_read_open() -> None:
 # --- refusals on a tampered copy ---------------------------------------------------------------
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
-    target = tmp_path / "stratum0"
-    shutil.copytree(STRATUM0, target)
-    return target
+    return writable_copy(tmp_path / "stratum0")
 
 
 def flip_byte(path: Path, offset: int) -> None:
