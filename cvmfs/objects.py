@@ -261,6 +261,8 @@ class VerifyingDecoder:
             )
         if self._decompressor is not None and not self._decompressor.eof:
             raise IntegrityError(f"{self.what}: truncated zlib stream")
+        if self._decompressor is not None and self._decompressor.unused_data:
+            raise IntegrityError(f"{self.what}: trailing bytes after the zlib stream")
         if self.expected_size is not None and self.plain_size != self.expected_size:
             raise IntegrityError(
                 f"{self.what}: inflates to {self.plain_size} bytes, "

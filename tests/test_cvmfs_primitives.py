@@ -98,6 +98,10 @@ def test_streaming_encoder_matches_one_shot_and_decoder_verifies() -> None:
         b"".join(objects.iter_decode_verified([bytes(corrupt)], encoder.content_hash))
     with pytest.raises(IntegrityError, match="inflates"):
         objects.decode_verified(stored, encoder.content_hash, expected_size=len(data) - 1)
+    # a valid object name over a zlib stream with garbage appended, or cut short
+    for bad in (stored + b"junk", stored[:-4]):
+        with pytest.raises(IntegrityError, match="trailing|truncated"):
+            objects.decode_verified(bad, objects.hash_bytes(bad))
 
 
 def test_uncompressed_objects() -> None:
