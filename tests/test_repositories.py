@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -54,6 +55,10 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 @pytest.fixture(scope="session")
 def postgres_socket_dir() -> Iterator[Path]:
     """A private PostgreSQL cluster listening on a Unix socket only (no TCP port)."""
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("PostgreSQL tests need the postgres system user")
     if not (PG_BIN / "pg_ctl").exists() or os.geteuid() != 0 or shutil.which("runuser") is None:
         pytest.skip("PostgreSQL 15 binaries (and root, to run them as postgres) are needed")
     # Not under pytest's tmp dir: that is mode 0700 root, and the server runs as postgres.
