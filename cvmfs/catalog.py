@@ -322,25 +322,44 @@ class Catalog:
 
     def __init__(self, db_path: str | Path, *, mountpoint: str | None = None) -> None:
         self.db_path = Path(db_path)
+        self._conn: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(
-                f"file:{self.db_path}?mode=ro&immutable=1", uri=True, check_same_thread=False
-            )
-            self._db.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
             self.properties: dict[str, str] = {
                 str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM properties")
             }
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(catalog)")}
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise FormatError(f"{self.db_path} is not a catalog database: {exc}") from exc
         if "schema" not in self.properties:
+            self.close()
             raise FormatError(f"{self.db_path}: no 'schema' property (spec §2.3)")
         self._has_mtimens = "mtimens" in columns
         self._has_xattr = "xattr" in columns
         self.mountpoint = mountpoint if mountpoint is not None else self.root_prefix or ""
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The SQLite connection, (re)opened on demand: see `release()`."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                f"file:{self.db_path}?mode=ro&immutable=1", uri=True, check_same_thread=False
+            )
+            self._conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+        return self._conn
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def release(self) -> None:
+        """Close the connection to free its file descriptor; the next query reopens it."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def close(self) -> None:
-        self._db.close()
+        self.release()
 
     def __enter__(self) -> Catalog:
         return self

@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ MANIFEST_KEY = ".cvmfspublished"  # spec §1.1
 WHITELIST_KEY = ".cvmfswhitelist"  # spec §1.1
 READ_PIECE = 1 << 20
 SPOOL_IN_MEMORY = 16 << 20  # objects up to the maximum chunk size stay in memory
+DEFAULT_MAX_OPEN_CATALOGS = 128  # SQLite connections kept open; others reopen on demand
 
 
 def open_storage(location: str | os.PathLike[str]) -> Storage:
@@ -112,6 +114,17 @@ class _ObjectCache:
             self.root = Path(cache_dir)
             self.root.mkdir(parents=True, exist_ok=True)
         self.catalogs: dict[tuple[ContentHash, str], _LoadedCatalog] = {}
+        self.max_open = DEFAULT_MAX_OPEN_CATALOGS
+        self._recently_used: OrderedDict[tuple[ContentHash, str], None] = OrderedDict()
+
+    def touch(self, key: tuple[ContentHash, str]) -> None:
+        """Mark a catalog used; release the connections of the least recently used ones so a
+        walk over thousands of nested catalogs stays within the file-descriptor limit."""
+        self._recently_used[key] = None
+        self._recently_used.move_to_end(key)
+        while len(self._recently_used) > self.max_open:
+            stale, _ = self._recently_used.popitem(last=False)
+            self.catalogs[stale].catalog.release()
 
     def close(self) -> None:
         for loaded in self.catalogs.values():
@@ -140,11 +153,13 @@ class RepositoryReader:
         cache_dir: str | os.PathLike[str] | None = None,
         manifest_data: bytes | None = None,
         verify_signatures: bool = True,
+        max_open_catalogs: int = DEFAULT_MAX_OPEN_CATALOGS,
     ) -> None:
         self.storage = storage
         self.fqrn = fqrn
         self.now = now or dt.datetime.now(dt.UTC)
         self._cache = _ObjectCache(cache_dir)
+        self._cache.max_open = max(1, max_open_catalogs)
         self._owns_cache = True
         self._owns_storage = False  # set by open(), which made the storage
         self.signatures_verified = False
@@ -345,6 +360,7 @@ class RepositoryReader:
                     f"{root_prefix!r} (spec §2.3)"
                 )
             self._cache.catalogs[key] = loaded
+        self._cache.touch(key)
         return loaded
 
     @property

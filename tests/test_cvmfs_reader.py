@@ -23,6 +23,7 @@ from cvmfs.errors import (
     StorageError,
     WhitelistExpiredError,
 )
+from cvmfs.fsck import fsck
 from cvmfs.keys import generate_keyset
 from cvmfs.objects import ContentHash
 from cvmfs.reader import RepositoryReader
@@ -367,3 +368,15 @@ def test_open_file_seeks_by_chunk(copy: Path) -> None:
             assert fh.tell() == 1024
         with pytest.raises(InvalidPathError):
             reader.open_file("links/relative")
+
+
+def test_catalog_connections_are_bounded() -> None:
+    expected = load_expected("expected.json")
+    with open_reader(STRATUM0, max_open_catalogs=1) as reader:
+        manifest = (STRATUM0 / ".cvmfspublished").read_bytes()
+        compare(revision_record(reader, manifest, reader.tags()), expected)
+        open_now = [
+            loaded.catalog.is_open for loaded in reader._cache.catalogs.values()
+        ]  # white-box: at most one connection stays open between calls
+        assert len(open_now) == 3 and sum(open_now) <= 1
+        assert fsck(reader, all_revisions=True).ok
