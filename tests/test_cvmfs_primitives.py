@@ -100,7 +100,7 @@ def test_streaming_encoder_matches_one_shot_and_decoder_verifies() -> None:
         objects.decode_verified(stored, encoder.content_hash, expected_size=len(data) - 1)
     # a valid object name over a zlib stream with garbage appended, or cut short
     for bad in (stored + b"junk", stored[:-4]):
-        with pytest.raises(IntegrityError, match="trailing|truncated"):
+        with pytest.raises(IntegrityError, match=r"trailing|truncated"):
             objects.decode_verified(bad, objects.hash_bytes(bad))
 
 
