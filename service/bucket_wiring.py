@@ -1,9 +1,10 @@
 """Wire a user's bucket to RabbitMQ so that changes under `cvmfs/` reach the service.
 
 One RGW topic per repository pushes to the one pre-declared events exchange (RGW binds one
-exchange per broker URL, services-notes §2.7 pitfall 3) with routing key = topic name; the
-repository's queue is bound to that key. Every step is idempotent, so a retried provisioning
-step converges instead of failing.
+exchange per broker URL, services-notes §2.7 pitfall 3) with routing key = topic name =
+`s3.<fqrn>`; the bridge's S3 queue is bound to `s3.#` (bridge/config.py), so every bridge copy
+sees every repository's events and no per-repository consumer has to be discovered. Every step
+is idempotent, so a retried provisioning step converges instead of failing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.settings import RabbitMQSettings
+from bridge.config import BridgeConfig
+from bridge.topology import declare_topology
+from service.s3_clients import delete_bucket_notification
+from service.settings import RabbitMQSettings, Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -36,41 +40,12 @@ class BucketWiring:
 
 
 def topic_name_for(fqrn: str) -> str:
-    """RGW topic (and AMQP routing key) of a repository; SNS names allow no dots."""
-    return "cvmfs-" + fqrn.replace(".", "-")
-
-
-def queue_name_for(fqrn: str) -> str:
-    return f"cvmfs.repo.{fqrn}"
+    """RGW topic of a repository, which is also the routing key of its events."""
+    return f"s3.{fqrn}"
 
 
 def notification_id_for(fqrn: str) -> str:
     return f"cvmfs-sync-{fqrn}"
-
-
-def repository_queue_arguments(rabbitmq: RabbitMQSettings) -> dict[str, Any]:
-    """Durable quorum queue; one active consumer keeps a repository's events in order."""
-    return {
-        "x-queue-type": "quorum",
-        "x-single-active-consumer": True,
-        "x-dead-letter-exchange": rabbitmq.dead_letter_exchange,
-    }
-
-
-def declare_events_exchange(channel: BlockingChannel, rabbitmq: RabbitMQSettings) -> None:
-    """RGW never declares the exchange it publishes to: it must exist before any topic is used."""
-    channel.exchange_declare(rabbitmq.events_exchange, exchange_type="topic", durable=True)
-    channel.exchange_declare(rabbitmq.dead_letter_exchange, exchange_type="topic", durable=True)
-
-
-def declare_repository_queue(
-    channel: BlockingChannel, rabbitmq: RabbitMQSettings, fqrn: str
-) -> str:
-    queue = queue_name_for(fqrn)
-    declare_events_exchange(channel, rabbitmq)
-    channel.queue_declare(queue, durable=True, arguments=repository_queue_arguments(rabbitmq))
-    channel.queue_bind(queue, rabbitmq.events_exchange, routing_key=topic_name_for(fqrn))
-    return queue
 
 
 def ensure_topic(sns: SNSClient, rabbitmq: RabbitMQSettings, fqrn: str) -> str:
@@ -124,8 +99,8 @@ def wire_bucket(
     fqrn: str,
     bucket: str,
 ) -> BucketWiring:
-    """Queue first, then topic, then notification: no event can arrive before its queue."""
-    queue = declare_repository_queue(channel, rabbitmq, fqrn)
+    """Exchange and queues first (RGW never declares them), then topic, then notification."""
+    declare_topology(channel, rabbitmq, BridgeConfig())
     topic_arn = ensure_topic(sns, rabbitmq, fqrn)
     notification_id = ensure_bucket_notification(s3, bucket, topic_arn, fqrn)
     return BucketWiring(
@@ -134,31 +109,22 @@ def wire_bucket(
         topic_name=topic_name_for(fqrn),
         topic_arn=topic_arn,
         notification_id=notification_id,
-        queue=queue,
+        queue=BridgeConfig().s3.queue,
     )
 
 
 def unwire_bucket(
     *,
+    settings: Settings,
     s3: S3Client,
     sns: SNSClient,
-    channel: BlockingChannel,
     fqrn: str,
     bucket: str,
     topic_arn: str,
 ) -> None:
-    """Remove notification, topic and queue; each step tolerates an earlier partial removal."""
-    notification_id = notification_id_for(fqrn)
-    current = s3.get_bucket_notification_configuration(Bucket=bucket)
-    remaining = [
-        entry
-        for entry in current.get("TopicConfigurations", [])
-        if entry.get("Id") != notification_id
-    ]
-    configuration: Any = {"TopicConfigurations": remaining}
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=configuration)
+    """Remove this repository's notification and its topic; safe to repeat."""
+    delete_bucket_notification(settings, bucket, notification_id_for(fqrn))
     sns.delete_topic(TopicArn=topic_arn)
-    channel.queue_delete(queue_name_for(fqrn))
 
 
 def describe_topic(sns: SNSClient, topic_arn: str) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class _RgwUser(BaseModel):
 
     user_id: str
     keys: list[_S3Key] = Field(default_factory=list)
+    system: str = "false"
 
 
 class _OsdState(BaseModel):
@@ -502,6 +503,7 @@ class Ceph:
             c.service_access_key,
             c.service_secret_key.get_secret_value(),
         )
+        self._ensure_system_user(SERVICE_USER)
         self._ensure_user(
             c.demo_user, "Demo user", c.demo_access_key, c.demo_secret_key.get_secret_value()
         )
@@ -542,6 +544,17 @@ class Ceph:
                 f"{access_key}; check `radosgw-admin --conf {self.layout.conf} user info "
                 f"--uid={uid}`"
             )
+
+    def _ensure_system_user(self, uid: str) -> None:
+        """The service reads users' buckets and manages their notifications.
+
+        RGW 16.2 ignores bucket policies for the notification API (GetBucketNotification is
+        AccessDenied even when the policy grants it), so the service user is a system user.
+        """
+        user = self._rgw_user(uid)
+        if user is not None and user.system != "true":
+            self._run(self._admin_cmd(["user", "modify", f"--uid={uid}", "--system"]))
+            log.info("ceph made s3 user uid=%s a system user", uid)
 
     def _s3_keys_work(self, access_key: str, secret: str) -> bool:
         s3 = boto3.client(
