@@ -166,6 +166,10 @@ def _dist_event(event: _DistEvent, registry_host: str | None) -> ImagePushed | I
         return f"{event.action} of a {target.mediaType} (not a manifest)"
     if "/blobs/" in target.url:
         return f"{event.action} of a blob"
+    if not host:
+        raise RejectedMessage(
+            f"{event.action} event {event.id!r} names no registry host (request.host, source.addr)"
+        )
     common: dict[str, Any] = {
         "registry": host,
         "repository": target.repository,

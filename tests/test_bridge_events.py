@@ -260,6 +260,7 @@ def bad_target(**change: Any) -> str:
         ("[]", "not a JSON object"),
         ('{"hello": 1}', "neither a distribution"),
         ('{"events": [{"action": "push"}]}', "target"),
+        ('{"events": [{"action": "delete", "target": {"repository": "a/b"}}]}', "no registry"),
         (bad_target(repository="../../etc"), "repository"),
         (bad_target(digest="sha256:zz"), "digest"),
         (bad_target(tag="../x"), "tag"),
