@@ -6,13 +6,12 @@ Each component gets `<data_dir>/<name>/` as its own directory; down runs in reve
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from service.settings import Settings
-from stack import packages, procs
+from stack import locks, packages, procs
 from stack.ceph import Ceph
 from stack.component import Component, Health
 from stack.errors import StackError
@@ -83,28 +82,12 @@ class Stack:
             for component in reversed(chosen):
                 component.stop()
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
         """One `up` or `down` at a time per data directory (two terminals, one checkout)."""
         data_dir = self.settings.absolute_data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with (data_dir / ".stack.lock").open("a") as handle:
-            deadline = time.monotonic() + LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StackError(
-                            f"Another `stack up`/`stack down` on {data_dir} has been running "
-                            f"for over {LOCK_WAIT_S:.0f} s; wait for it, then retry."
-                        ) from None
-                    time.sleep(0.5)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return locks.exclusive(
+            data_dir / ".stack.lock", wait_s=LOCK_WAIT_S, what=f"`stack up/down` on {data_dir}"
+        )
 
     def status(self, names: Iterable[str] | None = None) -> list[Health]:
         return [component.health() for component in self.select(names)]

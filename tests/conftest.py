@@ -23,13 +23,10 @@ for a file lock before starting it, and then stops leftovers of sessions that we
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from pydantic import BaseModel, SecretStr
 from service.settings import Settings
 from stack.ceph import Ceph
 from stack.component import Component
+from stack.locks import exclusive, lock_path_for_test_stack
 from stack.manager import Stack
 from stack.openbao import OpenBao, root_token
 from stack.prefect_server import PrefectServer
@@ -94,35 +92,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _test_stack_lock() -> Iterator[None]:
-    path = Path(tempfile.gettempdir()) / f"cvmfs-svc-test-stack-{TEST_PORT_OFFSET}.lock"
-    with path.open("a+") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "unknown"
-                    pytest.fail(
-                        f"The test stack (ports +{TEST_PORT_OFFSET}) is in use by another "
-                        f"pytest session (pid {holder}) for more than {LOCK_WAIT_S:.0f} s; "
-                        "wait for it to finish and rerun."
-                    )
-                time.sleep(1.0)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _reap_stale_test_stacks(keep: Path) -> None:
     """Stop what sessions killed before their teardown left running, then delete their dirs.
 
@@ -136,7 +105,10 @@ def _reap_stale_test_stacks(keep: Path) -> None:
 
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
-    with _test_stack_lock():
+    # Raises StackError naming the holder when another session keeps the stack too long.
+    with exclusive(
+        lock_path_for_test_stack(TEST_PORT_OFFSET), wait_s=LOCK_WAIT_S, what="The test stack"
+    ):
         data_dir = Path(tempfile.mkdtemp(prefix=DATA_DIR_PREFIX))
         # RabbitMQ runs as user rabbitmq and must be able to enter the directory.
         data_dir.chmod(0o755)
