@@ -128,7 +128,7 @@ def main() -> None:
         return
 
     tree = args.work / f"tree-seed{args.seed}-scale{args.scale}"
-    tarball = tree.with_suffix(".tar")
+    tarball = tree.parent / f"{tree.name}.tar"
     if not tree.exists():
         started = time.perf_counter()
         files, size = generate_tree(tree, TreeSpec(args.seed, args.scale))

@@ -6,10 +6,12 @@ Usage: .venv/bin/python -m bench.tree DEST [--seed N] [--scale F] [--tarball PAT
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,13 +276,58 @@ def write_tarball(tree: Path, tarball: Path) -> None:
                 )
 
 
+def describe_tree(tree: Path) -> dict[str, object]:
+    """The figures performance.md asks of the tree, measured on disk (zlib level 6)."""
+    sizes: list[int] = []
+    compressed = executables = symlinks = depth = 0
+    digests: set[bytes] = set()
+    for path in sorted(tree.rglob("*")):
+        depth = max(depth, len(path.relative_to(tree).parts) - 1)
+        if path.is_symlink():
+            symlinks += 1
+            if not path.exists():
+                raise SystemExit(f"dangling symlink {path}")
+        elif path.is_file():
+            data = path.read_bytes()
+            sizes.append(len(data))
+            compressed += len(zlib.compress(data, 6))
+            digests.add(hashlib.sha1(data).digest())
+            executables += bool(path.stat().st_mode & 0o111)
+    small = sorted(s for s in sizes if s <= SMALL_MAX)
+    total = sum(sizes)
+
+    def share(low: int, high: int) -> float:
+        return round(100 * sum(low <= s < high for s in small) / len(small), 1)
+
+    return {
+        "files": len(sizes),
+        "bytes": total,
+        "distinct_contents": len(digests),
+        "zlib6_ratio": round(total / compressed, 2),
+        "large_files": sum(s > SMALL_MAX for s in sizes),
+        "small_median": small[len(small) // 2],
+        "small_mean": round(sum(small) / len(small)),
+        "pct_lt_1KiB": share(0, 1024),
+        "pct_1_64KiB": share(1024, 65536),
+        "pct_64KiB_1MiB": share(65536, MIB),
+        "pct_1_2MiB": share(MIB, SMALL_MAX + 1),
+        "executables": executables,
+        "symlinks": symlinks,
+        "max_dir_depth": depth,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 10,000 files, 1 GiB")
     parser.add_argument("--tarball", type=Path, help="also write the tree as a pax tarball")
+    parser.add_argument("--describe", action="store_true", help="measure an existing tree")
     args = parser.parse_args()
+    if args.describe:
+        print(" ".join(f"{k}={v}" for k, v in describe_tree(args.dest).items()))
+        return
     started = time.perf_counter()
     files, size = generate_tree(args.dest, TreeSpec(args.seed, args.scale))
     print(f"tree={args.dest} files={files} bytes={size} wall_s={time.perf_counter() - started:.1f}")
