@@ -33,6 +33,7 @@ import lzma
 import os
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, BinaryIO, Protocol, cast
@@ -65,6 +66,17 @@ _BUFFER = 1024 * 1024
 
 class TarballError(CvmfsError):
     """A tarball is malformed or contains an entry the import policy refuses."""
+
+
+# What a corrupt or truncated archive raises from tarfile or a decompressor.
+_READ_ERRORS = (
+    tarfile.TarError,
+    EOFError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+)
 
 
 class Compression(enum.Enum):
@@ -279,7 +291,7 @@ def iter_tar_entries(
         archive = tarfile.open(  # noqa: SIM115 (closed by the `with` below)
             fileobj=plain, mode="r|", encoding="utf-8", errors="surrogateescape"
         )
-    except tarfile.TarError as error:
+    except _READ_ERRORS as error:
         raise TarballError(f"not a readable tarball: {error}") from error
     with archive:
         members = iter(archive)
@@ -303,9 +315,6 @@ def iter_tar_entries(
                     raise TarballError(f"member {member.name!r} has no content")
                 entry = replace(entry, content=cast(IO[bytes], _MemberContent(content, name)))
             yield entry
-
-
-_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zstandard.ZstdError)
 
 
 class _MemberContent:

@@ -299,6 +299,20 @@ def test_garbage_is_refused(data: bytes, message: str) -> None:
         read_all(data)
 
 
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zstd"])
+def test_corrupt_compressed_content_is_refused(compression: str) -> None:
+    data = bytearray(COMPRESSORS[compression](make_tar(SAMPLE)))
+    for offset in range(40, len(data) - 40, 97):  # damage the body, keep the magic bytes
+        data[offset] ^= 0x55
+    with pytest.raises(TarballError, match="tarball"):
+        read_all(bytes(data))
+
+
+def test_empty_input_is_refused() -> None:
+    with pytest.raises(TarballError, match="tarball"):
+        read_all(b"")
+
+
 def test_truncated_tarball_is_refused() -> None:
     data = make_tar([file("a", bytes(5000)), file("b", bytes(5000))])
     with pytest.raises(TarballError, match="truncated"):
