@@ -1,0 +1,189 @@
+"""The steps of the unpack flows: resolve an image, unpack it, delete a tag link, collect garbage.
+
+Thin, retried wrappers around `images.unpacker`; every publish happens under the repository's
+publish lock, and every step is idempotent (re-running it converges on the same tree).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Task, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from cvmfs.errors import ConflictError, StorageError
+from cvmfs.keys import KeySet, generate_keyset, load_keyset, write_keyset
+from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
+from images.errors import RegistryError
+from images.layers import LayerPolicy
+from images.registry import (
+    ImageReference,
+    Platform,
+    RegistryAccess,
+    RegistryClient,
+    RegistryCredentials,
+    ResolvedImage,
+)
+from images.unpacker import (
+    GcOutcome,
+    TagDeleteOutcome,
+    UnpackOutcome,
+    collect_garbage,
+    delete_tag,
+    unpack_image,
+)
+from images.wishlist import expand, parse_wishlist
+from service.settings import Settings
+from tasks.locks import repository_lease
+from tasks.storage import repository_storage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+TRANSIENT = (RegistryError, ConflictError, StorageError, TimeoutError, ConnectionError)
+FQRN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$"
+
+
+class UnpackRequest(BaseModel):
+    """One image to unpack: `registry/repository` at a tag or a digest, into `fqrn`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    registry: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\[\]:-]+$")
+    repository: str = Field(min_length=1, max_length=255)
+    tag: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    fqrn: str = Field(pattern=FQRN_PATTERN, description="the unpacked repository")
+    platforms: list[str] | None = Field(
+        default=None, description="os/arch[/variant] in order of preference; None: settings"
+    )
+
+    def reference(self) -> ImageReference:
+        if self.tag is None and self.digest is None:
+            raise ValueError("an unpack request needs a tag or a digest")
+        return ImageReference(
+            registry=self.registry, repository=self.repository, tag=self.tag, digest=self.digest
+        )
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry registry/network/storage hiccups and publish conflicts; never refusals."""
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[2, 10, 30],
+        retry_condition_fn=_retry_transient,
+        cache_policy=NO_CACHE,
+    )
+
+
+# ------------------------------------------------------------------------------ plain helpers
+def unpacked_repository_keys(settings: Settings, fqrn: str) -> KeySet:
+    """The key set of an unpacked repository: generated on first use and kept in
+    `<data_dir>/keys/<fqrn>.*` (the lead moves them to Vault: replace only this function)."""
+    directory = settings.absolute_data_dir / "keys"
+    if not (directory / f"{fqrn}.crt").exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        write_keyset(generate_keyset(fqrn), directory, fqrn)
+    return load_keyset(directory, fqrn)
+
+
+def open_unpacked_repository(settings: Settings, fqrn: str) -> RepositoryWriter:
+    """The writer of `fqrn`, creating the repository first if it does not exist yet."""
+    storage = repository_storage(settings, fqrn)
+    keys = unpacked_repository_keys(settings, fqrn)
+    if not storage.exists(MANIFEST_KEY):
+        writer, _ = create_repository(storage, fqrn, keys, meta_info={"kind": "unpacked"})
+        return writer
+    return RepositoryWriter.open(storage, fqrn, keys)
+
+
+def registry_access(settings: Settings) -> RegistryAccess:
+    """Credentials (the robot account, for the configured registry host) and plain-HTTP hosts."""
+    host = settings.registry.url.split("://", 1)[1]
+    credentials: dict[str, RegistryCredentials] = {}
+    if settings.registry.robot_username and settings.registry.robot_password:
+        credentials[host] = RegistryCredentials(
+            username=settings.registry.robot_username,
+            password=settings.registry.robot_password,
+        )
+    return RegistryAccess(credentials=credentials)
+
+
+def wanted_platforms(settings: Settings, request: UnpackRequest) -> tuple[Platform, ...]:
+    names = request.platforms or settings.registry.unpack_platforms
+    return tuple(Platform.parse(name) for name in names)
+
+
+# -------------------------------------------------------------------------------------- tasks
+@step("resolve image")
+def resolve_image(settings: Settings, request: UnpackRequest) -> ResolvedImage:
+    """Tag (or digest) -> the single-platform manifest to unpack, as the registry says now."""
+    with RegistryClient(request.registry, registry_access(settings)) as client:
+        return client.resolve(request.reference(), wanted_platforms(settings, request))
+
+
+@step("unpack image into repository")
+def unpack_into_repository(
+    settings: Settings, request: UnpackRequest, image: ResolvedImage
+) -> UnpackOutcome:
+    """Unpack (or only relink) under the repository lease; publishes at most once."""
+    logger = get_run_logger()
+    with (
+        repository_lease(request.fqrn),
+        RegistryClient(request.registry, registry_access(settings)) as client,
+    ):
+        writer = open_unpacked_repository(settings, request.fqrn)
+        outcome = unpack_image(writer, client, image, policy=LayerPolicy())
+    logger.info(
+        "image=%s action=%s config=%s revision=%d files=%d bytes=%d",
+        outcome.image,
+        outcome.action,
+        outcome.config_digest,
+        outcome.revision,
+        outcome.files,
+        outcome.bytes,
+    )
+    return outcome
+
+
+@step("delete tag link")
+def delete_tag_link(settings: Settings, request: UnpackRequest) -> TagDeleteOutcome:
+    if request.tag is None:
+        raise ValueError("deleting needs the tag whose link goes away")
+    with repository_lease(request.fqrn):
+        writer = open_unpacked_repository(settings, request.fqrn)
+        return delete_tag(writer, request.registry, request.repository, request.tag)
+
+
+@step("collect unreferenced flat trees")
+def collect_flat_trees(settings: Settings, fqrn: str, grace_s: int) -> GcOutcome:
+    with repository_lease(fqrn):
+        writer = open_unpacked_repository(settings, fqrn)
+        return collect_garbage(writer, grace_s=grace_s)
+
+
+@step("expand wish list")
+def expand_wishlist(settings: Settings, wishlist_yaml: str) -> tuple[str, list[ImageReference]]:
+    """(target repository, every image it names now: wildcard tags listed at the registry)."""
+    wishlist = parse_wishlist(wishlist_yaml)
+    access = registry_access(settings)
+
+    def list_tags(entry: Any) -> list[str]:
+        with RegistryClient(entry.registry, access) as client:
+            return client.list_tags(entry.repository)
+
+    return wishlist.cvmfs_repo, expand(wishlist, list_tags)

@@ -1,0 +1,131 @@
+"""The unpack flows on the test stack: registry, Prefect server (publish lock), stratum-0 HTTP.
+
+Images built with umoci and pushed with skopeo; the repository is created on first use and read
+back over HTTP with signature verification, as a client would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cvmfs.reader import RepositoryReader
+from flows.unpack import (
+    GcRequest,
+    WishlistRequest,
+    unpack,
+    unpack_delete,
+    unpack_gc,
+    unpack_wishlist,
+)
+from service.settings import Settings
+from tasks.unpack import UnpackRequest
+from tests.test_images_support import OciLayout
+
+FQRN = "unpacked.flow.example.org"
+REPOSITORY = "unpacked/flowimg"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    registry: Settings,
+    prefect_server: Settings,
+    stratum0_http: Settings,
+    stack_env: dict[str, str],
+) -> Iterator[Settings]:
+    """Settings.load() inside the flows returns the test stack's settings."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in stack_env.items():
+            if key.startswith("CVMFS_SVC_"):
+                patch.setenv(key, value)
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def layout(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
+    built = OciLayout(tmp_path_factory.mktemp("flow-images") / "layout")
+    built.new("v1")
+    built.layer("v1", lambda r: (r / "hello.txt").write_text("hello v1\n"))
+    built.config("v1", "--config.cmd", "/bin/true")
+    built.new("v2")
+    built.layer("v2", lambda r: (r / "hello.txt").write_text("hello v2\n"))
+    return built
+
+
+def host(settings: Settings) -> str:
+    return settings.registry.url.split("://", 1)[1]
+
+
+def client_reader(settings: Settings) -> RepositoryReader:
+    """The repository as a client sees it: over HTTP, signatures checked with the .pub key."""
+    public_key = settings.absolute_data_dir / "keys" / f"{FQRN}.pub"
+    url = f"http://127.0.0.1:{settings.stratum0.http_port}/cvmfs/{FQRN}"
+    return RepositoryReader.open(url, FQRN, [public_key])
+
+
+def test_unpack_flow_creates_the_repository_then_is_idempotent(
+    stack: Settings, layout: OciLayout
+) -> None:
+    layout.push("v1", host(stack), REPOSITORY, "1.0")
+    req = UnpackRequest(registry=host(stack), repository=REPOSITORY, tag="1.0", fqrn=FQRN)
+    first = unpack(req)
+    assert first.action == "unpacked"
+    with client_reader(stack) as reader:
+        assert reader.revision == first.revision
+        assert reader.read(f"{first.flat_dir}/hello.txt") == b"hello v1\n"
+        assert reader.readlink(first.link).endswith(first.flat_dir.rsplit("/", 1)[1])
+    again = unpack(req)
+    assert again.action == "unchanged" and again.revision == first.revision
+
+    # the tag moves: one new revision, the link now names the new flat tree
+    layout.push("v2", host(stack), REPOSITORY, "1.0")
+    moved = unpack(req)
+    assert moved.action == "unpacked" and moved.revision == first.revision + 1
+    with client_reader(stack) as reader:
+        assert reader.read(f"{moved.flat_dir}/hello.txt") == b"hello v2\n"
+        assert reader.readlink(moved.link).endswith(moved.flat_dir.rsplit("/", 1)[1])
+
+    # delete the tag, then GC with no grace: the unreferenced trees go
+    deleted = unpack_delete(req)
+    assert deleted.deleted
+    collected = unpack_gc(GcRequest(fqrn=FQRN, grace_s=0))
+    assert set(collected.removed) == {first.flat_dir, moved.flat_dir}
+    with client_reader(stack) as reader:
+        assert not reader.exists(moved.link) and not reader.exists(moved.flat_dir)
+
+
+def test_unpack_of_a_missing_tag_fails_without_retrying(stack: Settings, layout: OciLayout) -> None:
+    req = UnpackRequest(registry=host(stack), repository=REPOSITORY, tag="no-such", fqrn=FQRN)
+    state = unpack(req, return_state=True)
+    assert state.is_failed()
+    assert "does not exist" in str(state.message) or "404" in str(state.message)
+
+
+def test_wishlist_flow_expands_wildcards(stack: Settings, layout: OciLayout) -> None:
+    for tag in ("3.0", "3.1", "4.0"):
+        layout.push("v1", host(stack), "unpacked/wished", tag)
+    wishlist = (
+        "version: 1\n"
+        "user: nobody\n"
+        f"cvmfs_repo: {FQRN}\n"
+        "output_format: '$(scheme)://example.org/thin/$(image)'\n"
+        "input:\n"
+        f"  - 'http://{host(stack)}/unpacked/wished:3.*'\n"
+    )
+    result = unpack_wishlist(WishlistRequest(wishlist_yaml=wishlist))
+    assert result.failures == {}
+    assert sorted(o.image.rsplit(":", 1)[1] for o in result.outcomes) == ["3.0", "3.1"]
+    assert len({o.flat_dir for o in result.outcomes}) == 1  # one image, two links
+    again = unpack_wishlist(WishlistRequest(wishlist_yaml=wishlist))
+    assert {o.action for o in again.outcomes} == {"unchanged"}
+    with client_reader(stack) as reader:
+        assert reader.exists(f"/{host(stack)}/unpacked/wished:3.1")
+        assert not reader.exists(f"/{host(stack)}/unpacked/wished:4.0")
+
+
+def test_keys_stay_under_the_data_dir(stack: Settings, layout: OciLayout) -> None:
+    keys = Path(stack.absolute_data_dir / "keys")
+    assert (keys / f"{FQRN}.masterkey").stat().st_mode & 0o777 == 0o400
+    assert keys.stat().st_mode & 0o777 == 0o700
