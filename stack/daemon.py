@@ -6,13 +6,14 @@ start, port checks, stop of exactly the recorded process tree, and health.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from service.settings import Settings
 from stack import probe, procs
 from stack.component import Health
-from stack.errors import PortInUseError
+from stack.errors import PortInUseError, StartError
 
 
 class Daemon:
@@ -72,8 +73,24 @@ class Daemon:
         Compares the arguments after the program: a console script shows up as
         `python <script> ...`, and `bao` execs its real binary, so argv[0] differs.
         """
-        args = self.argv()[1:]
+        args = self.recorded_args()
         return procs.cmdline(pid)[-len(args) :] == args
+
+    @property
+    def args_file(self) -> Path:
+        return self.base_dir / f"{self.name}.args.json"
+
+    def recorded_args(self) -> list[str]:
+        """The arguments the running instance was started with (recorded beside its pid).
+
+        Recorded rather than recomputed, so that `stop` still finds the process after the
+        settings changed.
+        """
+        try:
+            recorded = json.loads(self.args_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return self.argv()[1:]
+        return [str(arg) for arg in recorded]
 
     def running_pid(self) -> int | None:
         pid = procs.read_pid(self.pid_file)
@@ -93,8 +110,15 @@ class Daemon:
             self.base_dir.mkdir(parents=True, exist_ok=True)
             self.prepare()
             env = {**os.environ, **self.extra_env()}
-            pid = procs.spawn(self.argv(), log_file=self.log_file, env=env, cwd=self.base_dir)
+            argv = self.argv()
+            self.args_file.write_text(json.dumps(argv[1:]))
+            pid = procs.spawn(argv, log_file=self.log_file, env=env, cwd=self.base_dir)
             procs.write_pid(self.pid_file, pid)
+        elif self.recorded_args() != self.argv()[1:]:
+            raise StartError(
+                f"{self.name} runs (pid {pid}) with other settings than the current ones; "
+                f"stop it first (`cvmfs-svc stack down {self.name}`), then start it again."
+            )
         started = pid
         procs.wait_until(
             lambda: self.probe()[0],
@@ -122,6 +146,7 @@ class Daemon:
         if pid is not None:
             procs.terminate_tree(pid)
         self.pid_file.unlink(missing_ok=True)
+        self.args_file.unlink(missing_ok=True)
 
     def health(self) -> Health:
         if self.running_pid() is None:

@@ -35,6 +35,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from service.settings import Settings
+from stack import procs
 from stack.ceph import Ceph
 from stack.component import Component
 from stack.locks import exclusive, lock_path_for_test_stack
@@ -47,6 +48,7 @@ from stack.stratum0_http import Stratum0Http
 
 TEST_PORT_OFFSET = 100
 DATA_DIR_PREFIX = "cvmfs-svc-test-"
+PREFECT_HOME_PREFIX = "cvmfs-svc-prefect-home-"
 # pytest-timeout (600 s) counts fixture setup too: wait for another session a bit less.
 LOCK_WAIT_S = 420.0
 _PREFECT_ENV = {
@@ -72,13 +74,22 @@ def make_test_settings(data_dir: Path) -> Settings:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    home = Path(tempfile.mkdtemp(prefix="cvmfs-svc-prefect-home-"))
+    _remove_orphaned_prefect_homes()
+    home = Path(tempfile.mkdtemp(prefix=f"{PREFECT_HOME_PREFIX}{os.getpid()}-"))
     api_url = make_test_settings(Path("unused")).prefect.api_url
     wanted = {**_PREFECT_ENV, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url}
     config.stash[_saved_env] = {key: os.environ.get(key) for key in wanted}
     config.stash[_prefect_home] = home
     for key, value in wanted.items():
         os.environ[key] = str(value)
+
+
+def _remove_orphaned_prefect_homes() -> None:
+    """Client PREFECT_HOMEs of sessions that were killed before pytest_unconfigure ran."""
+    for home in Path(tempfile.gettempdir()).glob(PREFECT_HOME_PREFIX + "*"):
+        pid = home.name.removeprefix(PREFECT_HOME_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not procs.is_alive(int(pid)):
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

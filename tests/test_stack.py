@@ -19,8 +19,9 @@ import yaml
 
 from service.settings import Settings
 from stack import packages, probe, procs
+from stack.errors import StartError
 from stack.manager import Stack, component_classes
-from stack.openbao import root_token, secrets_file
+from stack.openbao import OpenBao, root_token, secrets_file
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -228,6 +229,22 @@ def test_registry_config_is_private_loopback_and_notifies_the_service(registry: 
     secret = registry.registry.webhook_secret.get_secret_value()
     assert endpoint["headers"]["Authorization"] == [f"Bearer {secret}"]
     assert probe.http("GET", f"{registry.registry.url}/v2/").status == 200
+
+
+def test_a_running_component_is_still_recognised_after_its_settings_changed(
+    vault: Settings,
+) -> None:
+    # The test stack's OpenBao runs in dev mode; the same directory with mode "raft" gives
+    # another command line. It must still be found (so `down` stops it), and `up` must refuse
+    # to take it for the new configuration.
+    raft = vault.model_copy(update={"vault": vault.vault.model_copy(update={"mode": "raft"})})
+    running = OpenBao(vault, vault.absolute_data_dir / OpenBao.name).running_pid()
+    changed = OpenBao(raft, raft.absolute_data_dir / OpenBao.name)
+    assert running is not None
+    assert changed.running_pid() == running
+    with pytest.raises(StartError, match="other settings"):
+        changed.start()
+    assert changed.running_pid() == running
 
 
 def test_prefect_clients_of_the_tests_point_at_the_test_server(prefect_server: Settings) -> None:
