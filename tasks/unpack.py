@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cvmfs.errors import ConflictError, StorageError
 from cvmfs.keys import KeySet, generate_keyset, load_keyset, write_keyset
@@ -60,9 +60,13 @@ class UnpackRequest(BaseModel):
         default=None, description="os/arch[/variant] in order of preference; None: settings"
     )
 
-    def reference(self) -> ImageReference:
+    @model_validator(mode="after")
+    def _names_an_image(self) -> UnpackRequest:
         if self.tag is None and self.digest is None:
             raise ValueError("an unpack request needs a tag or a digest")
+        return self
+
+    def reference(self) -> ImageReference:
         return ImageReference(
             registry=self.registry, repository=self.repository, tag=self.tag, digest=self.digest
         )
