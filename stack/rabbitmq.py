@@ -5,6 +5,7 @@ Each stack (dev, test) runs its own node name and ports; epmd on 127.0.0.1:4369 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -170,13 +171,15 @@ class RabbitMQ(Daemon):
         pid = self.running_pid()
         if pid is not None:
             family = procs.descendants(pid)
-            subprocess.run(
-                ["rabbitmqctl", "-n", self.settings.rabbitmq.node_name, "stop"],
-                env=self.env(),
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
+            # A clean stop flushes queues to disk; SIGTERM below is the fallback.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(
+                    ["rabbitmqctl", "-n", self.settings.rabbitmq.node_name, "stop"],
+                    env=self.env(),
+                    capture_output=True,
+                    check=False,
+                    timeout=60,
+                )
             left = procs.wait_gone([pid], 30.0)
             if left:
                 procs.terminate_tree(pid)
