@@ -39,6 +39,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _READ = 1 << 20
 
 
+_ORAS_REQUEST: Any = getattr(OrasRegistry.do_request, "__wrapped__", OrasRegistry.do_request)
+
+
 class RegistryCredentials(BaseModel):
     """A robot account; the password is a SecretStr and never printed or logged."""
 
@@ -215,7 +218,11 @@ class RegistryClient:
         self, url: str, *, headers: dict[str, str] | None = None, stream: bool = False
     ) -> requests.Response:
         try:
-            response = self._oras.do_request(url, "GET", headers=dict(headers or {}), stream=stream)
+            # oras-py's own retry loop sleeps up to ~2 minutes on a refused connection; the
+            # Prefect task retries instead, visibly, so call the undecorated request.
+            response = _ORAS_REQUEST(
+                self._oras, url, "GET", headers=dict(headers or {}), stream=stream
+            )
         except (requests.RequestException, ValueError) as error:
             raise RegistryError(
                 f"GET {url} failed: {error}; check the registry and retry"

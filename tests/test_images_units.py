@@ -3,13 +3,24 @@ wish lists, and the robot password staying out of reprs and logs."""
 
 from __future__ import annotations
 
+import functools
 import json
+import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from images.apptainer import docker_environment
-from images.errors import PlatformNotFoundError, WishlistError
+from images.apptainer import docker_environment, runscript
+from images.errors import (
+    LayerRefusedError,
+    PlatformNotFoundError,
+    RegistryError,
+    UnsupportedImageError,
+    WishlistError,
+)
+from images.layers import LayerPolicy, check_layer_descriptor
 from images.layout import (
     ducc_manifest_json,
     flat_dir,
@@ -181,3 +192,37 @@ def test_unpack_request_refuses_bad_input_before_a_run() -> None:
         UnpackRequest(registry="r.org", repository="a", tag="1", fqrn="x.org", extra=1)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="tag or a digest"):
         UnpackRequest(registry="r.org", repository="a", fqrn="x.org")
+
+
+def test_a_registry_that_is_down_fails_fast_with_a_reason() -> None:
+    # A bound but not listening socket: connections to it are refused at once.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{closed.getsockname()[1]}"
+        with RegistryClient(host) as client, pytest.raises(RegistryError, match="retry"):
+            client.fetch_manifest("a/b", "1.0")
+
+
+def test_oversized_compressed_layer_is_refused_before_download() -> None:
+    layer = Descriptor(
+        mediaType="application/vnd.oci.image.layer.v1.tar+gzip", digest=DIGEST, size=10 << 30
+    )
+    with pytest.raises(LayerRefusedError, match="limit"):
+        check_layer_descriptor(layer, LayerPolicy(max_compressed_layer_size=1 << 30))
+    foreign = layer.model_copy(
+        update={"media_type": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}
+    )
+    assert check_layer_descriptor(foreign, LayerPolicy()) is False
+    with pytest.raises(UnsupportedImageError):
+        check_layer_descriptor(layer.model_copy(update={"media_type": "text/plain"}), LayerPolicy())
+
+
+def test_runscript_runs_entrypoint_and_cmd(tmp_path: Path) -> None:
+    script = tmp_path / "runscript"
+    script.write_text(runscript({"config": {"Entrypoint": ["/bin/echo", "it's"], "Cmd": ["a b"]}}))
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True)
+    assert run(["sh", str(script)]).stdout == "it's a b\n"
+    assert run(["sh", str(script), "x  y", '"$HOME`id`"']).stdout == 'it\'s x  y "$HOME`id`"\n'
+    only_cmd = tmp_path / "only-cmd"
+    only_cmd.write_text(runscript({"config": {"Cmd": ["/bin/echo", "cmd"]}}))
+    assert run(["sh", str(only_cmd)]).stdout == "cmd\n"
