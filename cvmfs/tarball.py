@@ -496,24 +496,51 @@ def import_tarball(
     Symlinks stay symlinks, hard links become `transaction.link`. Owners are the transaction's
     defaults unless `preserve_ownership`. On `TarballError` the transaction must be discarded
     (see the module docstring): entries before the refused one were already added to it.
+
+    Files are added as they stream past; directories, symlinks and hard links are applied after
+    them, because each of those operations waits for every file in flight to be stored (the
+    writer drains its compression pipeline) and a tree has thousands of directories. The order
+    of operations on distinct paths does not change the result; before a file replaces a path
+    seen earlier, the deferred operations are applied, so a hard link keeps the content its
+    source had when the link was made.
     """
     policy = policy or TarPolicy()
     stats = ImportStats()
+    deferred: list[TarEntry] = []
+    seen: set[str] = set()
     for entry in iter_tar_entries(stream, prefix, policy, stats):
-        uid = entry.uid if preserve_ownership else None
-        gid = entry.gid if preserve_ownership else None
-        if entry.type is EntryType.DIRECTORY:
-            transaction.mkdir(entry.path, mode=entry.mode, mtime=entry.mtime, uid=uid, gid=gid)
-        elif entry.type is EntryType.FILE:
+        if entry.type is not EntryType.FILE:
+            deferred.append(entry)
+        else:
+            if entry.path in seen:
+                _apply_all(transaction, deferred, policy, preserve_ownership)
+                deferred.clear()
             assert entry.content is not None  # iter_tar_entries sets it for every FILE
             transaction.add_file(
                 entry.path,
                 cast(BinaryIO, entry.content),
                 mode=entry.mode,
                 mtime=entry.mtime,
-                uid=uid,
-                gid=gid,
+                uid=entry.uid if preserve_ownership else None,
+                gid=entry.gid if preserve_ownership else None,
             )
+        seen.add(entry.path)
+    _apply_all(transaction, deferred, policy, preserve_ownership)
+    return stats
+
+
+def _apply_all(
+    transaction: ImportTarget,
+    entries: list[TarEntry] | list[_PlannedEntry],
+    policy: TarPolicy,
+    preserve_ownership: bool,
+) -> None:
+    """Apply directory, symlink and hard link entries, in order."""
+    for entry in entries:
+        uid = entry.uid if preserve_ownership else None
+        gid = entry.gid if preserve_ownership else None
+        if entry.type is EntryType.DIRECTORY:
+            transaction.mkdir(entry.path, mode=entry.mode, mtime=entry.mtime, uid=uid, gid=gid)
         elif entry.type is EntryType.SYMLINK:
             transaction.symlink(
                 entry.path,
@@ -523,9 +550,10 @@ def import_tarball(
                 gid=gid,
                 allow_variables=policy.allow_symlink_variables,
             )
-        else:
+        elif entry.type is EntryType.HARDLINK:
             transaction.link(entry.link_target, entry.path)
-    return stats
+        else:
+            raise AssertionError(f"regular file {entry.path} among deferred entries")
 
 
 @dataclass(frozen=True)
@@ -650,27 +678,23 @@ def import_directory(
             uid=root_info.st_uid if preserve_ownership else None,
             gid=root_info.st_gid if preserve_ownership else None,
         )
+    # Directories first, then files, then symlinks and hard links: see `import_tarball` on why
+    # directory and link operations are kept away from the stream of files.
+    directories = [e for e in plan if e.type is EntryType.DIRECTORY]
+    links = [e for e in plan if e.type in (EntryType.SYMLINK, EntryType.HARDLINK)]
+    _apply_all(transaction, directories, policy, preserve_ownership)
     for entry in plan:
-        uid = entry.uid if preserve_ownership else None
-        gid = entry.gid if preserve_ownership else None
-        if entry.type is EntryType.DIRECTORY:
-            transaction.mkdir(entry.path, mode=entry.mode, mtime=entry.mtime, uid=uid, gid=gid)
-        elif entry.type is EntryType.SYMLINK:
-            transaction.symlink(
-                entry.path,
-                entry.link_target,
-                mtime=entry.mtime,
-                uid=uid,
-                gid=gid,
-                allow_variables=policy.allow_symlink_variables,
-            )
-        elif entry.type is EntryType.HARDLINK:
-            transaction.link(entry.link_target, entry.path)
-        else:
+        if entry.type is EntryType.FILE:
             with _open_checked(entry) as content:
                 transaction.add_file(
-                    entry.path, content, mode=entry.mode, mtime=entry.mtime, uid=uid, gid=gid
+                    entry.path,
+                    content,
+                    mode=entry.mode,
+                    mtime=entry.mtime,
+                    uid=entry.uid if preserve_ownership else None,
+                    gid=entry.gid if preserve_ownership else None,
                 )
+    _apply_all(transaction, links, policy, preserve_ownership)
     return stats
 
 
