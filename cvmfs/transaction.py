@@ -848,20 +848,37 @@ class Transaction:
 
     # ------------------------------------------------------------------- automatic policy
     def _apply_catalog_limit(self) -> None:
-        """Split catalogs above `max_catalog_entries` at their heaviest fitting directory."""
+        """Split catalogs above `max_catalog_entries` at their heaviest fitting directories.
+
+        Directory weights (rows at and below each directory in the catalog) are computed once
+        per catalog and updated after each split, so splitting is linear in the catalog size.
+        """
         limit = self.max_catalog_entries
         if limit is None:
             return
-        queue = [n for n in self._nodes.values() if n.dirty]
-        while queue:
-            node = queue.pop()
-            while node.writer.entry_count() > limit:
-                target = self._pick_split(node, limit)
-                if target is None:
+        for node in [n for n in self._nodes.values() if n.dirty]:
+            count = node.writer.entry_count()
+            if count <= limit:
+                continue
+            weights = dict(self._subtree_weights(node, node.mountpoint))
+            del weights[node.mountpoint]  # the catalog's own root cannot be split off
+            while count > limit:
+                # room for the two marker files the new catalog gets
+                fitting = [(w, p) for p, w in weights.items() if 1 < w <= limit - 2]
+                if not fitting:
                     break  # one flat directory above the limit: nothing to split at
+                weight, target = max(fitting)
                 self._insert_marker(target, AUTO_CATALOG_MARKER)
                 self._insert_marker(target, CATALOG_MARKER)
-                queue.append(self._nodes[target])
+                moved = weight - 1  # the directory row stays, as the transition point
+                count -= moved
+                ancestor = parent_path(target)
+                while ancestor in weights:
+                    weights[ancestor] -= moved
+                    ancestor = parent_path(ancestor)
+                below = target + "/"
+                for path in [p for p in weights if p == target or p.startswith(below)]:
+                    del weights[path]
 
     def _insert_marker(self, directory: str, name: str) -> None:
         stored, content_hash = self._pipeline.encode(b"")
@@ -877,17 +894,6 @@ class Transaction:
                 gid=self.default_gid,
             )
         )
-
-    def _pick_split(self, node: _Node, limit: int) -> str | None:
-        """The directory with the most entries below it that still fits in `limit`."""
-        weights: dict[str, int] = {}
-        for path, weight in self._subtree_weights(node, node.mountpoint):
-            weights[path] = weight
-        candidates = [(w, p) for p, w in weights.items() if p != node.mountpoint and w <= limit - 2]
-        if not candidates:
-            return None
-        weight, path = max(candidates)
-        return path if weight > 1 else None
 
     def _subtree_weights(self, node: _Node, path: str) -> Iterator[tuple[str, int]]:
         """(directory, number of rows at and below it in this catalog), post-order."""
