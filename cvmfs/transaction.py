@@ -319,7 +319,11 @@ class Transaction:
         self._closed = False
         self._broken: BaseException | None = None
         self.files_added = 0
-        self.root = self._load("", base_root_hash, None)
+        try:
+            self.root = self._load("", base_root_hash, None)
+        except BaseException:
+            self.abort()
+            raise
 
     # ------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Transaction:
