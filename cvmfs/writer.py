@@ -142,6 +142,16 @@ class RepositoryWriter:
     """Write access to one repository in `storage`, signing with `keys`.
 
     `keys` needs the repository key and certificate; the master key only for whitelists.
+
+        writer = RepositoryWriter.open(S3Storage(client, bucket, fqrn), fqrn, keys)
+        with writer.transaction() as txn:          # base = the current revision
+            txn.add_file("/sw/v1/bin/tool", stream, mode=0o755, mtime=mtime)
+            txn.symlink("/sw/latest", "v1")
+            txn.remove("/sw/v0", missing_ok=True)
+            result = txn.publish(description="v1")  # ConflictError if someone published since
+        writer.tag("v1.0"); writer.rollback("v1.0")
+
+    A `ConflictError` writes no manifest: open a new transaction and apply the change again.
     """
 
     def __init__(
