@@ -19,6 +19,7 @@ from tasks.unpack import (
     delete_tag_link,
     expand_wishlist,
     resolve_image,
+    target_fqrn,
     unpack_into_repository,
 )
 
@@ -47,38 +48,53 @@ class WishlistOutcome(BaseModel):
     failures: dict[str, str]
 
 
-@flow(name="unpack", flow_run_name="unpack-{request.repository}-{request.tag}")
-def unpack(request: UnpackRequest) -> UnpackOutcome:
-    """Resolve the image, then unpack it (or only switch its tag link) and publish."""
+@flow(name="unpack", flow_run_name="unpack-{req.repository}-{req.tag}")
+def unpack(req: UnpackRequest) -> UnpackOutcome | TagDeleteOutcome | None:
+    """Resolve the image, then unpack it (or only switch its tag link) and publish.
+
+    The bridge's delete events arrive here too (`kind: image-deleted`): the tag's link goes.
+    A digest-only delete changes nothing (the tags that still name it keep their links).
+    """
     settings = Settings.load()
-    ensure_publish_lock(request.fqrn)
-    image = resolve_image(settings, request)
-    return unpack_into_repository(settings, request, image)
+    fqrn = target_fqrn(settings, req)
+    ensure_publish_lock(fqrn)
+    if req.kind == "image-deleted":
+        if req.tag is None:
+            get_run_logger().info(
+                "digest-only delete of %s/%s@%s: links are removed per tag",
+                req.registry,
+                req.repository,
+                req.digest,
+            )
+            return None
+        return delete_tag_link(settings, req)
+    image = resolve_image(settings, req)
+    return unpack_into_repository(settings, req, image)
 
 
-@flow(name="unpack-delete", flow_run_name="unpack-delete-{request.repository}-{request.tag}")
-def unpack_delete(request: UnpackRequest) -> TagDeleteOutcome:
+@flow(name="unpack-delete", flow_run_name="unpack-delete-{req.repository}-{req.tag}")
+def unpack_delete(req: UnpackRequest) -> TagDeleteOutcome:
     """Remove the tag's public link and metadata; the flat tree is left to `unpack-gc`."""
     settings = Settings.load()
-    ensure_publish_lock(request.fqrn)
-    return delete_tag_link(settings, request)
+    ensure_publish_lock(target_fqrn(settings, req))
+    return delete_tag_link(settings, req)
 
 
-@flow(name="unpack-gc", flow_run_name="unpack-gc-{request.fqrn}")
-def unpack_gc(request: GcRequest) -> GcOutcome:
+@flow(name="unpack-gc", flow_run_name="unpack-gc-{req.fqrn}")
+def unpack_gc(req: GcRequest) -> GcOutcome:
     """Remove flat trees no tag has pointed at for `grace_s` seconds."""
     settings = Settings.load()
-    ensure_publish_lock(request.fqrn)
-    return collect_flat_trees(settings, request.fqrn, request.grace_s)
+    ensure_publish_lock(req.fqrn)
+    return collect_flat_trees(settings, req.fqrn, req.grace_s)
 
 
 @flow(name="unpack-wishlist")
-def unpack_wishlist(request: WishlistRequest) -> WishlistOutcome:
+def unpack_wishlist(req: WishlistRequest) -> WishlistOutcome:
     """Unpack every image of a wish list; unchanged tags publish nothing, so a schedule on
     this flow re-checks the tags that moved. One image failing does not stop the others."""
     settings = Settings.load()
     logger = get_run_logger()
-    fqrn, images = expand_wishlist(settings, request.wishlist_yaml)
+    fqrn, images = expand_wishlist(settings, req.wishlist_yaml)
     ensure_publish_lock(fqrn)
     outcomes: list[UnpackOutcome] = []
     failures: dict[str, str] = {}
@@ -89,7 +105,7 @@ def unpack_wishlist(request: WishlistRequest) -> WishlistOutcome:
             tag=image.tag,
             digest=image.digest,
             fqrn=fqrn,
-            platforms=request.platforms,
+            platforms=req.platforms,
         )
         resolved = resolve_image(settings, item, return_state=True)
         if not resolved.is_completed():

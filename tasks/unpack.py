@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from datetime import datetime
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -47,7 +48,12 @@ FQRN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$"
 
 
 class UnpackRequest(BaseModel):
-    """One image to unpack: `registry/repository` at a tag or a digest, into `fqrn`."""
+    """One image to unpack: `registry/repository` at a tag or a digest, into `fqrn`.
+
+    The bridge sends its image events (`bridge.registry_events.ImagePushed`/`ImageDeleted`,
+    as JSON) as this model: `kind`, `media_type`, `occurred_at` and `source` are accepted for
+    that; `kind: image-deleted` makes the `unpack` flow delete the tag's link.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,10 +61,18 @@ class UnpackRequest(BaseModel):
     repository: str = Field(min_length=1, max_length=255)
     tag: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
     digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
-    fqrn: str = Field(pattern=FQRN_PATTERN, description="the unpacked repository")
+    fqrn: str | None = Field(
+        default=None,
+        pattern=FQRN_PATTERN,
+        description="the unpacked repository; None: unpacked.<repository_domain>",
+    )
     platforms: list[str] | None = Field(
         default=None, description="os/arch[/variant] in order of preference; None: settings"
     )
+    kind: Literal["image-pushed", "image-deleted"] = "image-pushed"
+    media_type: str | None = None
+    occurred_at: datetime | None = None
+    source: str | None = None
 
     @model_validator(mode="after")
     def _names_an_image(self) -> UnpackRequest:
@@ -67,9 +81,18 @@ class UnpackRequest(BaseModel):
         return self
 
     def reference(self) -> ImageReference:
+        """The tag when there is one (the digest of a push event is informational: resolving
+        the tag again makes out-of-order runs converge on the tag's latest image)."""
         return ImageReference(
-            registry=self.registry, repository=self.repository, tag=self.tag, digest=self.digest
+            registry=self.registry,
+            repository=self.repository,
+            tag=self.tag,
+            digest=None if self.tag else self.digest,
         )
+
+
+def target_fqrn(settings: Settings, request: UnpackRequest) -> str:
+    return request.fqrn or f"unpacked.{settings.repository_domain}"
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -146,11 +169,12 @@ def unpack_into_repository(
 ) -> UnpackOutcome:
     """Unpack (or only relink) under the repository lease; publishes at most once."""
     logger = get_run_logger()
+    fqrn = target_fqrn(settings, request)
     with (
-        repository_lease(request.fqrn),
+        repository_lease(fqrn),
         RegistryClient(request.registry, registry_access(settings)) as client,
     ):
-        writer = open_unpacked_repository(settings, request.fqrn)
+        writer = open_unpacked_repository(settings, fqrn)
         outcome = unpack_image(writer, client, image, policy=LayerPolicy())
     logger.info(
         "image=%s action=%s config=%s revision=%d files=%d bytes=%d",
@@ -168,8 +192,9 @@ def unpack_into_repository(
 def delete_tag_link(settings: Settings, request: UnpackRequest) -> TagDeleteOutcome:
     if request.tag is None:
         raise ValueError("deleting needs the tag whose link goes away")
-    with repository_lease(request.fqrn):
-        writer = open_unpacked_repository(settings, request.fqrn)
+    fqrn = target_fqrn(settings, request)
+    with repository_lease(fqrn):
+        writer = open_unpacked_repository(settings, fqrn)
         return delete_tag(writer, request.registry, request.repository, request.tag)
 
 

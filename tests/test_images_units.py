@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from bridge.registry_events import ImageDeleted, parse_registry_webhook
+from bridge.run_requests import unpack_parameters
 from images.apptainer import docker_environment, runscript
 from images.errors import (
     LayerRefusedError,
@@ -42,6 +44,7 @@ from images.registry import (
 from images.wishlist import expand, parse_image_line, parse_wishlist
 from tasks.unpack import UnpackRequest
 
+EVENTS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "events"
 HEX = "ab" + "0" * 62
 DIGEST = f"sha256:{HEX}"
 
@@ -226,3 +229,21 @@ def test_runscript_runs_entrypoint_and_cmd(tmp_path: Path) -> None:
     only_cmd = tmp_path / "only-cmd"
     only_cmd.write_text(runscript({"config": {"Cmd": ["/bin/echo", "cmd"]}}))
     assert run(["sh", str(only_cmd)]).stdout == "cmd\n"
+
+
+@pytest.mark.parametrize(
+    "fixture", ["distribution-registry-push-manifest.json", "harbor-push-artifact-example.json"]
+)
+def test_the_bridge_unpack_parameters_are_a_valid_unpack_request(fixture: str) -> None:
+    """The bridge starts `unpack/unpack` with {"req": <event JSON>}: that must validate."""
+    document = json.loads((EVENTS / fixture).read_text())
+    body = document.get("body", document)
+    events = parse_registry_webhook(json.dumps(body)).events
+    assert events
+    for event in events:
+        parameters = unpack_parameters(event)
+        request = UnpackRequest.model_validate(parameters["req"])
+        assert request.kind == "image-pushed" and request.tag == event.tag
+        assert request.reference().tag == event.tag and request.reference().digest is None
+    deleted = ImageDeleted(registry="r.org", repository="unpacked/x", tag="1.0", source="harbor")
+    assert UnpackRequest.model_validate(unpack_parameters(deleted)["req"]).kind == "image-deleted"

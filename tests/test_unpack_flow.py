@@ -20,6 +20,7 @@ from flows.unpack import (
     unpack_gc,
     unpack_wishlist,
 )
+from images.unpacker import TagDeleteOutcome, UnpackOutcome
 from service.settings import Settings
 from tasks.unpack import UnpackRequest
 from tests.test_images_support import OciLayout
@@ -71,25 +72,35 @@ def test_unpack_flow_creates_the_repository_then_is_idempotent(
     layout.push("v1", host(stack), REPOSITORY, "1.0")
     req = UnpackRequest(registry=host(stack), repository=REPOSITORY, tag="1.0", fqrn=FQRN)
     first = unpack(req)
-    assert first.action == "unpacked"
+    assert isinstance(first, UnpackOutcome) and first.action == "unpacked"
     with client_reader(stack) as reader:
         assert reader.revision == first.revision
         assert reader.read(f"{first.flat_dir}/hello.txt") == b"hello v1\n"
         assert reader.readlink(first.link).endswith(first.flat_dir.rsplit("/", 1)[1])
     again = unpack(req)
-    assert again.action == "unchanged" and again.revision == first.revision
+    assert (
+        isinstance(again, UnpackOutcome)
+        and again.action == "unchanged"
+        and again.revision == first.revision
+    )
 
     # the tag moves: one new revision, the link now names the new flat tree
     layout.push("v2", host(stack), REPOSITORY, "1.0")
     moved = unpack(req)
-    assert moved.action == "unpacked" and moved.revision == first.revision + 1
+    assert (
+        isinstance(moved, UnpackOutcome)
+        and moved.action == "unpacked"
+        and moved.revision == first.revision + 1
+    )
     with client_reader(stack) as reader:
         assert reader.read(f"{moved.flat_dir}/hello.txt") == b"hello v2\n"
         assert reader.readlink(moved.link).endswith(moved.flat_dir.rsplit("/", 1)[1])
 
     # delete the tag, then GC with no grace: the unreferenced trees go
-    deleted = unpack_delete(req)
-    assert deleted.deleted
+    # the bridge's delete event goes to the same `unpack` flow; unpack-delete is idempotent
+    deleted = unpack(req.model_copy(update={"kind": "image-deleted"}))
+    assert isinstance(deleted, TagDeleteOutcome) and deleted.deleted
+    assert not unpack_delete(req).deleted
     collected = unpack_gc(GcRequest(fqrn=FQRN, grace_s=0))
     assert set(collected.removed) == {first.flat_dir, moved.flat_dir}
     with client_reader(stack) as reader:
