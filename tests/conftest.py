@@ -17,12 +17,14 @@ server (runs a flow, serves a deployment, calls ``get_client()``) must request t
 ``prefect_server`` fixture so that the server runs. Nothing uses an ephemeral server: without
 ``prefect_server`` such a call fails fast with a connection error.
 
-Only one pytest session at a time runs the test stack (its ports are fixed): a session waits
-for a file lock before starting it, and then stops leftovers of sessions that were killed.
+Only one pytest session at a time runs the test stack (its ports are fixed): a session whose
+selected tests need it waits for a machine-wide file lock right after collection (outside the
+per-test timeout; it prints who holds it), then stops leftovers of sessions that were killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,8 +51,11 @@ from stack.stratum0_http import Stratum0Http
 TEST_PORT_OFFSET = 100
 DATA_DIR_PREFIX = "cvmfs-svc-test-"
 PREFECT_HOME_PREFIX = "cvmfs-svc-prefect-home-"
-# pytest-timeout (600 s) counts fixture setup too: wait for another session a bit less.
-LOCK_WAIT_S = 420.0
+# A session takes the machine-wide test-stack lock at the end of collection when a selected
+# test needs the stack: waiting there is outside pytest-timeout's per-test budget.
+COLLECTION_LOCK_WAIT_S = 3600.0
+# A fixture requested dynamically (getfixturevalue) takes it during setup, inside that budget.
+FIXTURE_LOCK_WAIT_S = 420.0
 _PREFECT_ENV = {
     "PREFECT_HOME": None,  # a fresh temp dir, set in pytest_configure
     "PREFECT_API_URL": None,  # the test server, set in pytest_configure
@@ -59,6 +64,7 @@ _PREFECT_ENV = {
 }
 _saved_env = pytest.StashKey[dict[str, str | None]]()
 _prefect_home = pytest.StashKey[Path]()
+_stack_lock = pytest.StashKey[contextlib.ExitStack]()
 
 
 def make_test_settings(data_dir: Path) -> Settings:
@@ -92,7 +98,43 @@ def _remove_orphaned_prefect_homes() -> None:
             shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.option.collectonly:
+        return
+    if any("stack_settings" in getattr(item, "fixturenames", ()) for item in items):
+        _hold_test_stack_lock(config, COLLECTION_LOCK_WAIT_S)
+
+
+def _hold_test_stack_lock(config: pytest.Config, wait_s: float) -> None:
+    """Take the test-stack lock for the rest of the session (released in pytest_unconfigure)."""
+    if _stack_lock in config.stash:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def tell(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"conftest: {message} (one test stack per machine)")
+
+    held = contextlib.ExitStack()
+    held.enter_context(
+        exclusive(
+            lock_path_for_test_stack(TEST_PORT_OFFSET),
+            wait_s=wait_s,
+            what="The test stack",
+            on_wait=tell,
+        )
+    )
+    config.stash[_stack_lock] = held
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    # Session fixtures, the stack's included, are torn down before this hook runs.
+    lock = config.stash.get(_stack_lock, None)
+    if lock is not None:
+        lock.close()
     for key, value in config.stash.get(_saved_env, {}).items():
         if value is None:
             os.environ.pop(key, None)
@@ -115,22 +157,20 @@ def _reap_stale_test_stacks(keep: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack_settings() -> Iterator[Settings]:
-    # Raises StackError naming the holder when another session keeps the stack too long.
-    with exclusive(
-        lock_path_for_test_stack(TEST_PORT_OFFSET), wait_s=LOCK_WAIT_S, what="The test stack"
-    ):
-        data_dir = Path(tempfile.mkdtemp(prefix=DATA_DIR_PREFIX))
-        # RabbitMQ runs as user rabbitmq and must be able to enter the directory.
-        data_dir.chmod(0o755)
-        _reap_stale_test_stacks(keep=data_dir)
-        try:
-            yield make_test_settings(data_dir)
-        finally:
-            # The component fixtures (which depend on this one) have stopped by now; stop
-            # anything a test started through the manager or CLI behind their back.
-            Stack(make_test_settings(data_dir)).down()
-            shutil.rmtree(data_dir, ignore_errors=True)
+def stack_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
+    # Normally held since collection; raises StackError naming the holder on a long wait.
+    _hold_test_stack_lock(request.config, FIXTURE_LOCK_WAIT_S)
+    data_dir = Path(tempfile.mkdtemp(prefix=DATA_DIR_PREFIX))
+    # RabbitMQ runs as user rabbitmq and must be able to enter the directory.
+    data_dir.chmod(0o755)
+    _reap_stale_test_stacks(keep=data_dir)
+    try:
+        yield make_test_settings(data_dir)
+    finally:
+        # The component fixtures (which depend on this one) have stopped by now; stop
+        # anything a test started through the manager or CLI behind their back.
+        Stack(make_test_settings(data_dir)).down()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _run_component(component: Component, settings: Settings) -> Iterator[Settings]:
