@@ -120,6 +120,8 @@ class RepositoryRow(Base):
     # One bucket feeds one repository; a deprovisioned repository keeps its bucket reserved
     # so events still in flight cannot land in someone else's repository.
     bucket: Mapped[str] = mapped_column(String(63), unique=True)
+    # The RGW user id owning the bucket (`ownerIdentity` in its events), read at wiring time.
+    bucket_owner_id: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
@@ -193,6 +195,7 @@ class Repository(_Record):
     owner_username: str
     group: str | None
     bucket: str
+    bucket_owner_id: str | None = None
     status: RepositoryStatus
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -304,6 +307,7 @@ class RepositoryRegistry:
                 self._insert(RepositoryRow)
                 .values(
                     **claim.model_dump(),
+                    bucket_owner_id=None,
                     status="requested",
                     created_at=now,
                     updated_at=now,
@@ -393,6 +397,18 @@ class RepositoryRegistry:
                     last_error=last_error if status == "failed" else None,
                     updated_at=self._clock(),
                 )
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                raise UnknownRepository(f"no repository {fqrn!r} in the registry")
+        return self.require(fqrn)
+
+    def set_bucket_owner(self, fqrn: str, owner_id: str) -> Repository:
+        """Record who owns the bucket in RGW; the bridge checks every event against it."""
+        with Session(self._engine) as session, session.begin():
+            result = session.execute(
+                update(RepositoryRow)
+                .where(RepositoryRow.fqrn == fqrn)
+                .values(bucket_owner_id=owner_id, updated_at=self._clock())
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise UnknownRepository(f"no repository {fqrn!r} in the registry")

@@ -1,0 +1,182 @@
+"""The steps of provisioning one repository; each is idempotent, so a retry converges.
+
+Secrets never travel as task parameters or results: key sets are generated, stored and read
+inside the tasks that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import pika
+from prefect import Task, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from bridge.amqp import connection_parameters
+from cvmfs.keys import generate_keyset
+from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
+from service.bucket_wiring import BucketWiring, wire_bucket
+from service.client_config import ClientConfigBundle, build_client_config
+from service.keystore import KeyOwner, KeyStore, vault_client
+from service.messages import AuthorizedProvisionRequest, ProvisionReply
+from service.policies import PublisherAccess
+from service.repositories import Repository, RepositoryClaim, RepositoryRegistry
+from service.s3_clients import service_s3, service_sns
+from service.settings import Settings
+from tasks.storage import repository_storage
+
+REPLY_ROUTING_KEY = "reply.repository"
+REPLY_QUEUE = "cvmfs.repository-replies"
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A provisioning step: retried with backoff, never cached (each run re-checks state)."""
+    return task(name=name, retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+
+
+def key_owner(request: AuthorizedProvisionRequest) -> KeyOwner:
+    return KeyOwner.for_repository(request.kind, request.identity.subject, request.group)
+
+
+@step("claim repository name")
+def claim_repository(settings: Settings, request: AuthorizedProvisionRequest) -> Repository:
+    """Record the request and the repository; a name or bucket taken by others is refused."""
+    registry = RepositoryRegistry.open(settings)
+    try:
+        registry.record_request(request.request_id, request.fqrn, request.identity.subject)
+        return registry.claim(
+            RepositoryClaim(
+                fqrn=request.fqrn,
+                kind=request.kind,
+                owner_subject=request.identity.subject,
+                owner_username=request.identity.username,
+                group=request.group,
+                bucket=request.bucket,
+            )
+        )
+    finally:
+        registry.close()
+
+
+@step("generate keys and store them in Vault")
+def store_keys(settings: Settings, request: AuthorizedProvisionRequest) -> str:
+    """Generate a key set only when Vault has none; the first stored set always wins."""
+    store = KeyStore.from_settings(settings.vault)
+    owner = key_owner(request)
+    if not store.exists(owner, request.fqrn):
+        keys = generate_keyset(request.fqrn, gateway_key_id=request.fqrn)
+        store.store_if_absent(owner, request.fqrn, keys)
+    return store.read(owner, request.fqrn).master_public_pem
+
+
+@step("create repository in stratum-0")
+def create_stratum0(settings: Settings, request: AuthorizedProvisionRequest) -> int:
+    """mkfs unless the repository exists; an existing one must verify with the stored keys."""
+    keys = KeyStore.from_settings(settings.vault).read(key_owner(request), request.fqrn)
+    storage = repository_storage(settings, request.fqrn)
+    if storage.exists(MANIFEST_KEY):
+        writer = RepositoryWriter.open(storage, request.fqrn, keys)
+        return writer.current_manifest().revision
+    _writer, result = create_repository(storage, request.fqrn, keys)
+    return result.revision
+
+
+@step("grant publisher access to the keys")
+def grant_publisher_access(settings: Settings, request: AuthorizedProvisionRequest) -> str:
+    """A Vault policy that reads this repository's keys and nothing else."""
+    access = PublisherAccess(vault_client(settings.vault), settings.vault.kv_mount)
+    return access.grant(key_owner(request), request.fqrn)
+
+
+@step("wire bucket notifications")
+def wire_repository_bucket(settings: Settings, request: AuthorizedProvisionRequest) -> BucketWiring:
+    """Topic, notification and queues; records the bucket's RGW owner for the bridge."""
+    s3 = service_s3(settings)
+    owner_id = s3.get_bucket_acl(Bucket=request.bucket)["Owner"]["ID"]
+    connection = pika.BlockingConnection(connection_parameters(settings.rabbitmq))
+    try:
+        wiring = wire_bucket(
+            s3=s3,
+            sns=service_sns(settings),
+            channel=connection.channel(),
+            rabbitmq=settings.rabbitmq,
+            fqrn=request.fqrn,
+            bucket=request.bucket,
+        )
+    finally:
+        connection.close()
+    registry = RepositoryRegistry.open(settings)
+    try:
+        registry.set_bucket_owner(request.fqrn, owner_id)
+    finally:
+        registry.close()
+    return wiring
+
+
+@step("publish client configuration")
+def publish_client_config(
+    settings: Settings, request: AuthorizedProvisionRequest, public_key_pem: str
+) -> ClientConfigBundle:
+    bundle = build_client_config(settings, request.fqrn, public_key_pem)
+    files = "\n".join(
+        f"**{path}**\n\n```\n{content.rstrip()}\n```\n" for path, content in bundle.files.items()
+    )
+    create_markdown_artifact(
+        key=f"client-config-{request.fqrn.replace('.', '-')}",
+        markdown=f"# Mount {request.fqrn}\n\n{bundle.instructions}\n{files}",
+        description=f"Client configuration of {request.fqrn}",
+    )
+    return bundle
+
+
+@step("mark repository ready")
+def mark_ready(settings: Settings, request: AuthorizedProvisionRequest, revision: int) -> None:
+    registry = RepositoryRegistry.open(settings)
+    try:
+        registry.record_publish(request.fqrn, revision)
+        registry.set_status(request.fqrn, "ready")
+        registry.finish_request(request.request_id, "ok")
+    finally:
+        registry.close()
+
+
+@step("record provisioning failure")
+def mark_failed(settings: Settings, request: AuthorizedProvisionRequest, reason: str) -> None:
+    registry = RepositoryRegistry.open(settings)
+    try:
+        if registry.get(request.fqrn) is not None:
+            registry.set_status(request.fqrn, "failed", last_error=reason)
+        if registry.request(request.request_id) is not None:
+            registry.finish_request(request.request_id, "failed", reason)
+    finally:
+        registry.close()
+
+
+@step("reply on the status queue")
+def send_reply(settings: Settings, reply: ProvisionReply) -> None:
+    """Durable, confirmed reply on `reply.repository` (queue cvmfs.repository-replies)."""
+    connection = pika.BlockingConnection(connection_parameters(settings.rabbitmq))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        exchange = settings.rabbitmq.events_exchange
+        channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+        channel.queue_declare(REPLY_QUEUE, durable=True)
+        channel.queue_bind(REPLY_QUEUE, exchange, routing_key=f"{REPLY_ROUTING_KEY}.#")
+        channel.basic_publish(
+            exchange=exchange,
+            routing_key=f"{REPLY_ROUTING_KEY}.{reply.status}",
+            body=reply.to_bytes(),
+            properties=pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                content_type="application/json",
+                correlation_id=reply.request_id,
+            ),
+            mandatory=True,
+        )
+    finally:
+        connection.close()
