@@ -80,6 +80,9 @@ def make_test_settings(data_dir: Path) -> Settings:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "disrupts_stack: stops and restarts the session's test stack (runs last)"
+    )
     _remove_orphaned_prefect_homes()
     home = Path(tempfile.mkdtemp(prefix=f"{PREFECT_HOME_PREFIX}{os.getpid()}-"))
     api_url = make_test_settings(Path("unused")).prefect.api_url
@@ -102,6 +105,9 @@ def _remove_orphaned_prefect_homes() -> None:
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
+    # Tests that stop and restart the session's stack run last, so that no other test's
+    # session-scoped state (connections, served runners, dev-mode secrets) is lost under it.
+    items.sort(key=lambda item: item.get_closest_marker("disrupts_stack") is not None)
     if config.option.collectonly:
         return
     if any("stack_settings" in getattr(item, "fixturenames", ()) for item in items):

@@ -255,8 +255,9 @@ def test_prefect_clients_of_the_tests_point_at_the_test_server(prefect_server: S
     assert probe.http("GET", f"{prefect_server.prefect.api_url}/health").status == 200
 
 
+@pytest.mark.disrupts_stack
 def test_down_leaves_no_process_then_up_restarts_everything(stack: Stack) -> None:
-    """Last in this module: stops the session's stack and brings it back for later tests."""
+    """Runs last in the session (see conftest): stops the stack, then brings it back."""
     before = stack_pids(stack)
     token_before = root_token(stack.settings)
     stack.down()
