@@ -28,9 +28,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -65,6 +67,7 @@ _PREFECT_ENV = {
 _saved_env = pytest.StashKey[dict[str, str | None]]()
 _prefect_home = pytest.StashKey[Path]()
 _stack_lock = pytest.StashKey[contextlib.ExitStack]()
+_sigterm_handler = pytest.StashKey[Any]()
 
 
 def make_test_settings(data_dir: Path) -> Settings:
@@ -79,10 +82,18 @@ def make_test_settings(data_dir: Path) -> Settings:
     )
 
 
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "disrupts_stack: stops and restarts the session's test stack (runs last)"
     )
+    # `timeout N pytest ...` ends with SIGTERM, which would skip every fixture teardown and
+    # leave the stack running; as an interrupt, pytest still tears the session down.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        config.stash[_sigterm_handler] = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     _remove_orphaned_prefect_homes()
     home = Path(tempfile.mkdtemp(prefix=f"{PREFECT_HOME_PREFIX}{os.getpid()}-"))
     api_url = make_test_settings(Path("unused")).prefect.api_url
@@ -137,6 +148,8 @@ def _hold_test_stack_lock(config: pytest.Config, wait_s: float) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _sigterm_handler in config.stash:
+        signal.signal(signal.SIGTERM, config.stash[_sigterm_handler])
     # Session fixtures, the stack's included, are torn down before this hook runs.
     lock = config.stash.get(_stack_lock, None)
     if lock is not None:
