@@ -103,6 +103,7 @@ class RateLimiter:
                     return RateDecision(allowed=True)
             tokens = session.execute(select(refilled).where(table.key == key)).scalar_one()
         missing = max(1.0 - float(tokens), 0.0)
+        # Less a microsecond, so float noise (10.000000001 s) does not round up a whole second.
         return RateDecision(
-            allowed=False, retry_after_s=max(1, math.ceil(missing / self._rate_per_s))
+            allowed=False, retry_after_s=max(1, math.ceil(missing / self._rate_per_s - 1e-6))
         )
