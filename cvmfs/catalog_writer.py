@@ -49,6 +49,10 @@ class CatalogWriteError(CvmfsError):
     """A catalog operation would break the catalog's invariants (see the message)."""
 
 
+class EntryExistsError(CatalogWriteError):
+    """`insert` of a path that already has a row in this catalog."""
+
+
 Counters = dict[str, int]
 
 
@@ -385,7 +389,7 @@ class CatalogWriter:
                 ),
             )
         except sqlite3.IntegrityError as exc:
-            raise CatalogWriteError(
+            raise EntryExistsError(
                 f"{row.path!r} already exists in catalog {self.mountpoint or '/'!r}"
             ) from exc
 

@@ -57,6 +57,7 @@ from cvmfs.catalog_writer import (
     CatalogWriter,
     ChunkRow,
     Counters,
+    EntryExistsError,
     NestedRef,
     Row,
     add_counters,
@@ -318,6 +319,7 @@ class Transaction:
         self._nodes: dict[str, _Node] = {}
         self._closed = False
         self._broken: BaseException | None = None
+        self._known_dirs: set[str] = set()
         self.files_added = 0
         try:
             self.root = self._load("", base_root_hash, None)
@@ -446,7 +448,9 @@ class Transaction:
         self._write_dir_row(node, replace(row, linkcount=row.linkcount + delta))
 
     def _ensure_dir(self, path: str) -> None:
-        if path == "":
+        # Directories seen in this transaction stay directories until `remove` (which forgets
+        # them): a file or symlink cannot replace a directory without removing it first.
+        if path == "" or path in self._known_dirs:
             return
         _node, row = self._lookup(path)
         if row is not None:
@@ -454,9 +458,11 @@ class Transaction:
                 raise TransactionError(
                     f"/{path.lstrip('/')} exists and is not a directory: remove it first"
                 )
+            self._known_dirs.add(path)
             return
         self._ensure_dir(parent_path(path))
         self._insert_dir(path, DIR_MODE, self.now, self.default_uid, self.default_gid, None)
+        self._known_dirs.add(path)
 
     def _insert_dir(
         self, path: str, mode: int, mtime: int, uid: int, gid: int, xattr: bytes | None
@@ -495,14 +501,18 @@ class Transaction:
         """Insert or replace a non-directory row, then honour catalog markers."""
         parent = parent_path(row.path)
         self._ensure_dir(parent)
-        node, existing = self._lookup(row.path)
-        if existing is not None:
+        node = self._catalog_for(row.path)
+        try:
+            node.writer.insert(row)  # new paths (the common case) cost one statement
+        except EntryExistsError:
+            existing = node.writer.lookup(row.path)
+            assert existing is not None
             if existing.is_dir:
                 raise TransactionError(
                     f"{row.path} is a directory: remove it before writing a file there"
-                )
+                ) from None
             self._remove_leaf(node, existing)
-        node.writer.insert(row)
+            node.writer.insert(row)
         if chunks:
             node.writer.set_chunks(row.path, chunks)
         self._mark_dirty(node)
@@ -751,6 +761,7 @@ class Transaction:
                     self._remove_leaf(node, auto)
                 self._merge_into_parent(node)
             return
+        self._known_dirs = {d for d in self._known_dirs if not is_below(d, path)}
         if row.is_nested_root:
             assert node.parent is not None
             self._drop_catalog(node)
