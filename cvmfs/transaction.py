@@ -694,6 +694,8 @@ class Transaction:
         self._check_open()
         self._drain(block=True)
         existing, new_path = repository_path(existing), repository_path(new_path)
+        if existing == new_path:
+            raise TransactionError(f"cannot hard link {existing} to itself")
         node, row = self._lookup(existing)
         if row is None or not row.is_regular:
             raise NotFoundError(f"{existing} is not a regular file in this transaction")

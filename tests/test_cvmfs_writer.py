@@ -356,6 +356,8 @@ def test_hard_links_in_one_directory_form_a_group_elsewhere_a_copy(
         txn.link("/h/a", "/h/b")
         txn.link("/h/a", "/h/c")
         txn.link("/h/a", "/other/d")
+        with pytest.raises(TransactionError, match="itself"):
+            txn.link("/h/a", "/h/a")
         txn.publish()
     with _reader(storage, keys) as reader:
         a, b, c = (reader.stat(f"/h/{n}") for n in "abc")
