@@ -520,6 +520,11 @@ class Transaction:
             self._make_mountpoint(parent)
 
     # ----------------------------------------------------------------------- public: read
+    @property
+    def has_changes(self) -> bool:
+        """True once any operation changed a catalog (publish anyway makes a new revision)."""
+        return bool(self._pending) or any(n.dirty for n in self._nodes.values())
+
     def stat(self, path: str) -> Row | None:
         """The row `path` has in this transaction (pending changes included), or None."""
         self._check_open()

@@ -654,7 +654,10 @@ def test_a_transaction_answers_what_exists_including_its_own_changes(
         txn.symlink("/sw/b", "a")
         txn.publish()
     with writer.transaction() as txn:
+        assert not txn.has_changes and txn.exists("/sw/a")
+        assert not txn.has_changes  # reading changes nothing
         txn.add_file("/sw/c", b"c")
+        assert txn.has_changes
         txn.remove("/sw/a")
         assert txn.listdir("/sw") == [".cvmfscatalog", "b", "c"]
         assert txn.exists("/sw/c") and not txn.exists("/sw/a")
