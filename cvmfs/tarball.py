@@ -294,14 +294,16 @@ def iter_tar_entries(
     except _READ_ERRORS as error:
         raise TarballError(f"not a readable tarball: {error}") from error
     with archive:
-        members = iter(archive)
         while True:
             try:
-                member = next(members)
-            except StopIteration:
-                return
+                member = archive.next()
             except _READ_ERRORS as error:
                 raise TarballError(f"corrupt or truncated tarball: {error}") from error
+            if member is None:
+                return
+            # TarFile keeps every member it has read; nothing here looks back, so drop them and
+            # keep memory flat however many entries the tarball has.
+            archive.members.clear()  # type: ignore[attr-defined]  # (missing from typeshed)
             stats.entries += 1
             if stats.entries > policy.max_entries:
                 raise TarballError(f"tarball has more than {policy.max_entries} entries: refused")

@@ -8,6 +8,7 @@ import lzma
 import os
 import stat
 import tarfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,23 @@ def test_reads_every_compression_as_a_one_way_stream(compression: str) -> None:
 def test_unread_content_is_skipped_when_advancing() -> None:
     entries = [e.path for e in iter_tar_entries(OneWayStream(make_tar(SAMPLE)))]
     assert "/lib/big.bin" in entries and "/implied/parent/file.txt" in entries
+
+
+def test_memory_stays_flat_however_many_entries() -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for number in range(20_000):
+            archive.addfile(tarfile.TarInfo(f"d{number % 50}/f{number}"), io.BytesIO())
+    stream = io.BytesIO(out.getvalue())
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_tar_entries(stream))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 20_000
+    # Keeping every TarInfo (as tarfile does by default) costs well over 10 MB here.
+    assert peak < 4_000_000
 
 
 def test_detect_compression_from_magic_bytes() -> None:
