@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from cvmfs.paths import sanitize_mode
 from cvmfs.reader import RepositoryReader
 
@@ -126,9 +128,9 @@ class OciLayout:
         index_path.write_text(json.dumps(index))
         return digest
 
-    def add_handmade_image(self, tag: str, layers: list[bytes]) -> None:
-        """An image whose gzipped layers are exactly `layers` (tarballs), bypassing umoci's
-        checks, for layers umoci would refuse to build."""
+    def add_handmade_image(self, tag: str, layers: list[bytes], *, zstd: bool = False) -> None:
+        """An image whose gzipped (or zstd) layers are exactly `layers` (tarballs), bypassing
+        umoci's checks, for layers umoci would refuse to build or cannot compress."""
         diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
         config = json.dumps(
             {
@@ -140,10 +142,11 @@ class OciLayout:
         ).encode()
         descriptors = []
         for layer in layers:
-            blob = gzip.compress(layer)
+            blob = zstandard.ZstdCompressor().compress(layer) if zstd else gzip.compress(layer)
             descriptors.append(
                 {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+"
+                    + ("zstd" if zstd else "gzip"),
                     "digest": self.add_blob(blob),
                     "size": len(blob),
                 }
@@ -173,12 +176,13 @@ class OciLayout:
         )
         index_path.write_text(json.dumps(index))
 
-    def push(self, tag: str, registry: str, repository: str, dest_tag: str) -> None:
+    def push(self, tag: str, registry: str, repository: str, dest_tag: str, *options: str) -> None:
         run(
             "skopeo",
             "copy",
             "--all",
             "--dest-tls-verify=false",
+            *options,
             f"oci:{self.path}:{tag}",
             f"docker://{registry}/{repository}:{dest_tag}",
         )

@@ -287,3 +287,25 @@ def test_refused_layers_from_the_registry_publish_nothing(
         with pytest.raises(LayerRefusedError, match=reason):
             unpack_image(writer, client, image)
     assert writer.current_manifest().revision == before
+
+
+def test_zstd_layers_and_docker_v2_manifests(built: Built, writer: RepositoryWriter) -> None:
+    base = tar_bytes([("etc/", "dir", None), ("etc/old", "file", b"old"), ("bin/", "dir", None)])
+    top = tar_bytes([("etc/.wh.old", "file", b""), ("bin/zst", "file", b"from zstd\n")])
+    built.layout.add_handmade_image("zstd", [base, top], zstd=True)
+    built.layout.push("zstd", built.registry, "unpacked/zstd", "1.0")
+    # the umoci image converted by skopeo to Docker schema 2 (docker media types)
+    built.layout.push("other", built.registry, "unpacked/docker", "1.0", "--format", "v2s2")
+    with RegistryClient(built.registry) as client:
+        zst = client.resolve(ImageReference.parse(f"{built.registry}/unpacked/zstd:1.0"))
+        assert {layer.media_type for layer in zst.manifest.layers} == {
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        }
+        unpacked = unpack_image(writer, client, zst)
+        docker = client.resolve(ImageReference.parse(f"{built.registry}/unpacked/docker:1.0"))
+        assert docker.manifest.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+        from_docker = unpack_image(writer, client, docker)
+    with reader_of(writer) as reader:
+        assert reader.read(f"{unpacked.flat_dir}/bin/zst") == b"from zstd\n"
+        assert not reader.exists(f"{unpacked.flat_dir}/etc/old")
+        assert reader.read(f"{from_docker.flat_dir}/only-in-other") == b"other\n"
