@@ -677,3 +677,27 @@ def test_bad_tag_names_are_refused(tmp_path: Path, keys: KeySet, name: str) -> N
     with writer.transaction() as txn, pytest.raises(CvmfsError, match="tag name"):
         txn.publish(tag=name)
     assert storage.get(MANIFEST_KEY) == before
+
+
+def test_a_crash_at_any_write_of_create_leaves_storage_a_fresh_create_completes(
+    tmp_path: Path, keys: KeySet
+) -> None:
+    crash_at = 1
+    while True:
+        root = tmp_path / f"try-{crash_at}"
+        crashing = CrashingStorage(root, crash_at)
+        try:
+            create_repository(crashing, FQRN, keys, clock=SteppingClock(T0))
+        except InjectedCrash:
+            assert not (root / MANIFEST_KEY).exists()  # no manifest, so no repository yet
+        else:
+            break
+        storage = LocalStorage(root)
+        _writer, created = create_repository(storage, FQRN, keys, clock=SteppingClock(T0))
+        assert created.revision == 1
+        with _reader(storage, keys) as reader:
+            assert fsck(reader, all_revisions=True).ok
+        crash_at += 1
+    # rev0 catalog, reflog, certificate, whitelist, replica marker, rev1 catalog, history,
+    # reflog, manifest
+    assert crashing.writes == crash_at - 1 == 9
