@@ -315,8 +315,11 @@ def test_client_config_is_public_material_that_mounts_the_repository(world: ApiW
         assert reader.read("/software/tool") == b"#!/bin/sh\necho v2 here\n"
 
 
-def test_keys_for_the_owner_and_a_group_manager_each_access_audited(world: ApiWorld) -> None:
+def test_keys_for_the_owner_and_a_group_manager_each_access_audited(
+    world: ApiWorld, caplog: pytest.LogCaptureFixture
+) -> None:
     w = world
+    caplog.set_level(logging.DEBUG)
     with w.client(w.alice()) as client:
         mine = client.get(f"/repositories/{w.alice_repo}/keys")
     with w.client(w.carol_cms_manager()) as client:
@@ -339,6 +342,8 @@ def test_keys_for_the_owner_and_a_group_manager_each_access_audited(world: ApiWo
     group_audit = [(a.subject, a.allowed) for a in w.registry.key_accesses(w.group_repo)]
     assert (ALICE_SUB, True) in mine_audit and (BOB_SUB, False) in mine_audit
     assert (CAROL_SUB, True) in group_audit and (DAVE_SUB, False) in group_audit
+    secret_body = keys.repository_private_pem.splitlines()[1]
+    assert "keys-read" in caplog.text and secret_body not in caplog.text
 
 
 # -- files and history ----------------------------------------------------------------------
@@ -424,8 +429,11 @@ def test_nothing_published_yet_is_a_conflict_not_an_error(world: ApiWorld) -> No
 # -- requesting a repository ---------------------------------------------------------------
 
 
-def test_request_goes_to_the_bridge_like_the_dashboards_message(world: ApiWorld) -> None:
+def test_request_goes_to_the_bridge_like_the_dashboards_message(
+    world: ApiWorld, caplog: pytest.LogCaptureFixture
+) -> None:
     w = world
+    caplog.set_level(logging.DEBUG)
     token = w.alice()
     short = f"t{uuid.uuid4().hex[:6]}"
     with w.client(token) as client:
@@ -464,6 +472,8 @@ def test_request_goes_to_the_bridge_like_the_dashboards_message(world: ApiWorld)
         foreign = client.get(accepted["status_url"])
     assert status.status_code == 200 and status.json()["status"] == "pending"
     assert foreign.status_code == 403
+    assert "repository-requested" in caplog.text
+    assert token.split(".")[2] not in caplog.text  # the token travels, but is never logged
 
 
 def test_the_same_request_id_is_the_same_request(world: ApiWorld) -> None:
