@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     create_engine,
+    delete,
     event,
     or_,
     select,
@@ -526,6 +527,35 @@ class RepositoryRegistry:
                 return FileProvenance.model_validate(row)
         except IntegrityError as error:
             # The only constraint an upsert can break is the foreign key to the repository.
+            raise UnknownRepository(f"no repository {fqrn!r} in the registry") from error
+
+    def record_sync(
+        self, fqrn: str, published: Iterable[FileProvenance], removed: Iterable[str]
+    ) -> None:
+        """One revision's provenance changes in one database transaction."""
+        now = self._clock()
+        rows = [
+            f.model_dump(exclude={"updated_at"}) | {"fqrn": fqrn, "updated_at": now}
+            for f in published
+        ]
+        gone = list(removed)
+        try:
+            with Session(self._engine) as session, session.begin():
+                if gone:
+                    session.execute(
+                        delete(FileProvenanceRow).where(
+                            FileProvenanceRow.fqrn == fqrn, FileProvenanceRow.path.in_(gone)
+                        )
+                    )
+                for values in rows:
+                    statement = self._insert(FileProvenanceRow).values(**values)
+                    session.execute(
+                        statement.on_conflict_do_update(
+                            index_elements=["fqrn", "path"],
+                            set_={k: v for k, v in values.items() if k not in ("fqrn", "path")},
+                        )
+                    )
+        except IntegrityError as error:
             raise UnknownRepository(f"no repository {fqrn!r} in the registry") from error
 
     def get_file(self, fqrn: str, path: str) -> FileProvenance | None:

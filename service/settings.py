@@ -228,9 +228,7 @@ class Settings(BaseSettings):
                         "cluster_port": self.vault.cluster_port + offset,
                     }
                 ),
-                "registry": self.registry.model_copy(
-                    update={"port": self.registry.port + offset}
-                ),
+                "registry": self.registry.model_copy(update={"port": self.registry.port + offset}),
                 "prefect": self.prefect.model_copy(update={"port": self.prefect.port + offset}),
                 "stratum0": self.stratum0.model_copy(
                     update={"http_port": self.stratum0.http_port + offset}

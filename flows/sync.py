@@ -1,0 +1,86 @@
+"""Flows `sync` (bucket changes → a published revision) and `reconcile` (full diff, repair).
+
+`sync` runs for the keys a batch of bucket events named, or as a backfill of a prefix;
+`reconcile` runs `sync` over every repository's whole `cvmfs/` area on a schedule.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.repositories import RepositoryRegistry
+from service.runtime import load_settings
+from tasks.locks import repository_lease
+from tasks.sync import (
+    SyncOutcome,
+    SyncRequest,
+    look_up_repository,
+    plan_sync,
+    publish_changes,
+    read_bucket_state,
+    record_provenance,
+    report_changes,
+)
+
+
+@flow(name="sync", flow_run_name="sync-{req.repo}")
+def sync(req: SyncRequest) -> int | None:
+    """Make the repository show what the bucket has now for the named keys (or prefix).
+
+    Returns the published revision, or None when nothing changed (or on a dry run).
+    """
+    settings = load_settings()
+    logger = get_run_logger()
+    repository = look_up_repository(settings, req)
+    with repository_lease(req.repo):
+        truth = read_bucket_state(settings, repository, req)
+        plan = plan_sync(settings, repository, truth)
+        outcome = SyncOutcome(fqrn=req.repo, revision=None, plan=plan)
+        if plan.changes and not req.dry_run:
+            outcome = publish_changes(settings, repository, plan)
+            record_provenance(settings, outcome)
+    report_changes(outcome, req.dry_run)
+    for refused in plan.refused:
+        logger.warning(
+            "refused key repo=%s key=%r reason=%s", req.repo, refused.key, refused.reason
+        )
+    logger.info(
+        "sync repo=%s revision=%s changes=%d unchanged=%d refused=%d",
+        req.repo,
+        outcome.revision,
+        len(plan.changes),
+        plan.unchanged,
+        len(plan.refused),
+    )
+    return outcome.revision
+
+
+class ReconcileRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str | None = Field(default=None, description="one repository; all ready ones if empty")
+    dry_run: bool = Field(default=False, description="only report the drift as artifacts")
+
+
+@flow(name="reconcile", flow_run_name="reconcile-{req.repo}")
+def reconcile(req: ReconcileRequest | None = None) -> dict[str, int | None]:
+    """A full diff of each bucket's `cvmfs/` against its repository, repairing the drift."""
+    req = req or ReconcileRequest()
+    settings = load_settings()
+    registry = RepositoryRegistry.open(settings)
+    try:
+        names = [req.repo] if req.repo else [r.fqrn for r in registry.repositories("ready")]
+    finally:
+        registry.close()
+    results: dict[str, int | None] = {}
+    failed: list[str] = []
+    for name in names:  # one repository's failure must not stop the others
+        state = sync(SyncRequest(repo=name, dry_run=req.dry_run), return_state=True)
+        if state.is_completed():
+            results[name] = state.result()
+        else:
+            failed.append(name)
+    if failed:
+        raise RuntimeError(f"reconcile failed for {', '.join(failed)}: see their sync runs")
+    return results

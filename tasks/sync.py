@@ -1,0 +1,185 @@
+"""The steps of one sync: look up the repository, read the bucket, plan, publish, record.
+
+The flow holds the repository's publish lock around reading the bucket and publishing, so the
+state it publishes is never older than what the bucket had when the lock was taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.errors import RejectedMessage
+from bridge.s3_events import KEY_PREFIX
+from cvmfs.writer import RepositoryWriter
+from service.bucket_sync import (
+    ApplyReport,
+    BucketObject,
+    Plan,
+    Put,
+    apply_changes,
+    head_objects,
+    list_objects,
+    plan_changes,
+    target_of,
+    with_metadata,
+)
+from service.keystore import KeyOwner, KeyStore
+from service.repositories import FileProvenance, Repository, RepositoryRegistry
+from service.s3_clients import service_s3
+from service.settings import Settings
+from tasks.storage import repository_storage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+FQRN_PATTERN = r"^[a-z0-9][a-z0-9.-]{0,62}$"
+
+
+class SyncRequest(BaseModel):
+    """One sync run: the keys events named, or a backfill of a prefix (all of `cvmfs/` if
+    neither is given). Operators start it from the Prefect UI or `cvmfs-svc sync`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: Annotated[str, Field(pattern=FQRN_PATTERN, description="repository fqrn")]
+    bucket: str | None = Field(default=None, description="defaults to the repository's bucket")
+    changed_keys: list[str] = Field(default_factory=list, description="object keys that changed")
+    prefix: str | None = Field(default=None, description="backfill every key under cvmfs/<prefix>")
+    dry_run: bool = Field(default=False, description="only report the difference")
+
+
+@dataclass
+class SyncOutcome:
+    fqrn: str
+    revision: int | None  # None: nothing published
+    plan: Plan
+    report: ApplyReport = field(default_factory=ApplyReport)
+
+
+def step(name: str, retries: int = 3) -> Callable[[Callable[P, R]], Task[P, R]]:
+    return task(name=name, retries=retries, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+
+
+@step("look up repository", retries=1)
+def look_up_repository(settings: Settings, req: SyncRequest) -> Repository:
+    registry = RepositoryRegistry.open(settings)
+    try:
+        repository = registry.require(req.repo)
+    finally:
+        registry.close()
+    if req.bucket is not None and req.bucket != repository.bucket:
+        raise ValueError(
+            f"repository {req.repo} is fed by bucket {repository.bucket!r}, not {req.bucket!r}"
+        )
+    return repository
+
+
+@step("read bucket state")
+def read_bucket_state(
+    settings: Settings, repository: Repository, req: SyncRequest
+) -> dict[str, BucketObject | None]:
+    """HEAD each named key, or list the backfill prefix (plus keys the repository has there)."""
+    s3 = service_s3(settings)
+    if req.changed_keys:
+        return head_objects(s3, repository.bucket, req.changed_keys)
+    prefix = KEY_PREFIX + (req.prefix or "").lstrip("/")
+    truth: dict[str, BucketObject | None] = {
+        obj.key: obj for obj in list_objects(s3, repository.bucket, prefix)
+    }
+    registry = RepositoryRegistry.open(settings)
+    try:
+        for record in registry.files(repository.fqrn):
+            if record.s3_key.startswith(prefix):
+                truth.setdefault(record.s3_key, None)  # published, no longer in the bucket
+    finally:
+        registry.close()
+    return truth
+
+
+@step("plan changes")
+def plan_sync(
+    settings: Settings, repository: Repository, truth: dict[str, BucketObject | None]
+) -> Plan:
+    registry = RepositoryRegistry.open(settings)
+    try:
+        paths = set()
+        for key in truth:
+            try:
+                paths.add(target_of(key)[0])
+            except RejectedMessage:
+                continue  # plan_changes refuses it with the reason
+        published = {
+            record.path: record
+            for record in registry.files(repository.fqrn)
+            if record.path in paths
+        }
+    finally:
+        registry.close()
+    plan = plan_changes(truth, published)
+    if any(isinstance(c, Put) and not c.obj.metadata for c in plan.changes):
+        plan = with_metadata(service_s3(settings), repository.bucket, plan)
+    return plan
+
+
+@step("publish changes")
+def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> SyncOutcome:
+    owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
+    keys = KeyStore.from_settings(settings.vault).read(owner, repository.fqrn)
+    writer = RepositoryWriter.open(
+        repository_storage(settings, repository.fqrn), repository.fqrn, keys
+    )
+    with writer.transaction() as txn:
+        report = apply_changes(txn, service_s3(settings), repository.bucket, plan)
+        result = txn.publish(
+            description=f"sync: {len(report.added)} added or replaced, "
+            f"{len(report.removed)} removed"
+        )
+    return SyncOutcome(fqrn=repository.fqrn, revision=result.revision, plan=plan, report=report)
+
+
+@step("record provenance")
+def record_provenance(settings: Settings, outcome: SyncOutcome) -> None:
+    assert outcome.revision is not None
+    registry = RepositoryRegistry.open(settings)
+    try:
+        registry.record_sync(
+            outcome.fqrn,
+            published=[
+                FileProvenance(
+                    path=put.path,
+                    s3_key=put.key,
+                    etag=put.obj.etag,
+                    version_id=put.obj.version_id,
+                    size_bytes=put.obj.size,
+                    revision=outcome.revision,
+                )
+                for put in outcome.report.added
+            ],
+            removed=[remove.path for remove in outcome.report.removed],
+        )
+        registry.record_publish(outcome.fqrn, outcome.revision)
+    finally:
+        registry.close()
+
+
+@step("report changes", retries=1)
+def report_changes(outcome: SyncOutcome, dry_run: bool) -> None:
+    rows: list[dict[str, object]] = []
+    for change in outcome.plan.changes:
+        size = change.obj.size if isinstance(change, Put) else None
+        action = ("unpack" if change.tarball else "add") if isinstance(change, Put) else "remove"
+        rows.append({"action": action, "path": change.path, "key": change.key, "size": size})
+    for refused in outcome.plan.refused:
+        rows.append({"action": "refused", "path": "", "key": refused.key, "size": refused.reason})
+    revision = "dry run" if dry_run else (outcome.revision or "nothing to publish")
+    create_table_artifact(
+        key=f"sync-{outcome.fqrn.replace('.', '-')}",
+        table=rows or [{"action": "none", "path": "", "key": "", "size": None}],
+        description=f"{outcome.fqrn}: revision {revision}; {outcome.plan.unchanged} unchanged",
+    )
