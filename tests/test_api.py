@@ -342,6 +342,7 @@ def test_keys_for_the_owner_and_a_group_manager_each_access_audited(
     group_audit = [(a.subject, a.allowed) for a in w.registry.key_accesses(w.group_repo)]
     assert (ALICE_SUB, True) in mine_audit and (BOB_SUB, False) in mine_audit
     assert (CAROL_SUB, True) in group_audit and (DAVE_SUB, False) in group_audit
+    assert keys.repository_private_pem is not None
     secret_body = keys.repository_private_pem.splitlines()[1]
     assert "keys-read" in caplog.text and secret_body not in caplog.text
 

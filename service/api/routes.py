@@ -422,7 +422,7 @@ def repositories_router() -> APIRouter:
         prefix = browse.catalog_path(body.prefix) if body.prefix is not None else None
         if prefix is not None and body.dry_run:
             raise BadRequest("dry_run applies to a whole-repository reconcile, not to a prefix")
-        deployment, parameters = runs.sync_run(repository, prefix, body.dry_run, svc.bridge_config)
+        deployment, parameters = runs.sync_run(repository, prefix, body.dry_run, svc.deployments)
         key = f"api-{deployment.replace('/', '-')}-{fqrn}-{idempotency_key or uuid.uuid4().hex}"
         return _start_run(svc, fqrn, deployment, parameters, key)
 
@@ -449,6 +449,6 @@ def repositories_router() -> APIRouter:
         request_id = f"rollback-{idempotency_key or uuid.uuid4().hex}"
         parameters = runs.rollback_run(repository, body.tag, request_id, caller.subject)
         key = f"api-rollback-{fqrn}-{request_id}"
-        return _start_run(svc, fqrn, runs.ROLLBACK_DEPLOYMENT, parameters, key)
+        return _start_run(svc, fqrn, svc.deployments.rollback, parameters, key)
 
     return router

@@ -7,24 +7,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.config import BridgeConfig
+from pydantic import BaseModel, ConfigDict
+
 from service.repositories import Repository
 
-RECONCILE_DEPLOYMENT = "reconcile/reconcile"
-ROLLBACK_DEPLOYMENT = "rollback/rollback"
 # Bucket keys under this prefix are published (issue 5: `cvmfs/<path>` → `/<path>`).
 BUCKET_CONTENT_PREFIX = "cvmfs/"
 
 Parameters = dict[str, Any]
 
 
+class DeploymentNames(BaseModel):
+    """`flow/deployment` names of the runs the API starts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sync: str = "sync/sync"
+    reconcile: str = "reconcile/reconcile"
+    rollback: str = "rollback/rollback"
+
+
 def sync_run(
-    repository: Repository, catalog_prefix: str | None, dry_run: bool, config: BridgeConfig
+    repository: Repository, catalog_prefix: str | None, dry_run: bool, names: DeploymentNames
 ) -> tuple[str, Parameters]:
     """A prefix backfill is a `sync` of every key under it; no prefix reconciles everything."""
     if catalog_prefix:
         bucket_prefix = BUCKET_CONTENT_PREFIX + catalog_prefix.strip("/") + "/"
-        return config.sync_deployment, {
+        return names.sync, {
             "req": {
                 "repo": repository.fqrn,
                 "bucket": repository.bucket,
@@ -32,7 +41,7 @@ def sync_run(
                 "prefix": bucket_prefix,
             }
         }
-    return RECONCILE_DEPLOYMENT, {
+    return names.reconcile, {
         "req": {"repo": repository.fqrn, "bucket": repository.bucket, "dry_run": dry_run}
     }
 

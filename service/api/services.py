@@ -21,6 +21,7 @@ from bridge.webhook import Publisher
 from cvmfs.storage import Storage
 from service.api.errors import Unavailable
 from service.api.ratelimit import RateLimiter
+from service.api.runs import DeploymentNames
 from service.api.stratum0 import repository_storage
 from service.auth import TokenVerifier
 from service.keystore import KeyStore, KeystoreError
@@ -88,6 +89,7 @@ class ApiServices:
     queue_depth: QueueDepth
     storage_for: Callable[[str], Storage]
     _key_store_factory: Callable[[], KeyStore]
+    deployments: DeploymentNames = field(default_factory=DeploymentNames)
     _key_store: KeyStore | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closers: list[Callable[[], None]] = field(default_factory=list)
@@ -133,6 +135,7 @@ class ApiServices:
             storage_for=lambda fqrn: repository_storage(settings, fqrn),
             _key_store_factory=key_store or (lambda: _default_key_store(settings)),
             _closers=closers,
+            deployments=DeploymentNames(sync=config.sync_deployment),
         )
 
     def key_store(self) -> KeyStore:
