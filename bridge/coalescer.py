@@ -25,6 +25,9 @@ class InboundMessage:
     headers: dict[str, Any]
     content_type: str | None = None
     message_id: str | None = None
+    correlation_id: str | None = None
+    user_id: str | None = None  # verified by RabbitMQ against the publishing connection's user
+    app_id: str | None = None
 
     @property
     def attempts(self) -> int:

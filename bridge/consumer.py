@@ -199,6 +199,9 @@ class BridgeConsumer:
                 headers=headers,
                 content_type=properties.content_type,
                 message_id=properties.message_id,
+                correlation_id=properties.correlation_id,
+                user_id=properties.user_id,
+                app_id=properties.app_id,
             )
         )
 
@@ -209,6 +212,11 @@ class BridgeConsumer:
                 self._handlers[message.queue](message)
             except RejectedMessage as refused:
                 self._dead_letter(message, refused.reason)
+            except pika.exceptions.AMQPError:
+                raise  # the connection is gone: reconnect, the broker redelivers
+            except Exception as error:  # a dependency failed (issuer, registry): retry later
+                log.warning("event=handler-failed queue=%s error=%r", message.queue, error)
+                self._retry_or_dead_letter(message, error)
 
     def _handle_s3(self, message: InboundMessage) -> None:
         events = parse_s3_notification(message.body)
@@ -218,11 +226,7 @@ class BridgeConsumer:
         buckets = sorted({event.bucket for event in events})
         if len(buckets) != 1:
             raise RejectedMessage(f"one notification names several buckets: {buckets}")
-        try:
-            target = self.lookup.repository_for_bucket(buckets[0])
-        except Exception as error:  # the registry may be briefly unavailable: retry later
-            self._retry_or_dead_letter(message, error)
-            return
+        target = self.lookup.repository_for_bucket(buckets[0])
         if target is None:
             raise RejectedMessage(f"bucket {buckets[0]!r} feeds no repository")
         for event in events:

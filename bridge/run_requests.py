@@ -29,10 +29,18 @@ class FlowStarter(Protocol):
 
 
 def sync_parameters(batch: SyncBatch) -> Parameters:
-    return {"req": {"repo": batch.target.fqrn, "bucket": batch.target.bucket, "keys": batch.keys}}
+    """`sync(req: SyncRequest)` of tasks/sync.py: the flow reads each key's current state."""
+    return {
+        "req": {
+            "repo": batch.target.fqrn,
+            "bucket": batch.target.bucket,
+            "changed_keys": batch.keys,
+        }
+    }
 
 
 def unpack_parameters(event: ImagePushed | ImageDeleted) -> Parameters:
+    """`unpack(req: UnpackRequest)` of tasks/unpack.py, which accepts the event's fields."""
     return {"req": event.model_dump(mode="json")}
 
 

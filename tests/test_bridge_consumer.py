@@ -67,8 +67,10 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
         )
     [call] = starter.calls
     assert call.deployment == "sync/sync"
-    assert call.parameters == {
-        "req": {"repo": REPO_A.fqrn, "bucket": REPO_A.bucket, "keys": ["cvmfs/good/file.txt"]}
+    assert call.parameters["req"] == {
+        "repo": REPO_A.fqrn,
+        "bucket": REPO_A.bucket,
+        "changed_keys": ["cvmfs/good/file.txt"],
     }
     dead = drain(iso.mq, iso.config.dead_letter_queue)
     assert [body for _, body in dead] == poison  # bodies kept verbatim, in order
@@ -99,9 +101,9 @@ def test_duplicates_and_out_of_order_events_make_one_run_per_repository(
     with running(consumer_for(iso, starter)):
         wait_for(lambda: len(starter.snapshot()) == 2, "one run per repository")
         wait_for(lambda: ready_count(iso.mq, iso.config.s3.queue) == 0, "an empty queue")
-    by_repo = {call.parameters["req"]["repo"]: call for call in starter.calls}
-    assert by_repo[REPO_A.fqrn].parameters["req"]["keys"] == ["cvmfs/dir/y z.txt", "cvmfs/x"]
-    assert by_repo[REPO_B.fqrn].parameters["req"]["keys"] == ["cvmfs/b"]
+    by_repo = {c.parameters["req"]["repo"]: c.parameters["req"] for c in starter.calls}
+    assert by_repo[REPO_A.fqrn]["changed_keys"] == ["cvmfs/dir/y z.txt", "cvmfs/x"]
+    assert by_repo[REPO_B.fqrn]["changed_keys"] == ["cvmfs/b"]
     assert ready_count(iso.mq, iso.config.dead_letter_queue) == 0
 
     # The same events again, in another order and without the duplicates: the same keys.

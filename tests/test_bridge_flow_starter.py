@@ -37,12 +37,12 @@ pytestmark = pytest.mark.stack
 class EchoRequest(BaseModel):
     repo: str = Field(pattern=r"^[a-z0-9.-]+$")
     bucket: str
-    keys: list[str] = Field(default_factory=list)
+    changed_keys: list[str] = Field(default_factory=list)
 
 
 @flow(name="bridge-echo")
 def bridge_echo(req: EchoRequest) -> int:
-    return len(req.keys)
+    return len(req.changed_keys)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def starter_for(settings: Settings) -> PrefectFlowStarter:
 
 
 def params(repo: str = "alpha.sw.example.org") -> dict[str, object]:
-    return {"req": {"repo": repo, "bucket": "alpha-bucket", "keys": ["cvmfs/x"]}}
+    return {"req": {"repo": repo, "bucket": "alpha-bucket", "changed_keys": ["cvmfs/x"]}}
 
 
 def test_same_key_same_run_other_key_other_run(prefect_server: Settings, deployment: str) -> None:
@@ -121,4 +121,4 @@ def test_events_wait_while_prefect_is_down(
         )
     matching = [run for run in runs if run.idempotency_key == calls[0]]
     assert len(matching) == 1
-    assert matching[0].parameters["req"]["keys"] == [key]
+    assert matching[0].parameters["req"]["changed_keys"] == [key]

@@ -135,7 +135,7 @@ def test_redelivery_after_a_crash_maps_to_the_same_run(rabbitmq: Settings, tmp_p
     crashing = Child(iso, tmp_path, "crash")
     assert crashing.wait() == -signal.SIGKILL
     [first] = crashing.calls()  # the run was created, then the process died before acking
-    assert first["parameters"]["req"]["keys"] == sorted(keys)
+    assert first["parameters"]["req"]["changed_keys"] == sorted(keys)
     wait_for(lambda: ready_count(iso.mq, iso.config.s3.queue) == len(keys), "the redelivery")
 
     starter = RecordingStarter()
@@ -171,7 +171,7 @@ def test_sigterm_finishes_the_run_in_hand(rabbitmq: Settings, tmp_path: Path) ->
     child.process.send_signal(signal.SIGTERM)
     assert child.wait(timeout_s=30) == 0
     [call] = child.calls()
-    assert call["parameters"]["req"]["keys"] == ["cvmfs/x"]
+    assert call["parameters"]["req"]["changed_keys"] == ["cvmfs/x"]
     assert ready_count(iso.mq, iso.config.s3.queue) == 0  # acked before the process left
 
 
@@ -194,7 +194,7 @@ def test_broker_restart_while_consuming_loses_nothing(rabbitmq: Settings) -> Non
         publish(iso.mq, iso.s3_key, [rgw_body(REPO_A.bucket, key) for key in after])
         wait_for(lambda: len(starter.snapshot()) >= 2, "a run for the new events")
         wait_for(lambda: ready_count(iso.mq, iso.config.s3.queue) == 0, "an empty queue")
-    runs = [call.parameters["req"]["keys"] for call in starter.calls]
+    runs = [call.parameters["req"]["changed_keys"] for call in starter.calls]
     assert runs == [before, after]  # each event in exactly one run, none lost
     assert ready_count(iso.mq, iso.config.dead_letter_queue) == 0
 

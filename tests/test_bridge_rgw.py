@@ -77,7 +77,8 @@ def test_rgw_uploads_become_sync_runs_and_a_foreign_bucket_is_refused(
         user.put_object(Bucket=foreign, Key="cvmfs/planted.txt", Body=b"evil")
 
         def seen() -> set[str]:
-            return {k for call in starter.snapshot() for k in call.parameters["req"]["keys"]}
+            calls = starter.snapshot()
+            return {k for call in calls for k in call.parameters["req"]["changed_keys"]}
 
         wait_for(lambda: seen() == set(keys), "runs covering every uploaded key", 120)
         wait_for(
