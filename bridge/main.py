@@ -11,7 +11,7 @@ from types import FrameType
 from bridge.config import BridgeConfig
 from bridge.consumer import BridgeConsumer
 from bridge.repositories import RepositoryLookup
-from bridge.run_requests import FlowStarter
+from bridge.run_requests import FlowStarter, RequestParameters, repository_request_parameters
 from service.settings import Settings
 
 
@@ -20,13 +20,20 @@ def run_bridge(
     lookup: RepositoryLookup,
     config: BridgeConfig | None = None,
     starter: FlowStarter | None = None,
+    request_params: RequestParameters = repository_request_parameters,
 ) -> None:
     """Consume until SIGTERM or SIGINT, then finish the batch in hand and close."""
     if starter is None:
         from bridge.flow_starter import PrefectFlowStarter  # imports prefect: ~1.5 s
 
         starter = PrefectFlowStarter(settings.prefect.api_url)
-    consumer = BridgeConsumer(settings.rabbitmq, config or BridgeConfig(), lookup, starter)
+    consumer = BridgeConsumer(
+        settings.rabbitmq,
+        config or BridgeConfig(),
+        lookup,
+        starter,
+        request_params=request_params,
+    )
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         consumer.request_stop()

@@ -199,5 +199,28 @@ def test_broker_restart_while_consuming_loses_nothing(rabbitmq: Settings) -> Non
     assert ready_count(iso.mq, iso.config.dead_letter_queue) == 0
 
 
+def test_python_m_bridge_starts_consuming_and_stops_on_sigterm(
+    rabbitmq: Settings, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "bridge.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge"],
+            cwd=tmp_path,  # the registry database lands in the stack's data dir, not here
+            env={**stack_env, "PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "event=consuming" in log.read_text(), "the bridge to consume", 60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "event=stopping" in log.read_text()
+
+
 if __name__ == "__main__":
     child_main(sys.argv[1])

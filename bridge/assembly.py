@@ -1,0 +1,37 @@
+"""The bridge as the service runs it: registry lookup, authorized repository requests, Prefect.
+
+`python -m bridge` (or the service's CLI) calls `serve_bridge(settings)`; it returns on SIGTERM.
+"""
+
+from __future__ import annotations
+
+from bridge.config import BridgeConfig
+from bridge.main import run_bridge
+from bridge.provision_requests import ProvisionRequestParameters
+from bridge.registry_lookup import RegistryRepositoryLookup
+from service.auth import TokenVerifier
+from service.messages import ProvisionReply, RequestParser
+from service.repositories import RepositoryRegistry
+from service.settings import Settings
+
+
+def serve_bridge(settings: Settings, config: BridgeConfig | None = None) -> None:
+    from tasks.provision import send_reply  # imports prefect; the bridge needs it anyway
+
+    def reply(answer: ProvisionReply) -> None:
+        send_reply.fn(settings, answer)
+
+    registry = RepositoryRegistry.open(settings)
+    try:
+        with TokenVerifier(settings.oidc) as verifier:
+            requests = ProvisionRequestParameters(
+                RequestParser.from_settings(settings), verifier, reply
+            )
+            run_bridge(
+                settings,
+                RegistryRepositoryLookup(registry),
+                config,
+                request_params=requests,
+            )
+    finally:
+        registry.close()
