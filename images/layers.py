@@ -202,6 +202,7 @@ class LayerApplier:
         self.stats = UnpackStats()
         self._written: set[str] = set()
         self._hardlink_paths: dict[str, str] = {}
+        self._link_groups: dict[str, list[str]] = {}
 
     def apply(self, stream: ReadableStream, digest: str) -> None:
         """Apply one layer (the decompressed tar is streamed; nothing touches local disk)."""
@@ -216,6 +217,7 @@ class LayerApplier:
         tar_stats = ImportStats()
         self._written = set()
         self._hardlink_paths = {}
+        self._link_groups = {}
         try:
             for entry in iter_tar_entries(stream, self.root, tar_policy, tar_stats):
                 self._apply_entry(entry)
@@ -275,7 +277,17 @@ class LayerApplier:
                     f"hard link {entry.path} -> {entry.link_target}: the target is no longer a "
                     "regular file of this layer: refused"
                 )
-            self.txn.link(source, path)
+            # CVMFS groups hard links per directory (spec §7): link to a member of the group
+            # in this directory if there is one, else to the original (stored as a copy).
+            members = self._link_groups.setdefault(source, [source])
+            same_dir = [
+                m
+                for m in members
+                if posixpath.dirname(m) == posixpath.dirname(path)
+                and self.tree.kind(m) is EntryType.FILE
+            ]
+            self.txn.link(same_dir[0] if same_dir else source, path)
+            members.append(path)
             self.tree.add(path, EntryType.FILE)
         # Hard links name the tar path of their target; remember where that path landed.
         self._hardlink_paths[entry.path] = path

@@ -195,3 +195,26 @@ def test_device_nodes_skipped_when_the_policy_says_so(writer: RepositoryWriter) 
         LayerPolicy(skip_special=True),
     )
     assert tree(writer) == {"/dev": ("dir", 0o755), "/f": ("file", b"f", 0o644)}
+
+
+def test_hard_links_keep_their_groups_per_directory(writer: RepositoryWriter) -> None:
+    """A group spanning directories: each directory's members stay one group (spec §7)."""
+    unpack(
+        writer,
+        [
+            layer(
+                [
+                    ("a/", "dir", None),
+                    ("a/orig", "file", b"shared"),
+                    ("b/", "dir", None),
+                    ("b/one", "hardlink", "a/orig"),
+                    ("b/two", "hardlink", "a/orig"),
+                ]
+            )
+        ],
+    )
+    with RepositoryReader(writer.storage, FQRN, [], verify_signatures=False) as reader:
+        orig, one, two = (reader.stat(f"{ROOT}/{p}") for p in ("a/orig", "b/one", "b/two"))
+        assert one.hardlink_group == two.hardlink_group != 0 and one.linkcount == 2
+        assert orig.hardlink_group == 0 and orig.linkcount == 1
+        assert reader.read(two.path) == reader.read(orig.path) == b"shared"

@@ -214,11 +214,24 @@ def tar_bytes(members: list[tuple[str, str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
+def _single_members_ungrouped(tree: Tree) -> Tree:
+    """A hard-link group of one path is no group (CVMFS keeps groups per directory, spec §7:
+    a link into another directory is published as an independent copy)."""
+    sizes: dict[str, int] = {}
+    for value in tree.values():
+        if value[0] == "file" and value[5][1] is not None:
+            sizes[value[5][1]] = sizes.get(value[5][1], 0) + 1
+    for path, value in tree.items():
+        if value[0] == "file" and value[5][1] is not None and sizes[value[5][1]] == 1:
+            tree[path] = (*value[:5], (value[5][0], None))
+    return tree
+
+
 def local_tree(root: Path) -> Tree:
     """The merged file system as published: modes sanitized as the writer does (spec §7);
-    hard links as a group id = first path of the group."""
+    hard links as a group id = first path of the group in the same directory."""
     tree: Tree = {}
-    first_of_inode: dict[int, str] = {}
+    first_of_inode: dict[tuple[str, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name
@@ -233,12 +246,12 @@ def local_tree(root: Path) -> Tree:
             elif stat.S_ISREG(info.st_mode):
                 group = None
                 if info.st_nlink > 1:
-                    group = first_of_inode.setdefault(info.st_ino, relative)
+                    group = first_of_inode.setdefault((dirpath, info.st_ino), relative)
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 tree[relative] = ("file", *common, (digest, group))
             else:
                 tree[relative] = ("special", *common, None)
-    return tree
+    return _single_members_ungrouped(tree)
 
 
 def repository_tree(reader: RepositoryReader, top: str) -> Tree:

@@ -46,6 +46,7 @@ def _layer_one(rootfs: Path) -> None:
     tool.write_text("#!/bin/sh\necho tool\n")
     tool.chmod(0o755)
     os.link(tool, rootfs / "usr/bin/tool-hard")
+    os.link(tool, rootfs / "etc/tool-elsewhere")  # another directory: published as a copy
     (rootfs / "usr/bin/tool-link").symlink_to("tool")
     (rootfs / "usr/bin/abs-link").symlink_to("/usr/bin/tool")
     (rootfs / "opt/app/old-a").write_text("a\n")
@@ -185,6 +186,7 @@ def test_unpacked_tree_equals_the_merged_image(
         and got["/usr/bin/abs-link"][5] == "/usr/bin/tool"
     )
     assert got["/home/user/data"][2:4] == (1000, 1000)
+    assert got["/etc/tool-elsewhere"][5] == (got["/usr/bin/tool"][5][0], None)
     # DUCC layout: metadata in Go field names, nested catalogs, apptainer files
     assert meta["Config"]["Digest"] == image.config_digest and len(meta["Layers"]) == 3
     assert {"/.flat", flat} <= catalogs
