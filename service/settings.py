@@ -168,6 +168,12 @@ class ProvisioningSettings(BaseModel):
     # Optional extra condition (app_id is NOT verified by the broker): if non-empty, a legacy
     # message must also carry one of these app_id values.
     trusted_legacy_app_ids: list[str] = Field(default_factory=list)
+    # Deprovisioning: the stratum-0 content is archived (moved aside) or deleted, and the
+    # keys stay in Vault this long so a mistaken deprovision can be undone.
+    deprovision_stratum0: Literal["archive", "delete"] = "archive"
+    key_grace_days: int = 30
+    # Whitelists are re-signed when they expire within this many days (they last 30).
+    resign_within_days: int = 7
 
 
 class Settings(BaseSettings):

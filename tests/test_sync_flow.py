@@ -8,80 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tarfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cvmfs.reader import RepositoryReader
-from flows.provision import provision
 from flows.sync import ReconcileRequest, reconcile, sync
-from service.auth import TokenVerifier
-from service.client_config import stratum0_url
-from service.keystore import KeyOwner, KeyStore
-from service.messages import AmqpProperties, AuthorizedProvisionRequest, RequestParser
-from service.repositories import RepositoryRegistry
 from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.sync import SyncRequest
-from tests.conftest import settings_env
-from tests.issuer import TestIssuer
+from tests.fixtures_service import ProvisionedRepository, open_reader
 
-pytest_plugins = ("tests.fixtures_auth",)
+pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-@pytest.fixture
-def service_settings(
-    vault: Settings,
-    ceph: Settings,
-    rabbitmq: Settings,
-    prefect_server: Settings,
-    stratum0_http: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Settings]:
-    for key, value in settings_env(vault).items():
-        monkeypatch.setenv(key, value)
-    yield vault
-
-
-@pytest.fixture
-def repo(
-    service_settings: Settings, oidc_issuer: TestIssuer, token_verifier: TokenVerifier
-) -> tuple[str, str]:
-    """A provisioned personal repository and its (demo user's) bucket."""
-    user = f"s{uuid.uuid4().hex[:6]}"
-    bucket = f"{user}-bucket"
-    demo_s3(service_settings).create_bucket(Bucket=bucket)
-    body = json.dumps(
-        {
-            "version": 1,
-            "request_id": f"req-{user}",
-            "access_token": oidc_issuer.mint(preferred_username=user, sub=f"sub-{user}"),
-            "kind": "personal",
-            "bucket": bucket,
-        }
-    ).encode()
-    parser = RequestParser.from_settings(service_settings)
-    request = parser.authorize(parser.parse(body, AmqpProperties()), token_verifier)  # type: ignore[arg-type]
-    assert isinstance(request, AuthorizedProvisionRequest), request
-    assert provision(request).status == "ok"
-    return request.fqrn, bucket
-
-
-def _reader(settings: Settings, fqrn: str, tmp_path: Path) -> RepositoryReader:
-    registry = RepositoryRegistry.open(settings)
-    repository = registry.require(fqrn)
-    registry.close()
-    owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
-    keys = KeyStore.from_settings(settings.vault).read(owner, fqrn)
-    key_file = tmp_path / f"{fqrn}.pub"
-    key_file.write_text(keys.master_public_pem)
-    return RepositoryReader.open(stratum0_url(settings, fqrn), fqrn, [key_file])
 
 
 def _tree(reader: RepositoryReader) -> dict[str, tuple[str, int, bytes | str | None]]:
@@ -122,10 +63,10 @@ def _tarball() -> bytes:
 
 
 def test_bucket_changes_become_revisions(
-    service_settings: Settings, repo: tuple[str, str], tmp_path: Path
+    service_settings: Settings, provisioned: ProvisionedRepository, tmp_path: Path
 ) -> None:
     settings = service_settings
-    fqrn, bucket = repo
+    fqrn, bucket = provisioned.fqrn, provisioned.bucket
     s3 = demo_s3(settings)
     big = os.urandom(1 << 20) * 100  # 100 MiB: chunked, ranged download in parts
     elf = b"\x7fELF\x02\x01\x01" + b"\0" * 100
@@ -151,7 +92,7 @@ def test_bucket_changes_become_revisions(
     first = sync(SyncRequest(repo=fqrn, changed_keys=list(reversed(keys)) + keys[:3]))
     assert first == 2
 
-    with _reader(settings, fqrn, tmp_path) as reader:
+    with open_reader(settings, fqrn, tmp_path) as reader:
         tree = _tree(reader)
         assert tree["/hello.txt"] == ("file", 0o644, _sha(b"hello v1\n"))
         assert tree["/a/b/c/deep.txt"][2] == _sha(b"deep\n")
@@ -187,7 +128,7 @@ def test_bucket_changes_become_revisions(
         )
     )
     assert second == 3
-    with _reader(settings, fqrn, tmp_path) as reader:
+    with open_reader(settings, fqrn, tmp_path) as reader:
         tree = _tree(reader)
         assert tree["/hello.txt"][2] == _sha(b"hello v2\n")
         assert not any(path.startswith("/a") for path in tree)
@@ -200,7 +141,7 @@ def test_bucket_changes_become_revisions(
     s3.delete_object(Bucket=bucket, Key="cvmfs/bin/prog")
     assert reconcile(ReconcileRequest(repo=fqrn, dry_run=True)) == {fqrn: None}
     assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: 4}
-    with _reader(settings, fqrn, tmp_path) as reader:
+    with open_reader(settings, fqrn, tmp_path) as reader:
         tree = _tree(reader)
         assert tree["/missed.txt"][2] == _sha(b"no event for me\n")
         assert "/bin/prog" not in tree

@@ -1,0 +1,108 @@
+"""Maintenance steps: whitelist re-signing, deprovisioning, key purging after the grace."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+
+from cvmfs.whitelist import SignedWhitelist
+from cvmfs.writer import WHITELIST_KEY, resign_whitelist
+from service.bucket_wiring import topic_name_for, unwire_bucket
+from service.keystore import KeyOwner, KeyStore, vault_client
+from service.policies import PublisherAccess
+from service.repositories import Repository, RepositoryRegistry
+from service.s3_clients import service_s3, service_sns
+from service.settings import Settings
+from tasks.storage import local_stratum0_dir, repository_storage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    return task(name=name, retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+
+
+def key_owner(repository: Repository) -> KeyOwner:
+    return KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
+
+
+@step("list repositories")
+def list_repositories(settings: Settings, status: str = "ready") -> list[Repository]:
+    registry = RepositoryRegistry.open(settings)
+    try:
+        return registry.repositories(status)  # type: ignore[arg-type]
+    finally:
+        registry.close()
+
+
+@step("re-sign whitelist if it expires soon")
+def resign_if_expiring(settings: Settings, repository: Repository, now: dt.datetime) -> str:
+    """A lapsed whitelist makes a repository unmountable everywhere: renew it ahead of time."""
+    storage = repository_storage(settings, repository.fqrn)
+    current = SignedWhitelist.parse(storage.get(WHITELIST_KEY)).whitelist
+    horizon = dt.timedelta(days=settings.provisioning.resign_within_days)
+    if current.expires - now > horizon:
+        return f"valid until {current.expires:%Y-%m-%d %H:%M} UTC"
+    keys = KeyStore.from_settings(settings.vault).read(key_owner(repository), repository.fqrn)
+    renewed = resign_whitelist(storage, repository.fqrn, keys.require_master_key(), now=now)
+    return f"re-signed: valid until {renewed.expires:%Y-%m-%d %H:%M} UTC"
+
+
+@step("remove bucket notification and topic")
+def unwire_repository_bucket(settings: Settings, repository: Repository) -> None:
+    unwire_bucket(
+        settings=settings,
+        s3=service_s3(settings),
+        sns=service_sns(settings),
+        fqrn=repository.fqrn,
+        bucket=repository.bucket,
+        topic_arn=f"arn:aws:sns:{settings.ceph.region}::{topic_name_for(repository.fqrn)}",
+    )
+
+
+@step("archive or delete stratum-0 content")
+def retire_stratum0(settings: Settings, repository: Repository, now: dt.datetime) -> str:
+    """`archive` moves a local repository aside (S3: left in place); `delete` removes it."""
+    mode = settings.provisioning.deprovision_stratum0
+    if settings.stratum0.backend == "local":
+        directory = local_stratum0_dir(settings, repository.fqrn)
+        if not directory.exists():
+            return "already gone"
+        if mode == "delete":
+            shutil.rmtree(directory)
+            return f"deleted {directory}"
+        archive = settings.absolute_data_dir / "archive" / f"{repository.fqrn}-{now:%Y%m%dT%H%M%S}"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        directory.rename(archive)
+        return f"archived to {archive}"
+    if mode == "archive":
+        return "kept in the stratum-0 bucket (archive on S3 = leave in place)"
+    storage = repository_storage(settings, repository.fqrn)
+    for key in list(storage.list("")):
+        storage.delete(key)
+    return "deleted from the stratum-0 bucket"
+
+
+@step("revoke publisher access")
+def revoke_publisher_access(settings: Settings, repository: Repository) -> None:
+    PublisherAccess(vault_client(settings.vault), settings.vault.kv_mount).revoke(repository.fqrn)
+
+
+@step("mark repository deprovisioned")
+def mark_deprovisioned(settings: Settings, repository: Repository) -> None:
+    registry = RepositoryRegistry.open(settings)
+    try:
+        registry.set_status(repository.fqrn, "deprovisioned")
+    finally:
+        registry.close()
+
+
+@step("destroy keys after the grace period")
+def destroy_keys(settings: Settings, repository: Repository) -> None:
+    KeyStore.from_settings(settings.vault).destroy(key_owner(repository), repository.fqrn)
