@@ -17,6 +17,7 @@ from service.api.stratum0 import key_owner, repository_storage
 from service.keystore import KeyStore
 from service.messages import RequestId
 from service.repositories import RepositoryRegistry
+from service.runtime import load_settings
 from service.settings import Settings
 from tasks.locks import repository_lease
 
@@ -41,18 +42,6 @@ class RollbackResult(BaseModel):
 
 def rollback_description(req: RollbackRequest) -> str:
     return f"rollback to {req.tag} (request {req.request_id})"
-
-
-def load_settings() -> Settings:
-    """The service settings, with the local stack's OpenBao token when none is configured."""
-    settings = Settings.load()
-    if settings.vault.token is None:
-        from stack.openbao import root_token  # development stack only
-
-        settings = settings.model_copy(
-            update={"vault": settings.vault.model_copy(update={"token": root_token(settings)})}
-        )
-    return settings
 
 
 def roll_back(settings: Settings, req: RollbackRequest) -> RollbackResult:

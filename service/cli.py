@@ -61,6 +61,7 @@ def api() -> None:
     import uvicorn
 
     from service.api import create_app
+    from service.runtime import load_settings
 
-    settings = Settings.load()
+    settings = load_settings()  # with the local stack's OpenBao token when none is set
     uvicorn.run(create_app(settings), host=LOOPBACK, port=settings.api.port)

@@ -550,11 +550,13 @@ def test_sync_reconciles_the_repository_or_backfills_a_prefix(world: ApiWorld) -
     assert whole.json()["deployment"] == w.reconcile_deployment
     run, deployment = _flow_run(whole.json()["flow_run_id"])
     assert deployment.name == w.reconcile_deployment.split("/")[1]
-    bucket = w.registry.require(w.alice_repo).bucket
-    assert run.parameters == {"req": {"repo": w.alice_repo, "bucket": bucket, "dry_run": False}}
+    assert run.parameters == {"req": {"repo": w.alice_repo, "dry_run": False}}
     assert prefix.status_code == 202 and prefix.json()["deployment"] == w.sync_deployment
     run, _ = _flow_run(prefix.json()["flow_run_id"])
-    assert run.parameters["req"]["prefix"] == "cvmfs/software/"
+    bucket = w.registry.require(w.alice_repo).bucket
+    assert run.parameters == {
+        "req": {"repo": w.alice_repo, "bucket": bucket, "prefix": "software/"}
+    }
     assert again.json()["flow_run_id"] == prefix.json()["flow_run_id"]
     assert bad.status_code == 400
 

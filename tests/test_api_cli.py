@@ -23,6 +23,7 @@ def test_api_command_serves_the_app_on_the_configured_loopback_port(
     env = stack_env | {
         "CVMFS_SVC_DATABASE_URL": f"sqlite:///{tmp_path / 'registry.sqlite3'}",
         "CVMFS_SVC_OIDC__ISSUER_URL": "http://127.0.0.1:9/",  # never reached: no token sent
+        "CVMFS_SVC_VAULT__TOKEN": "not-used-here",  # production sets it; no key is read here
     }
     base = f"http://127.0.0.1:{stack_settings.api.port}"
     log = (tmp_path / "api.log").open("w")

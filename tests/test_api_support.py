@@ -20,13 +20,14 @@ from typing import Any
 
 import httpx
 import uvicorn
-from prefect import flow
 from pydantic import SecretStr
 
 from cvmfs.keys import KeySet, generate_keyset
 from cvmfs.storage import LocalStorage
 from cvmfs.writer import create_repository
 from flows.rollback import rollback as rollback_flow
+from flows.sync import reconcile as reconcile_flow
+from flows.sync import sync as sync_flow
 from service.api import ApiServices, create_app
 from service.auth import TokenVerifier
 from service.keystore import KeyOwner, KeyStore
@@ -39,17 +40,6 @@ ALICE_SUB = "7f3c1b2a-0000-4000-8000-00000000a11c"  # the issuer's default subje
 BOB_SUB = "7f3c1b2a-0000-4000-8000-000000000b0b"
 CAROL_SUB = "7f3c1b2a-0000-4000-8000-0000000ca201"
 DAVE_SUB = "7f3c1b2a-0000-4000-8000-00000000da7e"
-
-
-@flow(name="sync")
-def sync_stand_in(req: dict[str, Any]) -> None:
-    """Stands in for flows/sync.py (another engineer's, not landed yet) under a test-only
-    deployment name: the tests check the run the API creates; the run never executes."""
-
-
-@flow(name="reconcile")
-def reconcile_stand_in(req: dict[str, Any]) -> None:
-    """Stands in for the reconcile flow (not landed yet), like sync_stand_in."""
 
 
 @dataclass
@@ -267,13 +257,16 @@ def api_world(rabbitmq: Settings, vault: Settings) -> Iterator[ApiWorld]:
             for who, claim in claims.items()
         }
         reconcile_deployment = f"reconcile/api-test-{tag}"
-        for stand_in, name in (
-            (sync_stand_in, iso.config.sync_deployment),
-            (reconcile_stand_in, reconcile_deployment),
+        # The real flows under test-only deployment names (sync and reconcile): runs are created
+        # and checked against the flows' parameter schemas, but nothing serves them here.
+        flows: list[tuple[Any, str]] = [
+            (sync_flow, iso.config.sync_deployment),
+            (reconcile_flow, reconcile_deployment),
             (rollback_flow, "rollback/rollback"),
-        ):
+        ]
+        for served_flow, name in flows:
             # to_deployment/apply are sync here (no event loop); Any hides their async variant.
-            deployment: Any = stand_in.to_deployment(name=name.split("/")[1])
+            deployment: Any = served_flow.to_deployment(name=name.split("/")[1])
             deployment.apply()
         verifier = TokenVerifier(settings.oidc)
         services = ApiServices.from_settings(settings, verifier=verifier, bridge_config=iso.config)

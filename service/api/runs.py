@@ -11,9 +11,6 @@ from pydantic import BaseModel, ConfigDict
 
 from service.repositories import Repository
 
-# Bucket keys under this prefix are published (issue 5: `cvmfs/<path>` → `/<path>`).
-BUCKET_CONTENT_PREFIX = "cvmfs/"
-
 Parameters = dict[str, Any]
 
 
@@ -30,20 +27,18 @@ class DeploymentNames(BaseModel):
 def sync_run(
     repository: Repository, catalog_prefix: str | None, dry_run: bool, names: DeploymentNames
 ) -> tuple[str, Parameters]:
-    """A prefix backfill is a `sync` of every key under it; no prefix reconciles everything."""
+    """A prefix backfill is a `sync` (tasks.sync.SyncRequest) of every key under
+    `cvmfs/<prefix>/`; no prefix reconciles the whole repository (flows.sync.ReconcileRequest).
+    """
     if catalog_prefix:
-        bucket_prefix = BUCKET_CONTENT_PREFIX + catalog_prefix.strip("/") + "/"
         return names.sync, {
             "req": {
                 "repo": repository.fqrn,
                 "bucket": repository.bucket,
-                "keys": [],
-                "prefix": bucket_prefix,
+                "prefix": catalog_prefix.strip("/") + "/",
             }
         }
-    return names.reconcile, {
-        "req": {"repo": repository.fqrn, "bucket": repository.bucket, "dry_run": dry_run}
-    }
+    return names.reconcile, {"req": {"repo": repository.fqrn, "dry_run": dry_run}}
 
 
 def rollback_run(repository: Repository, tag: str, request_id: str, subject: str) -> Parameters:

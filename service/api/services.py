@@ -28,18 +28,8 @@ from service.keystore import KeyStore, KeystoreError
 from service.messages import RequestParser
 from service.repositories import RepositoryRegistry, database_url
 from service.settings import RabbitMQSettings, Settings
-from stack.errors import StackError
 
 log = logging.getLogger("cvmfs.api")
-
-
-def _default_key_store(settings: Settings) -> KeyStore:
-    vault = settings.vault
-    if vault.token is None:
-        from stack.openbao import root_token  # the local stack's token file
-
-        vault = vault.model_copy(update={"token": root_token(settings)})
-    return KeyStore.from_settings(vault)
 
 
 def _prefect_starter(api_url: str) -> FlowStarter:
@@ -133,7 +123,7 @@ class ApiServices:
             parser=RequestParser.from_settings(settings),
             queue_depth=depth,
             storage_for=lambda fqrn: repository_storage(settings, fqrn),
-            _key_store_factory=key_store or (lambda: _default_key_store(settings)),
+            _key_store_factory=key_store or (lambda: KeyStore.from_settings(settings.vault)),
             _closers=closers,
             deployments=DeploymentNames(sync=config.sync_deployment),
         )
@@ -144,7 +134,7 @@ class ApiServices:
             if self._key_store is None:
                 try:
                     self._key_store = self._key_store_factory()
-                except (StackError, KeystoreError) as error:
+                except KeystoreError as error:
                     log.error("event=keystore-unconfigured error=%s", error)
                     raise Unavailable(
                         "the key store (Vault) is not configured for the API; ask an operator"
