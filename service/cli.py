@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import typer
 
+from cvmfs.cli import repo_app
+from service.client_config import stratum0_url
 from service.run import serve_forever
 from service.settings import LOOPBACK, Settings
 from stack.cli import bring_up, install_missing, stack_app
@@ -22,6 +24,7 @@ def main() -> None:
 
 
 app.add_typer(stack_app, name="stack")
+app.add_typer(repo_app, name="repo")
 
 
 @app.command()
@@ -39,10 +42,6 @@ def up() -> None:
         typer.echo(f"up: {exc}", err=True)
         raise typer.Exit(2) from exc
     ceph = settings.ceph
-    if settings.stratum0.backend == "s3":
-        stratum0_url = f"{ceph.s3_endpoint}/{settings.stratum0.bucket}/<fqrn>/"
-    else:
-        stratum0_url = f"http://127.0.0.1:{settings.stratum0.http_port}/cvmfs/<fqrn>/"
     typer.echo(
         "\n"
         f"Prefect UI      http://127.0.0.1:{settings.prefect.port}\n"
@@ -50,7 +49,7 @@ def up() -> None:
         f"demo S3 user    {ceph.demo_user}: access key {ceph.demo_access_key}, "
         f"secret key {ceph.demo_secret_key.get_secret_value()}\n"
         f"OCI registry    {settings.registry.url}\n"
-        f"stratum-0       {stratum0_url}\n"
+        f"stratum-0       {stratum0_url(settings, '<fqrn>')}/\n"
     )
     serve_forever(settings)
 
@@ -65,3 +64,63 @@ def api() -> None:
 
     settings = load_settings()  # with the local stack's OpenBao token when none is set
     uvicorn.run(create_app(settings), host=LOOPBACK, port=settings.api.port)
+
+
+@app.command("serve-deployments")
+def serve_deployments() -> None:
+    """Serve every flow as a deployment (with schedules) against the Prefect server."""
+    from deployments.serve import main as serve_main
+
+    serve_main()
+
+
+@app.command()
+def bridge() -> None:
+    """Consume RabbitMQ (bucket events, repository requests, registry events) into flow runs."""
+    from bridge.main import run_bridge
+    from service.registry_lookup import RegistryLookup
+    from service.repositories import RepositoryRegistry
+    from service.runtime import load_settings
+
+    settings = load_settings()
+    registry = RepositoryRegistry.open(settings)
+    try:
+        run_bridge(settings, RegistryLookup(registry))
+    finally:
+        registry.close()
+
+
+@app.command()
+def sync(
+    fqrn: str = typer.Argument(..., help="repository to sync"),
+    prefix: str = typer.Option("", help="backfill only keys under cvmfs/<prefix>"),
+    dry_run: bool = typer.Option(False, help="only report the difference"),
+) -> None:
+    """Backfill: start a `sync` run of a repository (or a prefix of it) and print its id."""
+    _start_run("sync/sync", {"req": {"repo": fqrn, "prefix": prefix, "dry_run": dry_run}})
+
+
+@app.command()
+def reconcile(
+    fqrn: str = typer.Argument(None, help="one repository (default: every ready one)"),
+    dry_run: bool = typer.Option(False, help="only report the drift as artifacts"),
+) -> None:
+    """Start a `reconcile` run (a full diff of bucket and repository, repairing drift)."""
+    _start_run("reconcile/reconcile", {"req": {"repo": fqrn, "dry_run": dry_run}})
+
+
+def _start_run(deployment: str, parameters: dict[str, object]) -> None:
+    """The same starter the bridge uses; a fresh key, since an operator's run is deliberate."""
+    import uuid
+
+    from bridge.flow_starter import PrefectFlowStarter
+
+    settings = Settings.load()
+    starter = PrefectFlowStarter(settings.prefect.api_url, tags=("cli",))
+    run_id = starter(deployment, parameters, f"cli-{uuid.uuid4()}")
+    typer.echo(f"{deployment}: flow run {run_id}")
+    typer.echo(f"  http://127.0.0.1:{settings.prefect.port}/runs/flow-run/{run_id}")
+
+
+if __name__ == "__main__":
+    app()

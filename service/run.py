@@ -1,15 +1,41 @@
-"""Runs the service in the foreground: `serve_forever(settings)` returns on SIGINT or SIGTERM.
+"""Runs the service in the foreground: the deployments runner, the bridge and the HTTP API.
 
-Placeholder until the deployments runner, the bridge and the API are wired in here.
+Each is its own process (`cvmfs-svc serve-deployments | bridge | api`), so each can also be
+run, scaled and restarted alone on any host; this supervisor is the one-machine convenience.
+A child that dies is restarted after a pause; SIGINT or SIGTERM stops all of them.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from types import FrameType
 
 from service.settings import Settings
+
+RESTART_DELAY_S = 3.0
+STOP_GRACE_S = 15.0
+SERVICE_COMMANDS = ("serve-deployments", "bridge", "api")
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """Prefect clients talk to the stack's server; runs poll often and send heartbeats."""
+    return {
+        **os.environ,
+        "PREFECT_API_URL": settings.prefect.api_url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": str(settings.prefect.runner_poll_s),
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "cvmfs",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def _start(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "service.cli", command], env=env)
 
 
 def serve_forever(settings: Settings) -> None:
@@ -20,10 +46,26 @@ def serve_forever(settings: Settings) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env = child_environment(settings)
+    children = {command: _start(command, env) for command in SERVICE_COMMANDS}
+    print("service: running " + ", ".join(SERVICE_COMMANDS) + "; Ctrl-C stops it", flush=True)
     try:
-        print(f"service: running against {settings.absolute_data_dir}; Ctrl-C stops it", flush=True)
-        stop.wait()
-        print("service: stopped (the stack still runs; `./svc stack down` stops it)", flush=True)
+        while not stop.wait(1.0):
+            for command, child in list(children.items()):
+                if child.poll() is not None:
+                    print(f"service: {command} exited ({child.returncode}); restarting", flush=True)
+                    time.sleep(RESTART_DELAY_S)
+                    children[command] = _start(command, env)
     finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in children.values():
+            try:
+                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        print("service: stopped (the stack still runs; `./svc stack down` stops it)", flush=True)
