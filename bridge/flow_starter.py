@@ -12,7 +12,12 @@ import httpx
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_REQUEST_TIMEOUT,
+    PREFECT_API_URL,
+    PREFECT_CLIENT_MAX_RETRIES,
+    temporary_settings,
+)
 from pydantic import ValidationError
 
 from bridge.errors import PermanentStartError, TransientStartError
@@ -25,13 +30,26 @@ _PERMANENT_STATUS = frozenset({400, 404, 409, 410, 422})
 class PrefectFlowStarter:
     """Creates flow runs from deployments by name (`flow/deployment`) with an idempotency key."""
 
-    def __init__(self, api_url: str, tags: tuple[str, ...] = ("bridge",)) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        tags: tuple[str, ...] = ("bridge",),
+        max_client_retries: int = 1,
+        request_timeout_s: float = 15.0,
+    ) -> None:
         self.api_url = api_url
         self.tags = tags
+        # The consumer retries with its own backoff; long client-side retries would block
+        # the AMQP connection's heartbeats (BlockingConnection) and get it closed.
+        self._settings = {
+            PREFECT_API_URL: api_url,
+            PREFECT_CLIENT_MAX_RETRIES: max_client_retries,
+            PREFECT_API_REQUEST_TIMEOUT: request_timeout_s,
+        }
 
     def __call__(self, deployment: str, parameters: dict[str, Any], idempotency_key: str) -> str:
         try:
-            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            with temporary_settings(updates=self._settings):
                 flow_run = run_deployment(
                     deployment,
                     parameters=parameters,
