@@ -20,9 +20,11 @@ import pytest
 from prefect import get_client
 
 from bridge.consumer import BridgeConsumer
+from bridge.provision_requests import ProvisionRequestParameters
 from cvmfs.reader import RepositoryReader
 from service.api import ApiServices, create_app
 from service.auth import TokenVerifier
+from service.messages import AuthorizedProvisionRequest, ProvisionReply, RequestParser
 from service.settings import Settings
 from tests.test_api_support import (
     ALICE_SUB,
@@ -451,21 +453,32 @@ def test_request_goes_to_the_bridge_like_the_dashboards_message(
     assert record is not None and record.status == "pending"
     assert record.fqrn == accepted["fqrn"] and record.requester_subject == ALICE_SUB
 
+    # The bridge as `serve_bridge` assembles it: it verifies the token the message carries.
     starter = RecordingStarter()
-    consumer = BridgeConsumer(w.iso.mq, w.iso.config, LOOKUP, starter)
-    with running(consumer):
-        wait_for(lambda: len(starter.snapshot()) >= 2, "the bridge to start two provision runs")
-    calls = {c.parameters["req"]["request_id"]: c for c in starter.snapshot()}
+    replies: list[ProvisionReply] = []
+    with TokenVerifier(w.settings.oidc) as verifier:
+        requests = ProvisionRequestParameters(
+            RequestParser.from_settings(w.settings), verifier, replies.append
+        )
+        consumer = BridgeConsumer(w.iso.mq, w.iso.config, LOOKUP, starter, request_params=requests)
+        with running(consumer):
+            wait_for(lambda: len(starter.snapshot()) >= 2, "the bridge to start 2 provision runs")
+    assert replies == []  # nothing refused
+    calls = {c.parameters["request"]["request_id"]: c for c in starter.snapshot()}
     call = calls[accepted["request_id"]]
     assert call.deployment == w.iso.config.provision_deployment
-    assert call.parameters["req"] == {
-        "version": 1,
-        "request_id": accepted["request_id"],
-        "access_token": token,
-        "kind": "personal",
-        "short_name": short,
-    }
-    assert calls[group.json()["request_id"]].parameters["req"]["group"] == "/cms"
+    authorized = AuthorizedProvisionRequest.model_validate(call.parameters["request"])
+    assert authorized.identity.subject == ALICE_SUB and authorized.source == "token"
+    assert (authorized.kind, authorized.fqrn, authorized.bucket) == (
+        "personal",
+        accepted["fqrn"],
+        accepted["bucket"],
+    )
+    in_group = AuthorizedProvisionRequest.model_validate(
+        calls[group.json()["request_id"]].parameters["request"]
+    )
+    assert (in_group.kind, in_group.group) == ("group", "cms")
+    assert token not in json.dumps(call.parameters)  # the flow gets the identity, not the token
 
     with w.client(token) as client:
         status = client.get(accepted["status_url"])
