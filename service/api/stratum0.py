@@ -14,10 +14,7 @@ from service.settings import Settings
 
 def key_owner(repository: Repository) -> KeyOwner:
     """Whose Vault path holds the keys: the group's for a group repository, else the owner's."""
-    if repository.kind == "group":
-        assert repository.group is not None
-        return KeyOwner.of_group(repository.group)
-    return KeyOwner.personal(repository.owner_subject)
+    return KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
 
 
 def repository_storage(settings: Settings, fqrn: str) -> Storage:
