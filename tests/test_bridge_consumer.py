@@ -186,3 +186,57 @@ def test_registry_events_and_repository_requests_are_routed(rabbitmq: Settings) 
     assert any(p["params"] == {"raw": "alice,sub-1,alice.sw.example.org,P"} for p in provisions)
     [reason] = reasons(iso)
     assert "image event message" in reason
+
+
+def test_competing_consumers_start_each_event_once(rabbitmq: Settings) -> None:
+    iso = isolated(rabbitmq, coalesce_window_s=0.5, prefetch_count=5)
+    declare(iso)
+    keys = [f"cvmfs/many/{n:03}.txt" for n in range(40)]
+    bodies = [
+        rgw_body(repo.bucket, key, sequencer=f"{n:04}")
+        for n, key in enumerate(keys)
+        for repo in (REPO_A, REPO_B)
+    ]
+    first, second = RecordingStarter(), RecordingStarter()
+    with running(consumer_for(iso, first)), running(consumer_for(iso, second)):
+        publish(iso.mq, iso.s3_key, bodies)
+
+        def started() -> list[tuple[str, str]]:
+            return [
+                (call.parameters["req"]["repo"], key)
+                for starter in (first, second)
+                for call in starter.snapshot()
+                for key in call.parameters["req"]["changed_keys"]
+            ]
+
+        wait_for(lambda: len(set(started())) == len(bodies), "every event in a run")
+        wait_for(lambda: ready_count(iso.mq, iso.config.s3.queue) == 0, "an empty queue")
+    assert len(started()) == len(bodies)  # no event was started twice
+    assert first.calls and second.calls  # both copies took a share
+
+
+def test_a_full_prefetch_starts_batches_before_the_window(rabbitmq: Settings) -> None:
+    # Every delivered message sits in an open batch until the window ends; with a window
+    # longer than the test, only the prefetch bound can start them.
+    iso = isolated(rabbitmq, coalesce_window_s=3600.0, prefetch_count=3)
+    declare(iso)
+    publish(iso.mq, iso.s3_key, [rgw_body(REPO_A.bucket, f"cvmfs/{n}") for n in range(6)])
+    starter = RecordingStarter()
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: len(starter.snapshot()) == 2, "two forced batches of three")
+    assert [len(c.parameters["req"]["changed_keys"]) for c in starter.calls] == [3, 3]
+    assert ready_count(iso.mq, iso.config.s3.queue) == 0
+
+
+def test_one_notification_for_several_buckets_is_refused(rabbitmq: Settings) -> None:
+    iso = isolated(rabbitmq)
+    declare(iso)
+    a = json.loads(rgw_body(REPO_A.bucket, "cvmfs/a"))
+    b = json.loads(rgw_body(REPO_B.bucket, "cvmfs/b"))
+    mixed = json.dumps({"Records": a["Records"] + b["Records"]}).encode()
+    publish(iso.mq, iso.s3_key, [mixed])
+    starter = RecordingStarter()
+    with running(consumer_for(iso, starter)):
+        wait_for(lambda: ready_count(iso.mq, iso.config.dead_letter_queue) == 1, "the refusal")
+    assert "several buckets" in reasons(iso)[0]
+    assert starter.calls == []

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.errors import RejectedMessage
 from bridge.registry_events import (
@@ -281,3 +283,16 @@ def test_unpack_filter() -> None:
     assert UnpackFilter.of([], ["127.0.0.1:5000/dev/hello:1.*"]).accepts(event)
     assert not UnpackFilter.of([], ["dev/hello:2.0"]).accepts(event)
     assert not UnpackFilter.of([], ["other.org/dev/hello:1.0"]).accepts(event)
+
+
+@given(st.text(alphabet=st.sampled_from("ab./\x00 é%+"), max_size=24))
+def test_an_accepted_key_always_maps_inside_the_repository(tail: str) -> None:
+    key = "cvmfs/" + tail
+    try:
+        path = repository_path_for_key(key)
+    except RejectedMessage:
+        return
+    parts = path.split("/")
+    assert parts[0] == "" and all(part not in ("", ".", "..") for part in parts[1:])
+    assert "\x00" not in path
+    assert key.rstrip("/") == "cvmfs" + path  # the mapping is the prefix swap, nothing else
