@@ -11,9 +11,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
+import hvac
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from requests import RequestException
 
 from cvmfs.errors import ConflictError, StorageError
 from cvmfs.keys import KeySet, generate_keyset, load_keyset, write_keyset
@@ -37,6 +39,7 @@ from images.unpacker import (
     unpack_image,
 )
 from images.wishlist import expand, parse_wishlist
+from service.keystore import vault_client
 from service.settings import Settings
 from tasks.locks import repository_lease
 from tasks.storage import repository_storage
@@ -45,6 +48,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 TRANSIENT = (RegistryError, ConflictError, StorageError, TimeoutError, ConnectionError)
 FQRN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$"
+ROBOT_SECRET_PATH = "registry/robot"  # KV v2, below settings.vault.kv_mount
 
 
 class UnpackRequest(BaseModel):
@@ -138,16 +142,42 @@ def open_unpacked_repository(settings: Settings, fqrn: str) -> RepositoryWriter:
     return RepositoryWriter.open(storage, fqrn, keys)
 
 
+def robot_credentials(settings: Settings) -> RegistryCredentials | None:
+    """The robot account: from settings if set there, else from Vault KV v2 at
+    `<kv_mount>/registry/robot` (fields `username`, `password`) when a Vault token is
+    configured; None means anonymous pulls. The password is never logged."""
+    registry = settings.registry
+    if registry.robot_username and registry.robot_password:
+        return RegistryCredentials(
+            username=registry.robot_username, password=registry.robot_password
+        )
+    if settings.vault.token is None:
+        return None
+    client = vault_client(settings.vault)
+    try:
+        response = client.secrets.kv.v2.read_secret_version(
+            path=ROBOT_SECRET_PATH,
+            mount_point=settings.vault.kv_mount,
+            raise_on_deleted_version=True,
+        )
+    except hvac.exceptions.InvalidPath:
+        return None
+    except (hvac.exceptions.VaultError, RequestException) as error:
+        raise RegistryError(
+            f"cannot read the registry robot account from Vault ({type(error).__name__}): "
+            "check Vault and retry"
+        ) from error
+    fields = response["data"]["data"]
+    return RegistryCredentials(
+        username=str(fields["username"]), password=SecretStr(str(fields["password"]))
+    )
+
+
 def registry_access(settings: Settings) -> RegistryAccess:
     """Credentials (the robot account, for the configured registry host) and plain-HTTP hosts."""
     host = settings.registry.url.split("://", 1)[1]
-    credentials: dict[str, RegistryCredentials] = {}
-    if settings.registry.robot_username and settings.registry.robot_password:
-        credentials[host] = RegistryCredentials(
-            username=settings.registry.robot_username,
-            password=settings.registry.robot_password,
-        )
-    return RegistryAccess(credentials=credentials)
+    credentials = robot_credentials(settings)
+    return RegistryAccess(credentials={host: credentials} if credentials else {})
 
 
 def wanted_platforms(settings: Settings, request: UnpackRequest) -> tuple[Platform, ...]:
