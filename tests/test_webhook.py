@@ -17,6 +17,7 @@ from bridge.publisher import EventPublisher
 from bridge.registry_events import ImagePushed, UnpackFilter, parse_image_event_message
 from bridge.webhook import WEBHOOK_PATH, create_webhook_app
 from service.settings import Settings
+from stack.rabbitmq import RabbitMQ
 from tests.test_bridge_support import (
     LOOKUP,
     Isolated,
@@ -170,3 +171,28 @@ def test_push_reaches_the_unpack_deployment_through_the_bridge(
     assert call.deployment == "unpack/unpack"
     assert call.parameters["req"]["repository"] == "dev/hello"
     assert call.parameters["req"]["digest"].startswith("sha256:f41bca")
+
+
+def test_broker_refusing_the_message_gives_503(iso: Isolated) -> None:
+    # A vhost that does not exist: the broker refuses the connection, as when it is down.
+    wrong = iso.mq.model_copy(update={"vhost": f"/missing-{iso.prefix}"})
+    publisher = EventPublisher(wrong, iso.config)
+    app = create_webhook_app(SECRET, publisher, UnpackFilter.of(["dev"]))
+    with TestClient(app) as test_client:
+        answer = test_client.post(WEBHOOK_PATH, json=distribution_body(), headers=AUTH)
+    assert answer.status_code == 503
+    assert "retry later" in answer.json()["detail"]
+
+
+@pytest.mark.slow
+def test_publisher_reconnects_after_a_broker_restart(
+    client: TestClient, iso: Isolated, rabbitmq: Settings
+) -> None:
+    assert client.post(WEBHOOK_PATH, json=distribution_body(), headers=AUTH).status_code == 202
+    broker = RabbitMQ(rabbitmq, rabbitmq.absolute_data_dir / RabbitMQ.name)
+    broker.stop()
+    broker.start()
+    assert client.post(WEBHOOK_PATH, json=harbor_body(), headers=AUTH).status_code == 202
+    references = [parse_image_event_message(body).reference for _, body in get_messages(iso)]
+    # The first message was confirmed before the restart, so it survived it.
+    assert references == ["127.0.0.1:5000/dev/hello:1.0", "harbor.example.org/dev/hello:1.0"]
