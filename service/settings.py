@@ -48,6 +48,11 @@ class CephSettings(BaseModel):
     # The service's own S3 user (creates buckets, topics, notifications; stores stratum-0).
     service_access_key: str = "CVMFSSVCACCESSKEY000"
     service_secret_key: SecretStr = SecretStr("cvmfssvcsecretkey00000000000000000000000")
+    # The bucket agent: an RGW *system* user that reads users' buckets and manages their
+    # notifications (RGW 16.2 ignores bucket policies for the notification API). System users
+    # cannot create buckets (HTTP 500), so it is a user of its own, used for nothing else.
+    bucket_agent_access_key: str = "CVMFSBUCKETAGENT0000"
+    bucket_agent_secret_key: SecretStr = SecretStr("cvmfsbucketagentsecret000000000000000000")
     # A demo user, printed by `./svc up`, whose bucket is wired to a demo repository.
     demo_user: str = "demo"
     demo_access_key: str = "DEMOACCESSKEY0000000"

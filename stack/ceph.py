@@ -32,6 +32,7 @@ from stack.errors import PackageError, PortInUseError, StackError, StartError
 log = logging.getLogger(__name__)
 
 SERVICE_USER = "cvmfs-svc"
+BUCKET_AGENT_USER = "cvmfs-svc-buckets"
 REQUIRED_PACKAGES = ("ceph-mon", "ceph-osd", "radosgw", "ceph-common", "uuid-runtime")
 
 MON_ID = "a"
@@ -503,7 +504,14 @@ class Ceph:
             c.service_access_key,
             c.service_secret_key.get_secret_value(),
         )
-        self._ensure_system_user(SERVICE_USER)
+        self._ensure_user(
+            BUCKET_AGENT_USER,
+            "CVMFS distribution service: bucket agent",
+            c.bucket_agent_access_key,
+            c.bucket_agent_secret_key.get_secret_value(),
+        )
+        self._ensure_system_flag(SERVICE_USER, system=False)
+        self._ensure_system_flag(BUCKET_AGENT_USER, system=True)
         self._ensure_user(
             c.demo_user, "Demo user", c.demo_access_key, c.demo_secret_key.get_secret_value()
         )
@@ -545,16 +553,18 @@ class Ceph:
                 f"--uid={uid}`"
             )
 
-    def _ensure_system_user(self, uid: str) -> None:
-        """The service reads users' buckets and manages their notifications.
+    def _ensure_system_flag(self, uid: str, *, system: bool) -> None:
+        """The bucket agent reads users' buckets and manages their notifications.
 
         RGW 16.2 ignores bucket policies for the notification API (GetBucketNotification is
-        AccessDenied even when the policy grants it), so the service user is a system user.
+        AccessDenied even when the policy grants it), so the agent is a system user; system
+        users get HTTP 500 on CreateBucket, so the service user that owns buckets is not one.
         """
         user = self._rgw_user(uid)
-        if user is not None and user.system != "true":
-            self._run(self._admin_cmd(["user", "modify", f"--uid={uid}", "--system"]))
-            log.info("ceph made s3 user uid=%s a system user", uid)
+        wanted = "true" if system else "false"
+        if user is not None and user.system != wanted:
+            self._run(self._admin_cmd(["user", "modify", f"--uid={uid}", f"--system={wanted}"]))
+            log.info("ceph set s3 user uid=%s system=%s", uid, wanted)
 
     def _s3_keys_work(self, access_key: str, secret: str) -> bool:
         s3 = boto3.client(

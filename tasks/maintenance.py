@@ -16,7 +16,7 @@ from service.bucket_wiring import topic_name_for, unwire_bucket
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.policies import PublisherAccess
 from service.repositories import Repository, RepositoryRegistry
-from service.s3_clients import service_s3, service_sns
+from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
 from tasks.storage import local_stratum0_dir, repository_storage
 
@@ -58,8 +58,8 @@ def resign_if_expiring(settings: Settings, repository: Repository, now: dt.datet
 def unwire_repository_bucket(settings: Settings, repository: Repository) -> None:
     unwire_bucket(
         settings=settings,
-        s3=service_s3(settings),
-        sns=service_sns(settings),
+        s3=bucket_agent_s3(settings),
+        sns=bucket_agent_sns(settings),
         fqrn=repository.fqrn,
         bucket=repository.bucket,
         topic_arn=f"arn:aws:sns:{settings.ceph.region}::{topic_name_for(repository.fqrn)}",

@@ -23,7 +23,7 @@ from service.keystore import KeyOwner, KeyStore, vault_client
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.policies import PublisherAccess
 from service.repositories import Repository, RepositoryClaim, RepositoryRegistry
-from service.s3_clients import service_s3, service_sns
+from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
 from tasks.storage import repository_storage
 
@@ -95,13 +95,13 @@ def grant_publisher_access(settings: Settings, request: AuthorizedProvisionReque
 @step("wire bucket notifications")
 def wire_repository_bucket(settings: Settings, request: AuthorizedProvisionRequest) -> BucketWiring:
     """Topic, notification and queues; records the bucket's RGW owner for the bridge."""
-    s3 = service_s3(settings)
+    s3 = bucket_agent_s3(settings)
     owner_id = s3.get_bucket_acl(Bucket=request.bucket)["Owner"]["ID"]
     connection = pika.BlockingConnection(connection_parameters(settings.rabbitmq))
     try:
         wiring = wire_bucket(
             s3=s3,
-            sns=service_sns(settings),
+            sns=bucket_agent_sns(settings),
             channel=connection.channel(),
             rabbitmq=settings.rabbitmq,
             fqrn=request.fqrn,

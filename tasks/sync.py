@@ -32,7 +32,7 @@ from service.bucket_sync import (
 )
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import FileProvenance, Repository, RepositoryRegistry
-from service.s3_clients import service_s3
+from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.storage import repository_storage
 
@@ -85,7 +85,7 @@ def read_bucket_state(
     settings: Settings, repository: Repository, req: SyncRequest
 ) -> dict[str, BucketObject | None]:
     """HEAD each named key, or list the backfill prefix (plus keys the repository has there)."""
-    s3 = service_s3(settings)
+    s3 = bucket_agent_s3(settings)
     if req.changed_keys:
         return head_objects(s3, repository.bucket, req.changed_keys)
     prefix = KEY_PREFIX + (req.prefix or "").lstrip("/")
@@ -123,7 +123,7 @@ def plan_sync(
         registry.close()
     plan = plan_changes(truth, published)
     if any(isinstance(c, Put) and not c.obj.metadata for c in plan.changes):
-        plan = with_metadata(service_s3(settings), repository.bucket, plan)
+        plan = with_metadata(bucket_agent_s3(settings), repository.bucket, plan)
     return plan
 
 
@@ -135,7 +135,7 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
         repository_storage(settings, repository.fqrn), repository.fqrn, keys
     )
     with writer.transaction() as txn:
-        report = apply_changes(txn, service_s3(settings), repository.bucket, plan)
+        report = apply_changes(txn, bucket_agent_s3(settings), repository.bucket, plan)
         result = txn.publish(
             description=f"sync: {len(report.added)} added or replaced, "
             f"{len(report.removed)} removed"

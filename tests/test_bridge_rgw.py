@@ -14,7 +14,7 @@ from bridge.config import QueueRoute
 from bridge.consumer import BridgeConsumer
 from bridge.repositories import RepositoryTarget, StaticRepositoryLookup
 from service.bucket_wiring import ensure_bucket_notification, ensure_topic, topic_name_for
-from service.s3_clients import demo_s3, service_s3, service_sns
+from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import Settings
 from tests.test_bridge_support import (
     RecordingStarter,
@@ -53,8 +53,8 @@ def test_rgw_uploads_become_sync_runs_and_a_foreign_bucket_is_refused(
     user = demo_s3(ceph)
     user.create_bucket(Bucket=bucket)
     user.create_bucket(Bucket=foreign)
-    service = service_s3(ceph)
-    arn = ensure_topic(service_sns(ceph), ceph.rabbitmq, fqrn)
+    service = bucket_agent_s3(ceph)
+    arn = ensure_topic(bucket_agent_sns(ceph), ceph.rabbitmq, fqrn)
     ensure_bucket_notification(service, bucket, arn, fqrn)
     ensure_bucket_notification(service, foreign, arn, f"foreign-{fqrn}")
     owner = user.get_bucket_acl(Bucket=bucket)["Owner"]["ID"]

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.config import BridgeConfig
 from service.bucket_wiring import describe_topic, topic_name_for, unwire_bucket, wire_bucket
-from service.s3_clients import demo_s3, service_s3, service_sns
+from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import Settings
 
 pytestmark = [pytest.mark.stack]
@@ -40,25 +40,25 @@ def test_upload_under_cvmfs_reaches_the_bridge_queue(ceph: Settings, rabbitmq: S
     channel = connection.channel()
     try:
         wiring = wire_bucket(
-            s3=service_s3(settings),
-            sns=service_sns(settings),
+            s3=bucket_agent_s3(settings),
+            sns=bucket_agent_sns(settings),
             channel=channel,
             rabbitmq=settings.rabbitmq,
             fqrn=fqrn,
             bucket=bucket,
         )
         again = wire_bucket(
-            s3=service_s3(settings),
-            sns=service_sns(settings),
+            s3=bucket_agent_s3(settings),
+            sns=bucket_agent_sns(settings),
             channel=channel,
             rabbitmq=settings.rabbitmq,
             fqrn=fqrn,
             bucket=bucket,
         )
         assert again == wiring  # idempotent: same topic, one notification
-        config = service_s3(settings).get_bucket_notification_configuration(Bucket=bucket)
+        config = bucket_agent_s3(settings).get_bucket_notification_configuration(Bucket=bucket)
         assert [c["Id"] for c in config["TopicConfigurations"]] == [wiring.notification_id]
-        attributes = describe_topic(service_sns(settings), wiring.topic_arn)
+        attributes = describe_topic(bucket_agent_sns(settings), wiring.topic_arn)
         assert attributes["EndPoint"]["EndpointTopic"] == topic_name_for(fqrn)
         queue = BridgeConfig().s3.queue
         _drain(channel, queue)  # other tests' leftovers
@@ -85,18 +85,18 @@ def test_upload_under_cvmfs_reaches_the_bridge_queue(ceph: Settings, rabbitmq: S
 
         unwire_bucket(
             settings=settings,
-            s3=service_s3(settings),
-            sns=service_sns(settings),
+            s3=bucket_agent_s3(settings),
+            sns=bucket_agent_sns(settings),
             fqrn=fqrn,
             bucket=bucket,
             topic_arn=wiring.topic_arn,
         )
-        config = service_s3(settings).get_bucket_notification_configuration(Bucket=bucket)
+        config = bucket_agent_s3(settings).get_bucket_notification_configuration(Bucket=bucket)
         assert not config.get("TopicConfigurations")
         unwire_bucket(  # again: nothing left to remove is fine
             settings=settings,
-            s3=service_s3(settings),
-            sns=service_sns(settings),
+            s3=bucket_agent_s3(settings),
+            sns=bucket_agent_sns(settings),
             fqrn=fqrn,
             bucket=bucket,
             topic_arn=wiring.topic_arn,

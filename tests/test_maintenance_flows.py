@@ -13,7 +13,7 @@ from flows.maintenance import DeprovisionRequest, deprovision, resign_whitelists
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.policies import PublisherAccess
 from service.repositories import RepositoryRegistry
-from service.s3_clients import service_s3
+from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.storage import local_stratum0_dir, repository_storage
 from tests.fixtures_service import ProvisionedRepository, open_reader
@@ -59,7 +59,9 @@ def test_deprovision_unwires_archives_and_revokes(
 
     deprovision(DeprovisionRequest(repo=fqrn))
 
-    config = service_s3(settings).get_bucket_notification_configuration(Bucket=provisioned.bucket)
+    config = bucket_agent_s3(settings).get_bucket_notification_configuration(
+        Bucket=provisioned.bucket
+    )
     assert not config.get("TopicConfigurations")
     assert not (directory / ".cvmfspublished").exists()
     archived = list((settings.absolute_data_dir / "archive").glob(f"{fqrn}-*"))
