@@ -83,6 +83,7 @@ class BridgeConsumer:
     """Consumes the bridge's three queues until `request_stop()`; reconnects on its own."""
 
     tick_s = 0.1
+    initial_reconnect_delay_s = 0.5
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class BridgeConsumer:
         self.request_params = request_params
         self.clock = clock
         self._stop = False
+        self._reconnect_delay_s = self.initial_reconnect_delay_s
         self._coalescer = Coalescer(config.coalesce_window_s, config.coalesce_max_events)
         self._inbox: list[InboundMessage] = []
         self._connection: pika.BlockingConnection | None = None
@@ -123,7 +125,6 @@ class BridgeConsumer:
 
     def run(self) -> None:
         """Consume until stopped, reconnecting with backoff when the broker goes away."""
-        delay_s = 0.5
         while not self._stop:
             try:
                 self._consume()
@@ -133,13 +134,15 @@ class BridgeConsumer:
                     "event=broker-lost error=%r unacked=%d retry_in_s=%.1f",
                     error,
                     len(self._coalescer) + len(self._inbox),
-                    delay_s,
+                    self._reconnect_delay_s,
                 )
             finally:
                 self._forget_unacked()
                 self._close()
-            self._sleep(delay_s)
-            delay_s = min(delay_s * 2, self.config.reconnect_max_delay_s)
+            self._sleep(self._reconnect_delay_s)
+            self._reconnect_delay_s = min(
+                self._reconnect_delay_s * 2, self.config.reconnect_max_delay_s
+            )
 
     def _consume(self) -> None:
         self._connection = pika.BlockingConnection(connection_parameters(self.mq))
@@ -149,6 +152,7 @@ class BridgeConsumer:
         declare_topology(channel, self.mq, self.config)
         for queue in self._handlers:
             channel.basic_consume(queue, partial(self._on_delivery, queue))
+        self._reconnect_delay_s = self.initial_reconnect_delay_s  # a healthy connection again
         log.info("event=consuming queues=%s", ",".join(self._handlers))
         while not self._stop:
             self._connection.process_data_events(time_limit=self.tick_s)
