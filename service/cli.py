@@ -51,7 +51,25 @@ def up() -> None:
         f"OCI registry    {settings.registry.url}\n"
         f"stratum-0       {stratum0_url(settings, '<fqrn>')}/\n"
     )
-    serve_forever(settings)
+    serve_forever(settings, after_start=lambda: _run_demo(settings))
+
+
+def _run_demo(settings: Settings) -> None:
+    """The embedded default job: a demo repository published through the real path."""
+    from service.demo import DEMO_BUCKET, DEMO_KEY, run_demo
+    from service.runtime import load_settings
+
+    typer.echo(f"demo: provisioning a repository fed by bucket {DEMO_BUCKET} ...")
+    try:
+        demo = run_demo(load_settings())
+    except Exception as error:  # the demo must never take the service down
+        typer.echo(f"demo: failed ({type(error).__name__}: {error}); see the Prefect UI", err=True)
+        return
+    typer.echo(
+        f"demo: {demo.fqrn} revision {demo.revision} serves {demo.path} at {demo.url}\n"
+        f"      (uploaded as s3://{DEMO_BUCKET}/{DEMO_KEY}; try "
+        f"`./svc repo ls -R {demo.url} --key {settings.absolute_data_dir}/{demo.fqrn}.pub`)"
+    )
 
 
 @app.command()

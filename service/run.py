@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from service.settings import Settings
@@ -38,8 +39,11 @@ def _start(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "service.cli", command], env=env)
 
 
-def serve_forever(settings: Settings) -> None:
-    """Block until SIGINT or SIGTERM; the local stack keeps running (`stack down` stops it)."""
+def serve_forever(settings: Settings, after_start: Callable[[], None] | None = None) -> None:
+    """Block until SIGINT or SIGTERM; the local stack keeps running (`stack down` stops it).
+
+    `after_start` runs in a thread once the processes are started (`up` runs the demo there).
+    """
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -49,6 +53,8 @@ def serve_forever(settings: Settings) -> None:
     env = child_environment(settings)
     children = {command: _start(command, env) for command in SERVICE_COMMANDS}
     print("service: running " + ", ".join(SERVICE_COMMANDS) + "; Ctrl-C stops it", flush=True)
+    if after_start is not None:
+        threading.Thread(target=after_start, name="after-start", daemon=True).start()
     try:
         while not stop.wait(1.0):
             for command, child in list(children.items()):
