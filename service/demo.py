@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
+from bridge.errors import PermanentStartError
 from bridge.flow_starter import PrefectFlowStarter
 from cvmfs.errors import CvmfsError
 from cvmfs.reader import RepositoryReader
@@ -69,15 +70,22 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> DemoRepository:
     """Provision the demo repository, upload a file, wait until a client can read it."""
     _ensure_bucket(settings)
     request = demo_request(settings)
+    deadline = time.monotonic() + timeout_s
     starter = PrefectFlowStarter(settings.prefect.api_url, tags=("demo",))
-    starter(
-        "provision/provision",
-        {"request": request.model_dump(mode="json")},
-        f"provision-{request.request_id}",
-    )
+    while True:  # the runner registers its deployments a few seconds after it starts
+        try:
+            starter(
+                "provision/provision",
+                {"request": request.model_dump(mode="json")},
+                f"provision-{request.request_id}",
+            )
+            break
+        except PermanentStartError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
     owner = KeyOwner.personal(request.identity.subject)
     store = KeyStore.from_settings(settings.vault)
-    deadline = time.monotonic() + timeout_s
     while not store.exists(owner, request.fqrn):
         if time.monotonic() > deadline:
             raise TimeoutError(f"provisioning {request.fqrn} did not finish: see the Prefect UI")
