@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from cvmfs.errors import InvalidPathError, NotFoundError
 from cvmfs.fsck import fsck
@@ -21,29 +17,8 @@ from cvmfs.storage import HttpStorage, LocalStorage, S3Storage
 from service.settings import Settings
 from tests.cvmfs_golden import FQRN, PINNED_NOW, PUBLIC_KEY, STRATUM0
 
+pytest_plugins = ("tests.fixtures_s3",)
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-@pytest.fixture
-def bucket(ceph: Settings) -> Iterator[tuple[Any, str]]:
-    c = ceph.ceph
-    client = boto3.client(
-        "s3",
-        endpoint_url=c.s3_endpoint,
-        aws_access_key_id=c.service_access_key,
-        aws_secret_access_key=c.service_secret_key.get_secret_value(),
-        region_name=c.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
-    )
-    name = f"cvmfs-storage-test-{uuid.uuid4().hex[:10]}"
-    client.create_bucket(Bucket=name)
-    try:
-        yield client, name
-    finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=obj["Key"])
-        client.delete_bucket(Bucket=name)
 
 
 def test_s3_storage_round_trip_and_public_http(bucket: tuple[Any, str], ceph: Settings) -> None:

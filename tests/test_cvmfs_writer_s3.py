@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from cvmfs.chunking import ChunkingParams
 from cvmfs.fsck import fsck
@@ -21,30 +17,9 @@ from cvmfs.storage import HttpStorage, S3Storage
 from cvmfs.writer import WriterOptions, create_repository
 from service.settings import Settings
 
+pytest_plugins = ("tests.fixtures_s3",)
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 FQRN = "s3writer.example.org"
-
-
-@pytest.fixture
-def bucket(ceph: Settings) -> Iterator[tuple[Any, str]]:
-    c = ceph.ceph
-    client = boto3.client(
-        "s3",
-        endpoint_url=c.s3_endpoint,
-        aws_access_key_id=c.service_access_key,
-        aws_secret_access_key=c.service_secret_key.get_secret_value(),
-        region_name=c.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
-    )
-    name = f"cvmfs-writer-test-{uuid.uuid4().hex[:10]}"
-    client.create_bucket(Bucket=name)
-    try:
-        yield client, name
-    finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=obj["Key"])
-        client.delete_bucket(Bucket=name)
 
 
 def test_publish_into_s3_and_read_over_http(bucket: tuple[Any, str], ceph: Settings) -> None:

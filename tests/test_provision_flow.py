@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import hvac
@@ -20,51 +19,16 @@ from flows.provision import provision
 from service.auth import TokenVerifier
 from service.client_config import stratum0_url
 from service.keystore import KeyOwner, secret_path
-from service.messages import AmqpProperties, AuthorizedProvisionRequest, RequestParser
 from service.repositories import RepositoryRegistry
 from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.provision import REPLY_QUEUE
-from tests.conftest import settings_env
+from tests.fixtures_service import authorized_request
 from tests.issuer import TestIssuer
 
-pytest_plugins = ("tests.fixtures_auth",)
+pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 EVENT_WAIT_S = 60.0
-
-
-@pytest.fixture
-def service_settings(
-    vault: Settings,
-    ceph: Settings,
-    rabbitmq: Settings,
-    prefect_server: Settings,
-    stratum0_http: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Settings]:
-    """The whole stack, and the environment a flow run's `load_settings()` reads."""
-    for key, value in settings_env(vault).items():
-        monkeypatch.setenv(key, value)
-    yield vault
-
-
-def _authorized(
-    settings: Settings, issuer: TestIssuer, verifier: TokenVerifier, bucket: str, user: str
-) -> AuthorizedProvisionRequest:
-    body = json.dumps(
-        {
-            "version": 1,
-            "request_id": f"req-{uuid.uuid4().hex[:12]}",
-            "access_token": issuer.mint(preferred_username=user, sub=f"sub-{user}"),
-            "kind": "personal",
-            "bucket": bucket,
-        }
-    ).encode()
-    parser = RequestParser.from_settings(settings)
-    parsed = parser.parse(body, AmqpProperties())
-    authorized = parser.authorize(parsed, verifier)  # type: ignore[arg-type]
-    assert isinstance(authorized, AuthorizedProvisionRequest), authorized
-    return authorized
 
 
 def _drain(channel: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> list[bytes]:
@@ -86,7 +50,7 @@ def test_request_becomes_a_ready_mountable_repository(
     user = f"u{uuid.uuid4().hex[:6]}"
     bucket = f"{user}-software"
     demo_s3(settings).create_bucket(Bucket=bucket)
-    request = _authorized(settings, oidc_issuer, token_verifier, bucket, user)
+    request = authorized_request(settings, oidc_issuer, token_verifier, user, bucket)
     fqrn = request.fqrn
     assert fqrn == f"{user}-personal.{settings.repository_domain}"
 
