@@ -11,14 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.runtime import load_settings
 from tasks.maintenance import (
     destroy_keys,
+    key_owner,
     list_repositories,
     mark_deprovisioned,
     resign_if_expiring,
     retire_stratum0,
     revoke_publisher_access,
+    unpacked_repositories,
     unwire_repository_bucket,
 )
 from tasks.sync import SyncRequest, look_up_repository
+from tasks.unpack import SERVICE_KEY_OWNER
 
 
 def _utc_now() -> dt.datetime:
@@ -32,13 +35,15 @@ def resign_whitelists(now: dt.datetime | None = None) -> dict[str, str]:
     moment = now or _utc_now()
     outcomes: dict[str, str] = {}
     failed: list[str] = []
-    for repository in list_repositories(settings):
-        state = resign_if_expiring(settings, repository, moment, return_state=True)
+    targets = [(r.fqrn, key_owner(r)) for r in list_repositories(settings)]
+    targets += [(fqrn, SERVICE_KEY_OWNER) for fqrn in unpacked_repositories(settings)]
+    for fqrn, owner in targets:
+        state = resign_if_expiring(settings, fqrn, owner, moment, return_state=True)
         if state.is_completed():
-            outcomes[repository.fqrn] = state.result()
+            outcomes[fqrn] = state.result()
         else:
-            failed.append(repository.fqrn)
-            outcomes[repository.fqrn] = "FAILED: see the task run"
+            failed.append(fqrn)
+            outcomes[fqrn] = "FAILED: see the task run"
     create_table_artifact(
         key="resign-whitelists",
         table=[{"repository": k, "outcome": v} for k, v in sorted(outcomes.items())]

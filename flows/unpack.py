@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from images.unpacker import GcOutcome, TagDeleteOutcome, UnpackOutcome
-from service.settings import Settings
+from service.runtime import load_settings
 from tasks.locks import ensure_publish_lock
 from tasks.unpack import (
     FQRN_PATTERN,
@@ -55,7 +55,7 @@ def unpack(req: UnpackRequest) -> UnpackOutcome | TagDeleteOutcome | None:
     The bridge's delete events arrive here too (`kind: image-deleted`): the tag's link goes.
     A digest-only delete changes nothing (the tags that still name it keep their links).
     """
-    settings = Settings.load()
+    settings = load_settings()
     fqrn = target_fqrn(settings, req)
     ensure_publish_lock(fqrn)
     if req.kind == "image-deleted":
@@ -75,7 +75,7 @@ def unpack(req: UnpackRequest) -> UnpackOutcome | TagDeleteOutcome | None:
 @flow(name="unpack-delete", flow_run_name="unpack-delete-{req.repository}-{req.tag}")
 def unpack_delete(req: UnpackRequest) -> TagDeleteOutcome:
     """Remove the tag's public link and metadata; the flat tree is left to `unpack-gc`."""
-    settings = Settings.load()
+    settings = load_settings()
     ensure_publish_lock(target_fqrn(settings, req))
     return delete_tag_link(settings, req)
 
@@ -83,7 +83,7 @@ def unpack_delete(req: UnpackRequest) -> TagDeleteOutcome:
 @flow(name="unpack-gc", flow_run_name="unpack-gc-{req.fqrn}")
 def unpack_gc(req: GcRequest) -> GcOutcome:
     """Remove flat trees no tag has pointed at for `grace_s` seconds."""
-    settings = Settings.load()
+    settings = load_settings()
     ensure_publish_lock(req.fqrn)
     return collect_flat_trees(settings, req.fqrn, req.grace_s)
 
@@ -92,7 +92,7 @@ def unpack_gc(req: GcRequest) -> GcOutcome:
 def unpack_wishlist(req: WishlistRequest) -> WishlistOutcome:
     """Unpack every image of a wish list; unchanged tags publish nothing, so a schedule on
     this flow re-checks the tags that moved. One image failing does not stop the others."""
-    settings = Settings.load()
+    settings = load_settings()
     logger = get_run_logger()
     fqrn, images = expand_wishlist(settings, req.wishlist_yaml)
     ensure_publish_lock(fqrn)

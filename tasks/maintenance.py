@@ -42,16 +42,24 @@ def list_repositories(settings: Settings, status: str = "ready") -> list[Reposit
 
 
 @step("re-sign whitelist if it expires soon")
-def resign_if_expiring(settings: Settings, repository: Repository, now: dt.datetime) -> str:
+def resign_if_expiring(settings: Settings, fqrn: str, owner: KeyOwner, now: dt.datetime) -> str:
     """A lapsed whitelist makes a repository unmountable everywhere: renew it ahead of time."""
-    storage = repository_storage(settings, repository.fqrn)
+    storage = repository_storage(settings, fqrn)
     current = SignedWhitelist.parse(storage.get(WHITELIST_KEY)).whitelist
     horizon = dt.timedelta(days=settings.provisioning.resign_within_days)
     if current.expires - now > horizon:
         return f"valid until {current.expires:%Y-%m-%d %H:%M} UTC"
-    keys = KeyStore.from_settings(settings.vault).read(key_owner(repository), repository.fqrn)
-    renewed = resign_whitelist(storage, repository.fqrn, keys.require_master_key(), now=now)
+    keys = KeyStore.from_settings(settings.vault).read(owner, fqrn)
+    renewed = resign_whitelist(storage, fqrn, keys.require_master_key(), now=now)
     return f"re-signed: valid until {renewed.expires:%Y-%m-%d %H:%M} UTC"
+
+
+@step("find unpacked repositories")
+def unpacked_repositories(settings: Settings) -> list[str]:
+    """Unpacked repositories are the service's own (not in the registry of repositories)."""
+    fqrn = f"unpacked.{settings.repository_domain}"
+    exists = repository_storage(settings, fqrn).exists(WHITELIST_KEY)
+    return [fqrn] if exists else []
 
 
 @step("remove bucket notification and topic")

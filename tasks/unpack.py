@@ -6,7 +6,6 @@ publish lock, and every step is idempotent (re-running it converges on the same 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from requests import RequestException
 
 from cvmfs.errors import ConflictError, StorageError
-from cvmfs.keys import KeySet, generate_keyset, load_keyset, write_keyset
+from cvmfs.keys import KeySet, generate_keyset
 from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
 from images.errors import RegistryError
 from images.layers import LayerPolicy
@@ -39,7 +38,7 @@ from images.unpacker import (
     unpack_image,
 )
 from images.wishlist import expand, parse_wishlist
-from service.keystore import vault_client
+from service.keystore import KeyOwner, KeyStore, vault_client
 from service.settings import Settings
 from tasks.locks import repository_lease
 from tasks.storage import repository_storage
@@ -121,15 +120,17 @@ def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 
 
 # ------------------------------------------------------------------------------ plain helpers
+# The service itself owns unpacked repositories: their keys live in Vault like every other
+# repository's, at `<mount>/data/groups/cvmfs-service/cvmfs_keys/<fqrn>`.
+SERVICE_KEY_OWNER = KeyOwner.of_group("cvmfs-service")
+
+
 def unpacked_repository_keys(settings: Settings, fqrn: str) -> KeySet:
-    """The key set of an unpacked repository: generated on first use and kept in
-    `<data_dir>/keys/<fqrn>.*` (the lead moves them to Vault: replace only this function)."""
-    directory = settings.absolute_data_dir / "keys"
-    if not (directory / f"{fqrn}.crt").exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        write_keyset(generate_keyset(fqrn), directory, fqrn)
-    return load_keyset(directory, fqrn)
+    """The key set of an unpacked repository: generated once, on first use, kept in Vault."""
+    store = KeyStore.from_settings(settings.vault)
+    if not store.exists(SERVICE_KEY_OWNER, fqrn):
+        store.store_if_absent(SERVICE_KEY_OWNER, fqrn, generate_keyset(fqrn))
+    return store.read(SERVICE_KEY_OWNER, fqrn)
 
 
 def open_unpacked_repository(settings: Settings, fqrn: str) -> RepositoryWriter:

@@ -21,8 +21,10 @@ from flows.unpack import (
     unpack_wishlist,
 )
 from images.unpacker import TagDeleteOutcome, UnpackOutcome
+from service.keystore import KeyStore, secret_path
 from service.settings import Settings
-from tasks.unpack import UnpackRequest
+from tasks.unpack import SERVICE_KEY_OWNER, UnpackRequest
+from tests.conftest import settings_env
 from tests.test_images_support import OciLayout
 
 FQRN = "unpacked.flow.example.org"
@@ -34,14 +36,13 @@ def stack(
     registry: Settings,
     prefect_server: Settings,
     stratum0_http: Settings,
-    stack_env: dict[str, str],
+    vault: Settings,
 ) -> Iterator[Settings]:
-    """Settings.load() inside the flows returns the test stack's settings."""
+    """Settings.load() inside the flows returns the test stack's settings (Vault token too)."""
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in stack_env.items():
-            if key.startswith("CVMFS_SVC_"):
-                patch.setenv(key, value)
-        yield registry
+        for key, value in settings_env(vault).items():
+            patch.setenv(key, value)
+        yield vault
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,9 @@ def host(settings: Settings) -> str:
 
 def client_reader(settings: Settings) -> RepositoryReader:
     """The repository as a client sees it: over HTTP, signatures checked with the .pub key."""
-    public_key = settings.absolute_data_dir / "keys" / f"{FQRN}.pub"
+    keys = KeyStore.from_settings(settings.vault).read(SERVICE_KEY_OWNER, FQRN)
+    public_key = settings.absolute_data_dir / f"{FQRN}.pub"
+    public_key.write_text(keys.master_public_pem)
     url = f"http://127.0.0.1:{settings.stratum0.http_port}/cvmfs/{FQRN}"
     return RepositoryReader.open(url, FQRN, [public_key])
 
@@ -136,7 +139,8 @@ def test_wishlist_flow_expands_wildcards(stack: Settings, layout: OciLayout) -> 
         assert not reader.exists(f"/{host(stack)}/unpacked/wished:4.0")
 
 
-def test_keys_stay_under_the_data_dir(stack: Settings, layout: OciLayout) -> None:
-    keys = Path(stack.absolute_data_dir / "keys")
-    assert (keys / f"{FQRN}.masterkey").stat().st_mode & 0o777 == 0o400
-    assert keys.stat().st_mode & 0o777 == 0o700
+def test_keys_are_in_vault_not_on_disk(stack: Settings, layout: OciLayout) -> None:
+    store = KeyStore.from_settings(stack.vault)
+    assert store.exists(SERVICE_KEY_OWNER, FQRN)  # created by the first unpack above
+    assert secret_path(SERVICE_KEY_OWNER, FQRN) == f"groups/cvmfs-service/cvmfs_keys/{FQRN}"
+    assert not list(Path(stack.absolute_data_dir).rglob(f"{FQRN}.masterkey"))
