@@ -11,15 +11,14 @@ from bridge.provision_requests import ProvisionRequestParameters
 from bridge.registry_lookup import RegistryRepositoryLookup
 from service.auth import TokenVerifier
 from service.messages import ProvisionReply, RequestParser
+from service.replies import publish_reply
 from service.repositories import RepositoryRegistry
 from service.settings import Settings
 
 
 def serve_bridge(settings: Settings, config: BridgeConfig | None = None) -> None:
-    from tasks.provision import send_reply  # imports prefect; the bridge needs it anyway
-
     def reply(answer: ProvisionReply) -> None:
-        send_reply.fn(settings, answer)
+        publish_reply(settings, answer)
 
     registry = RepositoryRegistry.open(settings)
     try:

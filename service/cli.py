@@ -95,17 +95,12 @@ def serve_deployments() -> None:
 @app.command()
 def bridge() -> None:
     """Consume RabbitMQ (bucket events, repository requests, registry events) into flow runs."""
-    from bridge.main import run_bridge
-    from service.registry_lookup import RegistryLookup
-    from service.repositories import RepositoryRegistry
-    from service.runtime import load_settings
+    import logging
 
-    settings = load_settings()
-    registry = RepositoryRegistry.open(settings)
-    try:
-        run_bridge(settings, RegistryLookup(registry))
-    finally:
-        registry.close()
+    from bridge.assembly import serve_bridge
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve_bridge(Settings.load())  # the bridge needs no Vault token
 
 
 @app.command()

@@ -22,13 +22,12 @@ from service.client_config import ClientConfigBundle, build_client_config
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.policies import PublisherAccess
+from service.replies import publish_reply
 from service.repositories import Repository, RepositoryClaim, RepositoryRegistry
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
 from tasks.storage import repository_storage
 
-REPLY_ROUTING_KEY = "reply.repository"
-REPLY_QUEUE = "cvmfs.repository-replies"
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -158,25 +157,4 @@ def mark_failed(settings: Settings, request: AuthorizedProvisionRequest, reason:
 
 @step("reply on the status queue")
 def send_reply(settings: Settings, reply: ProvisionReply) -> None:
-    """Durable, confirmed reply on `reply.repository` (queue cvmfs.repository-replies)."""
-    connection = pika.BlockingConnection(connection_parameters(settings.rabbitmq))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        exchange = settings.rabbitmq.events_exchange
-        channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-        channel.queue_declare(REPLY_QUEUE, durable=True)
-        channel.queue_bind(REPLY_QUEUE, exchange, routing_key=f"{REPLY_ROUTING_KEY}.#")
-        channel.basic_publish(
-            exchange=exchange,
-            routing_key=f"{REPLY_ROUTING_KEY}.{reply.status}",
-            body=reply.to_bytes(),
-            properties=pika.BasicProperties(
-                delivery_mode=pika.DeliveryMode.Persistent,
-                content_type="application/json",
-                correlation_id=reply.request_id,
-            ),
-            mandatory=True,
-        )
-    finally:
-        connection.close()
+    publish_reply(settings, reply)

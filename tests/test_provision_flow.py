@@ -19,10 +19,10 @@ from flows.provision import provision
 from service.auth import TokenVerifier
 from service.client_config import stratum0_url
 from service.keystore import KeyOwner, secret_path
+from service.replies import REPLY_QUEUE
 from service.repositories import RepositoryRegistry
 from service.s3_clients import demo_s3
 from service.settings import Settings
-from tasks.provision import REPLY_QUEUE
 from tests.fixtures_service import authorized_request
 from tests.issuer import TestIssuer
 
