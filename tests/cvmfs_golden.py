@@ -18,8 +18,9 @@ from cvmfs.history import Tag
 from cvmfs.manifest import SignedManifest
 from cvmfs.objects import ObjectSuffix
 from cvmfs.reader import RepositoryReader
+from tests.shared_paths import GOLDEN
 
-FIXTURE = Path("/work/shared/fixtures/cvmfs/golden.example.org")
+FIXTURE = GOLDEN
 STRATUM0 = FIXTURE / "stratum0"
 PUBLIC_KEY = FIXTURE / "keys/golden.example.org.pub"
 FQRN = "golden.example.org"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from bridge.coalescer import Coalescer, InboundMessage
 from bridge.repositories import RepositoryTarget
 from bridge.s3_events import ObjectEvent, ObjectEventKind, parse_s3_notification
+from tests.shared_paths import EVENTS
 
-FIXTURE = Path("/work/shared/fixtures/events/ceph-rgw-amqp-messages.jsonl")
+FIXTURE = EVENTS / "ceph-rgw-amqp-messages.jsonl"
 REPO_A = RepositoryTarget(fqrn="a.sw.example.org", bucket="bucket-a", owner_id="alice")
 REPO_B = RepositoryTarget(fqrn="b.sw.example.org", bucket="bucket-b", owner_id="bob")
 T0 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,6 +10,7 @@ from bridge.consumer import BridgeConsumer
 from bridge.errors import PermanentStartError, TransientStartError
 from bridge.registry_events import image_event_message, parse_registry_webhook
 from service.settings import Settings
+from tests.shared_paths import EVENTS
 from tests.test_bridge_support import (
     LOOKUP,
     REPO_A,
@@ -29,7 +29,7 @@ from tests.test_bridge_support import (
 
 pytestmark = pytest.mark.stack
 
-FIXTURES = Path("/work/shared/fixtures/events")
+FIXTURES = EVENTS
 
 
 def consumer_for(iso: Isolated, starter: RecordingStarter) -> BridgeConsumer:

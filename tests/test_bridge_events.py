@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,9 @@ from bridge.registry_events import (
     parse_registry_webhook,
 )
 from bridge.s3_events import ObjectEventKind, parse_s3_notification, repository_path_for_key
+from tests.shared_paths import EVENTS
 
-FIXTURES = Path("/work/shared/fixtures/events")
+FIXTURES = EVENTS
 DIGEST = "sha256:f41bca089572897cca05e647a7f64fed8a0b3b41e5e8fe2c47ecef887103a698"
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pika
@@ -26,8 +25,9 @@ from bridge.config import BridgeConfig, QueueRoute
 from bridge.consumer import BridgeConsumer
 from bridge.repositories import RepositoryTarget, StaticRepositoryLookup
 from service.settings import RabbitMQSettings, Settings
+from tests.shared_paths import EVENTS
 
-FIXTURES = Path("/work/shared/fixtures/events")
+FIXTURES = EVENTS
 REPO_A = RepositoryTarget(fqrn="alpha.sw.example.org", bucket="alpha-bucket", owner_id="alice")
 REPO_B = RepositoryTarget(fqrn="beta.sw.example.org", bucket="beta-bucket", owner_id="bob")
 LOOKUP = StaticRepositoryLookup({REPO_A.bucket: REPO_A, REPO_B.bucket: REPO_B})

@@ -7,7 +7,6 @@ import hashlib
 import io
 import random
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +21,9 @@ from cvmfs.chunking import (
     iter_chunks,
 )
 from cvmfs.errors import CvmfsError
+from tests.shared_paths import GOLDEN
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvmfs" / "golden.example.org"
-)
+FIXTURE = GOLDEN
 M32 = 0xFFFFFFFF
 
 

@@ -26,10 +26,9 @@ from cvmfs.errors import (
 )
 from cvmfs.objects import ContentHash, HashAlgorithm, ObjectSuffix
 from cvmfs.storage import LocalStorage
+from tests.shared_paths import GOLDEN
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/cvmfs/golden.example.org"
-if not FIXTURE.exists():
-    FIXTURE = Path("/work/shared/fixtures/cvmfs/golden.example.org")
+FIXTURE = GOLDEN
 KEYS = FIXTURE / "keys"
 FQRN = "golden.example.org"
 PINNED_NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)

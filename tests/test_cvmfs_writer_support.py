@@ -19,9 +19,10 @@ from cvmfs.keys import KeySet, load_keyset
 from cvmfs.objects import ContentHash, ObjectSuffix, decode_verified, object_path
 from cvmfs.storage import Storage
 from cvmfs.transaction import Transaction
+from tests.shared_paths import FIXTURES
 from tests.test_cvmfs_chunking import big_chunked_bin, prng
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cvmfs"
+FIXTURE = FIXTURES / "cvmfs"
 GOLDEN = FIXTURE / "golden.example.org"
 FQRN = "golden.example.org"
 

@@ -43,8 +43,8 @@ from images.registry import (
 )
 from images.wishlist import expand, parse_image_line, parse_wishlist
 from tasks.unpack import UnpackRequest
+from tests.shared_paths import EVENTS
 
-EVENTS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "events"
 HEX = "ab" + "0" * 62
 DIGEST = f"sha256:{HEX}"
 

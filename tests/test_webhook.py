@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from bridge.registry_events import ImagePushed, UnpackFilter, parse_image_event_
 from bridge.webhook import WEBHOOK_PATH, create_webhook_app
 from service.settings import Settings
 from stack.rabbitmq import RabbitMQ
+from tests.shared_paths import EVENTS
 from tests.test_bridge_support import (
     LOOKUP,
     Isolated,
@@ -32,7 +32,7 @@ from tests.test_bridge_support import (
 
 pytestmark = pytest.mark.stack
 
-FIXTURES = Path("/work/shared/fixtures/events")
+FIXTURES = EVENTS
 SECRET = SecretStr("s3cr3t-webhook-token")
 AUTH = {"Authorization": f"Bearer {SECRET.get_secret_value()}"}
 
