@@ -48,12 +48,15 @@ def notification_id_for(fqrn: str) -> str:
     return f"cvmfs-sync-{fqrn}"
 
 
-def ensure_topic(sns: SNSClient, rabbitmq: RabbitMQSettings, fqrn: str) -> str:
-    """Create (or update in place) the repository's persistent AMQP topic; returns its ARN.
+def ensure_topic(
+    sns: SNSClient, rabbitmq: RabbitMQSettings, fqrn: str, *, persistent: bool = False
+) -> str:
+    """Create (or update in place) the repository's AMQP topic; returns its ARN.
 
     No credentials in the push endpoint: RGW refuses them over plain AMQP (services-notes §2.7
     pitfall 1) and would print them back in GetTopicAttributes. `persistent` queues events in
-    RADOS while the broker is down instead of dropping them (pitfall 4).
+    RADOS while the broker is down instead of dropping them (pitfall 4); see
+    `CephSettings.persistent_topics` for why it is off on the local RGW 16.2.
     """
     response = sns.create_topic(
         Name=topic_name_for(fqrn),
@@ -61,7 +64,7 @@ def ensure_topic(sns: SNSClient, rabbitmq: RabbitMQSettings, fqrn: str) -> str:
             "push-endpoint": f"amqp://{rabbitmq.host}:{rabbitmq.port}",
             "amqp-exchange": rabbitmq.events_exchange,
             "amqp-ack-level": "broker",
-            "persistent": "true",
+            "persistent": "true" if persistent else "false",
         },
     )
     return response["TopicArn"]
@@ -98,10 +101,11 @@ def wire_bucket(
     rabbitmq: RabbitMQSettings,
     fqrn: str,
     bucket: str,
+    persistent: bool = False,
 ) -> BucketWiring:
     """Exchange and queues first (RGW never declares them), then topic, then notification."""
     declare_topology(channel, rabbitmq, BridgeConfig())
-    topic_arn = ensure_topic(sns, rabbitmq, fqrn)
+    topic_arn = ensure_topic(sns, rabbitmq, fqrn, persistent=persistent)
     notification_id = ensure_bucket_notification(s3, bucket, topic_arn, fqrn)
     return BucketWiring(
         fqrn=fqrn,

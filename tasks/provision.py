@@ -105,6 +105,7 @@ def wire_repository_bucket(settings: Settings, request: AuthorizedProvisionReque
             rabbitmq=settings.rabbitmq,
             fqrn=request.fqrn,
             bucket=request.bucket,
+            persistent=settings.ceph.persistent_topics,
         )
     finally:
         connection.close()
