@@ -1,0 +1,193 @@
+"""The whole service as `./svc up` runs it — deployments runner, bridge and API as processes —
+driven only from outside, like users: a repository request on RabbitMQ, an upload to the bucket,
+an image push to the registry. Each result is read back over HTTP with the verifying reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pika
+import pytest
+
+from cvmfs.reader import RepositoryReader
+from service.client_config import stratum0_url
+from service.keystore import KeyStore
+from service.replies import REPLY_QUEUE
+from service.s3_clients import demo_s3
+from service.settings import Settings
+from tasks.unpack import SERVICE_KEY_OWNER
+from tests.conftest import settings_env
+from tests.fixtures_service import open_reader
+from tests.issuer import TestIssuer
+from tests.test_images_support import OciLayout
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+WAIT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[TestIssuer]:
+    with TestIssuer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def service(
+    vault: Settings,
+    ceph: Settings,
+    rabbitmq: Settings,
+    registry: Settings,
+    prefect_server: Settings,
+    stratum0_http: Settings,
+    issuer: TestIssuer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Settings]:
+    settings = vault.model_copy(
+        update={
+            "oidc": vault.oidc.model_copy(
+                update={"issuer_url": issuer.url, "audience": issuer.audience}
+            )
+        }
+    )
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    logs = tmp_path_factory.mktemp("service-logs")
+    children = []
+    for command in ("serve-deployments", "bridge", "api"):
+        log = (logs / f"{command}.log").open("wb")
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "service.cli", command],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        _wait_for_api(settings)
+        yield settings
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _wait_for_api(settings: Settings) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{settings.api.port}/openapi.json").is_success:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the API did not start")
+
+
+def _until(condition: object, what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():  # type: ignore[operator]
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} within {timeout_s:.0f} s")
+
+
+def test_request_then_upload_is_published(service: Settings, issuer: TestIssuer) -> None:
+    settings = service
+    user = f"c{uuid.uuid4().hex[:6]}"
+    bucket = f"{user}-chain"
+    demo_s3(settings).create_bucket(Bucket=bucket)
+    request_id = f"chain-{user}"
+    body = json.dumps(
+        {
+            "version": 1,
+            "request_id": request_id,
+            "access_token": issuer.mint(preferred_username=user, sub=f"sub-{user}"),
+            "kind": "personal",
+            "bucket": bucket,
+        }
+    ).encode()
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(settings.rabbitmq.host, settings.rabbitmq.port)
+    )
+    replies: list[dict[str, object]] = []
+    try:
+        channel = connection.channel()
+        channel.queue_declare(REPLY_QUEUE, durable=True)  # as the service declares it
+        channel.basic_publish(
+            settings.rabbitmq.events_exchange,
+            "repository.request",
+            body,
+            pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+        )
+
+        def replied() -> bool:
+            method, _props, raw = channel.basic_get(REPLY_QUEUE, auto_ack=True)
+            while method is not None:
+                replies.append(json.loads(raw))
+                method, _props, raw = channel.basic_get(REPLY_QUEUE, auto_ack=True)
+            return any(r["request_id"] == request_id for r in replies)
+
+        _until(replied, "a reply to the repository request")
+    finally:
+        connection.close()
+    reply = next(r for r in replies if r["request_id"] == request_id)
+    assert reply["status"] == "ok", reply
+    fqrn = str(reply["fqrn"])
+
+    demo_s3(settings).put_object(Bucket=bucket, Key="cvmfs/chain/hello.txt", Body=b"chained\n")
+
+    def published(tmp: Path = Path(f"/tmp/{user}-keys")) -> bool:
+        tmp.mkdir(exist_ok=True)
+        with open_reader(settings, fqrn, tmp) as reader:
+            return reader.read("/chain/hello.txt") == b"chained\n"
+
+    _until(published, f"/chain/hello.txt published in {fqrn}")
+
+
+def test_image_push_is_unpacked(
+    service: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    settings = service
+    layout = OciLayout(tmp_path_factory.mktemp("chain-image") / "layout")
+    layout.new("v1")
+    layout.layer("v1", lambda root: (root / "hello.txt").write_text("from the registry\n"))
+    name = f"chain{uuid.uuid4().hex[:6]}"
+    host = settings.registry.url.split("://", 1)[1]
+    layout.push("v1", host, f"unpacked/{name}", "1.0")
+    fqrn = f"unpacked.{settings.repository_domain}"
+    link = f"/{host}/unpacked/{name}:1.0"
+    key_file = tmp_path_factory.mktemp("chain-keys") / f"{fqrn}.pub"
+
+    def unpacked() -> bool:
+        keys = KeyStore.from_settings(settings.vault).read(SERVICE_KEY_OWNER, fqrn)
+        key_file.write_text(keys.master_public_pem)
+        url = stratum0_url(settings, fqrn)
+        with RepositoryReader.open(url, fqrn, [key_file]) as reader:
+            target = reader.stat(link).symlink  # relative, into .flat/<xx>/<config digest>
+            flat = posixpath.normpath(posixpath.join(posixpath.dirname(link), target))
+            return reader.read(f"{flat}/hello.txt") == b"from the registry\n"
+
+    _until(unpacked, f"{link} unpacked into {fqrn}", timeout_s=180)
