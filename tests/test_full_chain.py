@@ -91,15 +91,23 @@ def service(
 
 
 def _wait_for_api(settings: Settings) -> None:
-    deadline = time.monotonic() + 60
+    """The API answers and the runner has registered the deployments the bridge starts."""
+    urls = [
+        f"http://127.0.0.1:{settings.api.port}/openapi.json",
+        *(
+            f"{settings.prefect.api_url}/deployments/name/{name}"
+            for name in ("provision/provision", "sync/sync", "unpack/unpack")
+        ),
+    ]
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{settings.api.port}/openapi.json").is_success:
+            if all(httpx.get(url).is_success for url in urls):
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise TimeoutError("the API did not start")
+    raise TimeoutError("the API or the deployments did not come up")
 
 
 def _until(condition: object, what: str, timeout_s: float = WAIT_S) -> None:
