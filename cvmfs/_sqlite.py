@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Self
 
 from cvmfs.errors import FormatError
 
@@ -36,3 +37,30 @@ def read_properties(db: sqlite3.Connection) -> dict[str, str]:
 
 def set_property(db: sqlite3.Connection, key: str, value: object) -> None:
     db.execute("INSERT OR REPLACE INTO properties (key, value) VALUES (?, ?)", (key, value))
+
+
+class PropertiesDatabase:
+    """An SQLite file with a `properties` table (history, reflog): open, check, close."""
+
+    kind = "database"
+
+    def __init__(self, path: str | Path, *, writable: bool = False) -> None:
+        self.path = Path(path)
+        self.writable = writable
+        self._db = connect(self.path, writable=writable)
+        self.properties = read_properties(self._db)
+        if "schema" not in self.properties:
+            raise FormatError(f"{self.path}: not a {self.kind} (no schema property)")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def fqrn(self) -> str | None:
+        return self.properties.get("fqrn")

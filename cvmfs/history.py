@@ -9,11 +9,10 @@ import datetime as dt
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from cvmfs._sqlite import connect, read_properties, set_property
+from cvmfs._sqlite import PropertiesDatabase, set_property
 from cvmfs.catalog import DDL_PROPERTIES
-from cvmfs.errors import FormatError, NotFoundError
+from cvmfs.errors import NotFoundError
 from cvmfs.objects import ContentHash
 
 HISTORY_SCHEMA = "1.0"  # spec §4.1
@@ -78,34 +77,10 @@ def create_history_db(
         db.close()
 
 
-class HistoryDb:
+class HistoryDb(PropertiesDatabase):
     """A history database file; read-only unless opened with `writable=True`."""
 
-    def __init__(self, path: str | Path, *, writable: bool = False) -> None:
-        self.path = Path(path)
-        self.writable = writable
-        self._db = connect(self.path, writable=writable)
-        self.properties = read_properties(self._db)
-        if "schema" not in self.properties:
-            raise FormatError(f"{self.path}: not a history database (no schema property)")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> HistoryDb:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def fqrn(self) -> str | None:
-        return self.properties.get("fqrn")
+    kind = "history database"
 
     @property
     def previous_revision(self) -> str | None:

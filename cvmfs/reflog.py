@@ -9,11 +9,9 @@ import enum
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from cvmfs._sqlite import connect, read_properties, set_property
+from cvmfs._sqlite import PropertiesDatabase, set_property
 from cvmfs.catalog import DDL_PROPERTIES
-from cvmfs.errors import FormatError
 from cvmfs.objects import ContentHash, ObjectSuffix
 
 REFLOG_KEY = ".cvmfsreflog"  # spec §1.1
@@ -75,33 +73,10 @@ def create_reflog_db(path: str | Path, fqrn: str) -> None:
         db.close()
 
 
-class ReflogDb:
+class ReflogDb(PropertiesDatabase):
     """A reflog file; read-only unless opened with `writable=True`."""
 
-    def __init__(self, path: str | Path, *, writable: bool = False) -> None:
-        self.path = Path(path)
-        self._db = connect(self.path, writable=writable)
-        self.properties = read_properties(self._db)
-        if "schema" not in self.properties:
-            raise FormatError(f"{self.path}: not a reflog database (no schema property)")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> ReflogDb:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def fqrn(self) -> str | None:
-        return self.properties.get("fqrn")
+    kind = "reflog database"
 
     def refs(self) -> list[Ref]:
         """All references in insertion order."""
