@@ -1,7 +1,8 @@
 """The real FlowStarter: `run_deployment(..., timeout=0)` against the Prefect API.
 
 It classifies failures so the consumer knows what to do: refused runs are permanent
-(dead-letter), an unreachable or failing server is transient (retry later).
+(dead-letter); an unreachable or failing server and a deployment not (yet) served are
+transient (retry later, dead-letter after the consumer's bounded attempts).
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ class PrefectFlowStarter:
                     as_subflow=False,
                 )
         except ObjectNotFound as error:
-            raise PermanentStartError(
+            # Transient: while the deployments runner (re)starts, its deployments are briefly
+            # unknown; the consumer's bounded retries outlast that, then dead-letter.
+            raise TransientStartError(
                 f"deployment {deployment!r} not found at {self.api_url}: is it served "
-                "(python -m deployments.serve)?"
+                "(./svc serve-deployments)?"
             ) from error
         except PrefectHTTPStatusError as error:
             status = error.response.status_code
