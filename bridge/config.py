@@ -55,6 +55,10 @@ class BridgeConfig(BaseModel):
     sync_deployment: str = "sync/sync"
     unpack_deployment: str = "unpack/unpack"
     provision_deployment: str = "provision/provision"
+    reconcile_deployment: str = "reconcile/reconcile"
+    # After a lost broker connection, reconcile every repository this long after reconnecting
+    # (RGW drops events it cannot deliver unless the topic is persistent); None: never.
+    reconcile_after_reconnect_s: float | None = Field(default=15.0, ge=0.0)
 
     def retry_delay_s(self, attempt: int) -> float:
         """Delay before attempt number `attempt` + 1 (exponential, capped)."""

@@ -12,6 +12,8 @@ repository requests start one run each. Nothing ever blocks a queue:
 * a message is acked only once its flow run exists (or it is safely in the retry or
   dead-letter queue), so a crash, a lost connection or a broker restart only causes
   redelivery, never loss. Open batches are not acked; they come back after a reconnect.
+* after a lost broker connection, one `reconcile` run of every repository is started shortly
+  after reconnecting (bridge/catch_up.py): it repairs what RGW could not deliver meanwhile.
 
 Duplicates and ordering with several bridge copies (competing consumers):
 
@@ -46,6 +48,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from bridge.amqp import connection_parameters
+from bridge.catch_up import CatchUpAfterReconnect
 from bridge.coalescer import Coalescer, InboundMessage, SyncBatch
 from bridge.config import BridgeConfig
 from bridge.errors import PermanentStartError, RejectedMessage
@@ -107,6 +110,10 @@ class BridgeConsumer:
         self.clock = clock
         self._stop = False
         self._reconnect_delay_s = self.initial_reconnect_delay_s
+        self._broker_lost = False
+        self._catch_up = CatchUpAfterReconnect(
+            config.reconcile_deployment, config.reconcile_after_reconnect_s, clock
+        )
         self._coalescer = Coalescer(config.coalesce_window_s, config.coalesce_max_events)
         self._inbox: list[InboundMessage] = []
         self._connection: pika.BlockingConnection | None = None
@@ -130,6 +137,7 @@ class BridgeConsumer:
                 self._consume()
                 return
             except pika.exceptions.AMQPError as error:
+                self._broker_lost = True
                 log.warning(
                     "event=broker-lost error=%r unacked=%d retry_in_s=%.1f",
                     error,
@@ -153,12 +161,16 @@ class BridgeConsumer:
         for queue in self._handlers:
             channel.basic_consume(queue, partial(self._on_delivery, queue))
         self._reconnect_delay_s = self.initial_reconnect_delay_s  # a healthy connection again
+        if self._broker_lost:
+            self._broker_lost = False
+            self._catch_up.reconnected()
         log.info("event=consuming queues=%s", ",".join(self._handlers))
         while not self._stop:
             self._connection.process_data_events(time_limit=self.tick_s)
             self._drain_inbox()
             for batch in self._coalescer.due(self.clock()):
                 self._start_sync(batch)
+            self._catch_up.tick(self.starter)
         log.info("event=stopping open_messages=%d (left unacked for redelivery)", len(self))
 
     def _forget_unacked(self) -> None:

@@ -177,12 +177,20 @@ def test_sigterm_finishes_the_run_in_hand(rabbitmq: Settings, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_broker_restart_while_consuming_loses_nothing(rabbitmq: Settings) -> None:
-    iso = isolated(rabbitmq, coalesce_window_s=3.0)
+    iso = isolated(rabbitmq, coalesce_window_s=3.0, reconcile_after_reconnect_s=1.0)
     declare(iso)
     broker = RabbitMQ(rabbitmq, rabbitmq.absolute_data_dir / RabbitMQ.name)
     starter = RecordingStarter()
     before = [f"cvmfs/before/{n}" for n in range(3)]
     after = [f"cvmfs/after/{n}" for n in range(2)]
+
+    def syncs() -> list[list[str]]:
+        return [
+            call.parameters["req"]["changed_keys"]
+            for call in starter.snapshot()
+            if call.deployment == iso.config.sync_deployment
+        ]
+
     with running(BridgeConsumer(iso.mq, iso.config, LOOKUP, starter)):
         publish(iso.mq, iso.s3_key, [rgw_body(REPO_A.bucket, key) for key in before])
         # Delivered into the bridge's open batch, not acked yet, when the broker goes down.
@@ -190,12 +198,20 @@ def test_broker_restart_while_consuming_loses_nothing(rabbitmq: Settings) -> Non
         assert starter.snapshot() == []
         broker.stop()
         broker.start()
-        wait_for(lambda: len(starter.snapshot()) >= 1, "the run after the restart", 120)
+        wait_for(lambda: len(syncs()) >= 1, "the run after the restart", 120)
         publish(iso.mq, iso.s3_key, [rgw_body(REPO_A.bucket, key) for key in after])
-        wait_for(lambda: len(starter.snapshot()) >= 2, "a run for the new events")
+        wait_for(lambda: len(syncs()) >= 2, "a run for the new events")
         wait_for(lambda: ready_count(iso.mq, iso.config.s3.queue) == 0, "an empty queue")
-    runs = [call.parameters["req"]["changed_keys"] for call in starter.calls]
-    assert runs == [before, after]  # each event in exactly one run, none lost
+        # What RGW could not deliver while the broker was away: one catch-up reconcile.
+        wait_for(
+            lambda: any(c.deployment == iso.config.reconcile_deployment for c in starter.calls),
+            "the catch-up reconcile",
+        )
+    assert syncs() == [before, after]  # each event in exactly one run, none lost
+    catch_ups = [c for c in starter.calls if c.deployment == iso.config.reconcile_deployment]
+    assert len(catch_ups) == 1
+    assert catch_ups[0].parameters == {"req": {"repo": None}}
+    assert catch_ups[0].idempotency_key.startswith("reconcile-after-reconnect-")
     assert ready_count(iso.mq, iso.config.dead_letter_queue) == 0
 
 
