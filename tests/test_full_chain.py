@@ -25,6 +25,7 @@ from service.keystore import KeyStore
 from service.replies import REPLY_QUEUE
 from service.s3_clients import demo_s3
 from service.settings import Settings
+from stack.rabbitmq import RabbitMQ
 from tasks.unpack import SERVICE_KEY_OWNER
 from tests.conftest import settings_env
 from tests.fixtures_service import open_reader
@@ -122,10 +123,8 @@ def _until(condition: object, what: str, timeout_s: float = WAIT_S) -> None:
     raise TimeoutError(f"{what} within {timeout_s:.0f} s")
 
 
-def test_request_then_upload_is_published(service: Settings, issuer: TestIssuer) -> None:
-    settings = service
-    user = f"c{uuid.uuid4().hex[:6]}"
-    bucket = f"{user}-chain"
+def _provision(settings: Settings, issuer: TestIssuer, user: str, bucket: str) -> str:
+    """A repository request on RabbitMQ, as a dashboard sends it; returns the fqrn replied."""
     demo_s3(settings).create_bucket(Bucket=bucket)
     request_id = f"chain-{user}"
     body = json.dumps(
@@ -163,9 +162,16 @@ def test_request_then_upload_is_published(service: Settings, issuer: TestIssuer)
         connection.close()
     reply = next(r for r in replies if r["request_id"] == request_id)
     assert reply["status"] == "ok", reply
-    fqrn = str(reply["fqrn"])
+    return str(reply["fqrn"])
 
-    demo_s3(settings).put_object(Bucket=bucket, Key="cvmfs/chain/hello.txt", Body=b"chained\n")
+
+def test_request_then_upload_is_published(service: Settings, issuer: TestIssuer) -> None:
+    settings = service
+    user = f"c{uuid.uuid4().hex[:6]}"
+    fqrn = _provision(settings, issuer, user, f"{user}-chain")
+    demo_s3(settings).put_object(
+        Bucket=f"{user}-chain", Key="cvmfs/chain/hello.txt", Body=b"chained\n"
+    )
 
     def published(tmp: Path = Path(f"/tmp/{user}-keys")) -> bool:
         tmp.mkdir(exist_ok=True)
@@ -173,6 +179,47 @@ def test_request_then_upload_is_published(service: Settings, issuer: TestIssuer)
             return reader.read("/chain/hello.txt") == b"chained\n"
 
     _until(published, f"/chain/hello.txt published in {fqrn}")
+
+
+def test_rabbitmq_restart_while_uploads_flow_loses_nothing(
+    service: Settings, issuer: TestIssuer, tmp_path: Path
+) -> None:
+    """Uploads before, during and after a broker restart: the repository ends equal to the
+    bucket (RGW's persistent topic and the bridge's catch-up reconcile cover the outage)."""
+    settings = service
+    user = f"r{uuid.uuid4().hex[:6]}"
+    bucket = f"{user}-restart"
+    fqrn = _provision(settings, issuer, user, bucket)
+    s3 = demo_s3(settings)
+    expected: dict[str, bytes] = {}
+
+    def upload(name: str) -> None:
+        body = f"{name}\n".encode()
+        s3.put_object(Bucket=bucket, Key=f"cvmfs/{name}", Body=body)
+        expected[f"/{name}"] = body
+
+    for n in range(5):
+        upload(f"before/{n}.txt")
+    broker = RabbitMQ(settings, settings.absolute_data_dir / RabbitMQ.name)
+    broker.stop()
+    try:
+        for n in range(5):
+            upload(f"during/{n}.txt")
+        s3.delete_object(Bucket=bucket, Key="cvmfs/before/0.txt")
+        del expected["/before/0.txt"]
+    finally:
+        broker.start()
+    for n in range(5):
+        upload(f"after/{n}.txt")
+
+    def repository_equals_bucket() -> bool:
+        with open_reader(settings, fqrn, tmp_path) as reader:
+            files = {
+                entry.path: reader.read(entry.path) for entry in reader.walk() if entry.is_regular
+            }
+        return files == expected
+
+    _until(repository_equals_bucket, f"{fqrn} equal to {bucket} after the restart", 180)
 
 
 def test_image_push_is_unpacked(
