@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from cvmfs.errors import FormatError, SignatureError
+from cvmfs.errors import FormatError
 from cvmfs.keys import sign_manifest_hash, verify_manifest_hash
 from cvmfs.objects import ContentHash, hash_bytes
+from cvmfs.signed_text import SignedText
 
 ROOT_PATH_MD5 = "d41d8cd98f00b204e9800998ecf8427e"  # spec §3.1: R = md5("") always
-SEPARATOR = b"--\n"  # spec §3.2
 FIELD_ORDER = "CBRDSGALNXHTMY"  # spec §3.1: the order upstream writes
 FIELD_NAMES = {  # letter -> descriptive name (as in the fixture's expected.json `fields`)
     "C": "root_catalog_hash",
@@ -144,33 +144,15 @@ class SignedManifest:
 
     @classmethod
     def parse(cls, data: bytes) -> SignedManifest:
-        cut = data.find(b"\n" + SEPARATOR)
-        if cut < 0:
-            raise FormatError("manifest has no '--' line: it is unsigned or truncated")
-        body = data[: cut + 1]
-        rest = data[cut + 1 + len(SEPARATOR) :]
-        newline = rest.find(b"\n")
-        if newline < 0:
-            raise FormatError("manifest has no hash line after '--'")
-        try:
-            hash_text = rest[:newline].decode("ascii")
-        except UnicodeDecodeError:
-            raise FormatError("manifest hash line is not hex text") from None
-        return cls(Manifest.parse(body), body, hash_text, rest[newline + 1 :])
+        parts = SignedText.split(data, "manifest")
+        return cls(Manifest.parse(parts.body), parts.body, parts.hash_text, parts.signature)
 
     def to_bytes(self) -> bytes:
-        return self.body + SEPARATOR + self.hash_text.encode("ascii") + b"\n" + self.signature
+        return SignedText(self.body, self.hash_text, self.signature).to_bytes()
 
     def verify(self, certificate_pem: str | bytes) -> None:
         """Check the hash line against the body, then the signature (spec §3.2)."""
-        try:
-            expected = ContentHash.from_hex(self.hash_text)
-        except FormatError:
-            raise SignatureError(f"manifest hash line {self.hash_text!r} is not a hash") from None
-        if hash_bytes(self.body, expected.algorithm) != expected:
-            raise SignatureError(
-                "manifest content does not match its signed hash line: the manifest was altered"
-            )
+        SignedText(self.body, self.hash_text, self.signature).check_hash_line("manifest")
         verify_manifest_hash(certificate_pem, self.hash_text, self.signature)
 
 

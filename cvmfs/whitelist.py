@@ -17,10 +17,10 @@ from cvmfs.errors import (
 )
 from cvmfs.keys import certificate_fingerprint, private_encrypt, verify_whitelist_hash
 from cvmfs.objects import ContentHash, HashAlgorithm, hash_bytes
+from cvmfs.signed_text import SignedText
 
 TIMESTAMP_FORMAT = "%Y%m%d%H%M%S"  # spec §3.3: 14 characters, UTC
 DEFAULT_VALIDITY = dt.timedelta(days=30)  # spec §3.3: 30 days with a master key file
-SEPARATOR = b"--\n"
 
 
 def format_timestamp(moment: dt.datetime) -> str:
@@ -125,17 +125,9 @@ class SignedWhitelist:
 
     @classmethod
     def parse(cls, data: bytes) -> SignedWhitelist:
-        cut = data.find(b"\n" + SEPARATOR)
-        if cut < 0:
-            raise FormatError("whitelist has no '--' line: it is unsigned or truncated")
-        body = data[: cut + 1]
-        rest = data[cut + 1 + len(SEPARATOR) :]
-        newline = rest.find(b"\n")
-        if newline < 0:
-            raise FormatError("whitelist has no hash line after '--'")
+        parts = SignedText.split(data, "whitelist")
         try:
-            lines = body.decode("ascii").split("\n")[:-1]
-            hash_text = rest[:newline].decode("ascii")
+            lines = parts.body.decode("ascii").split("\n")[:-1]
         except UnicodeDecodeError:
             raise FormatError("whitelist text is not ASCII") from None
         if len(lines) < 3 or len(lines[0]) != 14 or not lines[1].startswith("E"):
@@ -155,21 +147,14 @@ class SignedWhitelist:
             repository_name=lines[2][1:],
             certificate_fingerprints=tuple(fingerprints),
         )
-        return cls(whitelist, body, hash_text, rest[newline + 1 :])
+        return cls(whitelist, parts.body, parts.hash_text, parts.signature)
 
     def to_bytes(self) -> bytes:
-        return self.body + SEPARATOR + self.hash_text.encode("ascii") + b"\n" + self.signature
+        return SignedText(self.body, self.hash_text, self.signature).to_bytes()
 
     def verify(self, master_public_pems: Sequence[str]) -> None:
         """Check the hash line, then the signature with any of the master public keys."""
-        try:
-            expected = ContentHash.from_hex(self.hash_text)
-        except FormatError:
-            raise SignatureError(f"whitelist hash line {self.hash_text!r} is not a hash") from None
-        if hash_bytes(self.body, expected.algorithm) != expected:
-            raise SignatureError(
-                "whitelist content does not match its signed hash line: the whitelist was altered"
-            )
+        SignedText(self.body, self.hash_text, self.signature).check_hash_line("whitelist")
         verify_whitelist_hash(tuple(master_public_pems), self.hash_text, self.signature)
 
 
