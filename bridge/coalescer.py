@@ -42,6 +42,7 @@ class SyncBatch:
 
     target: RepositoryTarget
     opened_at: float
+    last_added_at: float = 0.0  # when the newest event joined (set by Coalescer.add)
     messages: list[InboundMessage] = field(default_factory=list)
     events: list[ObjectEvent] = field(default_factory=list)
 
@@ -77,11 +78,17 @@ class SyncBatch:
 
 
 class Coalescer:
-    """Open batches per repository; a batch is due when its window elapsed or it is full."""
+    """Open batches per repository; a batch is due when its window elapsed or it is full.
 
-    def __init__(self, window_s: float, max_events: int) -> None:
+    With `quiet_s`, a batch is also due once no event came for it for that long: a lone
+    upload goes out after `quiet_s` instead of the whole window, while a steady stream of
+    events (a burst) still fills batches of up to `window_s` or `max_events`.
+    """
+
+    def __init__(self, window_s: float, max_events: int, quiet_s: float | None = None) -> None:
         self.window_s = window_s
         self.max_events = max_events
+        self.quiet_s = quiet_s
         self._open: dict[str, SyncBatch] = {}
 
     def add(
@@ -94,16 +101,19 @@ class Coalescer:
         batch = self._open.get(target.fqrn)
         if batch is None:
             batch = self._open[target.fqrn] = SyncBatch(target=target, opened_at=now)
+        batch.last_added_at = now
         batch.messages.append(message)
         batch.events.extend(events)
 
+    def _is_due(self, batch: SyncBatch, now: float) -> bool:
+        if now - batch.opened_at >= self.window_s or len(batch.events) >= self.max_events:
+            return True
+        quiet_since = max(batch.opened_at, batch.last_added_at)
+        return self.quiet_s is not None and now - quiet_since >= self.quiet_s
+
     def due(self, now: float) -> list[SyncBatch]:
         """Remove and return the batches to start now, oldest first."""
-        ready = [
-            fqrn
-            for fqrn, batch in self._open.items()
-            if now - batch.opened_at >= self.window_s or len(batch.events) >= self.max_events
-        ]
+        ready = [fqrn for fqrn, batch in self._open.items() if self._is_due(batch, now)]
         return [self._open.pop(fqrn) for fqrn in ready]
 
     def drop_all(self) -> list[SyncBatch]:
