@@ -563,6 +563,21 @@ class RepositoryRegistry:
             row = session.get(FileProvenanceRow, (fqrn, path))
             return FileProvenance.model_validate(row) if row is not None else None
 
+    def files_at(self, fqrn: str, paths: Iterable[str]) -> dict[str, FileProvenance]:
+        """Provenance of these paths (paths without any are left out), in bounded queries."""
+        wanted = sorted(set(paths))
+        found: dict[str, FileProvenance] = {}
+        with Session(self._engine) as session:
+            for start in range(0, len(wanted), 500):  # under every backend's bind-parameter cap
+                rows = session.scalars(
+                    select(FileProvenanceRow).where(
+                        FileProvenanceRow.fqrn == fqrn,
+                        FileProvenanceRow.path.in_(wanted[start : start + 500]),
+                    )
+                )
+                found.update((row.path, FileProvenance.model_validate(row)) for row in rows)
+        return found
+
     def remove_file(self, fqrn: str, path: str) -> bool:
         with Session(self._engine) as session, session.begin():
             row = session.get(FileProvenanceRow, (fqrn, path))
