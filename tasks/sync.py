@@ -114,11 +114,7 @@ def plan_sync(
                 paths.add(target_of(key)[0])
             except RejectedMessage:
                 continue  # plan_changes refuses it with the reason
-        published = {
-            record.path: record
-            for record in registry.files(repository.fqrn)
-            if record.path in paths
-        }
+        published = registry.files_at(repository.fqrn, paths)
     finally:
         registry.close()
     plan = plan_changes(truth, published)
