@@ -7,6 +7,7 @@ A child that dies is restarted after a pause; SIGINT or SIGTERM stops all of the
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -28,7 +29,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,
         "PREFECT_API_URL": settings.prefect.api_url,
-        "PREFECT_RUNNER_POLL_FREQUENCY": str(settings.prefect.runner_poll_s),
+        # Whole seconds only; deployments/serve.py hands the runner the exact interval.
+        "PREFECT_RUNNER_POLL_FREQUENCY": str(max(1, math.ceil(settings.prefect.runner_poll_s))),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
         "PREFECT_LOGGING_EXTRA_LOGGERS": "cvmfs",
         "DO_NOT_TRACK": "1",

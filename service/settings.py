@@ -104,7 +104,9 @@ class PrefectSettings(BaseModel):
     # SQLite under the data directory by default; PostgreSQL when set
     # (postgresql+asyncpg://user@host:port/db).
     database_url: SecretStr | None = None
-    runner_poll_s: int = 1
+    # How often the deployments runner asks for new flow runs (it passes this to Prefect's
+    # Runner as is; PREFECT_RUNNER_POLL_FREQUENCY only takes whole seconds).
+    runner_poll_s: float = Field(default=0.5, gt=0)
     heartbeat_s: int = 30
 
     @property
