@@ -47,8 +47,16 @@ def deployments(settings: Settings) -> list[RunnerDeployment]:
 
 
 def main() -> None:
-    # pause_on_shutdown=False: stopping one runner must not pause the schedules (prefect-notes §2)
-    serve(*deployments(Settings.load()), limit=CONCURRENT_RUNS, pause_on_shutdown=False)
+    settings = Settings.load()
+    # pause_on_shutdown=False: stopping one runner must not pause the schedules (prefect-notes §2).
+    # query_seconds: Prefect's own setting takes whole seconds; a sub-second poll picks up a
+    # bridge's run sooner (bench/README.md, sync latency).
+    serve(
+        *deployments(settings),
+        limit=CONCURRENT_RUNS,
+        pause_on_shutdown=False,
+        query_seconds=settings.prefect.runner_poll_s,
+    )
 
 
 if __name__ == "__main__":
