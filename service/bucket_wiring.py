@@ -55,19 +55,33 @@ def ensure_topic(
 
     No credentials in the push endpoint: RGW refuses them over plain AMQP (services-notes §2.7
     pitfall 1) and would print them back in GetTopicAttributes. `persistent` queues events in
-    RADOS while the broker is down instead of dropping them (pitfall 4); see
-    `CephSettings.persistent_topics` for why it is off on the local RGW 16.2.
+    RADOS while the broker is down instead of dropping them (pitfall 4).
     """
     response = sns.create_topic(
         Name=topic_name_for(fqrn),
         Attributes={
             "push-endpoint": f"amqp://{rabbitmq.host}:{rabbitmq.port}",
             "amqp-exchange": rabbitmq.events_exchange,
-            "amqp-ack-level": "broker",
+            "amqp-ack-level": amqp_ack_level(persistent=persistent),
             "persistent": "true" if persistent else "false",
         },
     )
     return response["TopicArn"]
+
+
+def amqp_ack_level(*, persistent: bool) -> str:
+    """`none` for a persistent topic, `broker` for a synchronous one.
+
+    RGW 16.2 segfaults (a msgr-worker thread jumps to a pointer whose low 32 bits were zeroed)
+    within about 30-70 events of a persistent topic with `broker` (or `routable`): the
+    notification manager's coroutine frees the waiter of the broker's confirm while the AMQP
+    thread still unlocks its mutex. With `none` RGW keeps an event in its RADOS queue until the
+    AMQP client accepts it (it refuses while the broker is down) and never crashed
+    (bench/rgw_persistent_stress.py). Those messages are transient (no delivery_mode), which
+    the bridge's quorum queue keeps across a broker restart. A synchronous topic waits on a
+    condition variable instead (civetweb), so it keeps `broker` and its delivery_mode 2.
+    """
+    return "none" if persistent else "broker"
 
 
 def ensure_bucket_notification(s3: S3Client, bucket: str, topic_arn: str, fqrn: str) -> str:
