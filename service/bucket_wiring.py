@@ -73,10 +73,11 @@ def amqp_ack_level(*, persistent: bool) -> str:
     """`none` for a persistent topic, `broker` for a synchronous one.
 
     RGW 16.2 segfaults (a msgr-worker thread jumps to a pointer whose low 32 bits were zeroed)
-    within about 30-70 events of a persistent topic with `broker` (or `routable`): the
-    notification manager's coroutine frees the waiter of the broker's confirm while the AMQP
-    thread still unlocks its mutex. With `none` RGW keeps an event in its RADOS queue until the
-    AMQP client accepts it (it refuses while the broker is down) and never crashed
+    after 2-69 events of a persistent topic with `broker` when PUTs are paced (0.5-30 s apart),
+    most likely a use after free: the notification manager's coroutine resumes and frees the
+    waiter of the broker's confirm while the AMQP thread still unlocks the waiter's mutex
+    (`routable` uses the same waiter). With `none` RGW keeps an event in its RADOS queue
+    until the AMQP client accepts it (it refuses while the broker is down) and never crashed
     (bench/rgw_persistent_stress.py). Those messages are transient (no delivery_mode), which
     the bridge's quorum queue keeps across a broker restart. A synchronous topic waits on a
     condition variable instead (civetweb), so it keeps `broker` and its delivery_mode 2.
