@@ -48,8 +48,8 @@ pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-BIG_BYTES = 96 << 20  # a dozen chunks: the publish streams for several seconds
-SMALL_FILES = 40
+BIG_BYTES = 64 << 20  # about eight chunks: the publish streams for several seconds
+SMALL_FILES = 20
 # The kill comes once this many new objects are in stratum-0 (the publish is streaming).
 NEW_OBJECTS_BEFORE_KILL = 2
 # Lease (tasks.locks.LEASE_S, the server's minimum) + the server's repossessor loop (15 s)
@@ -260,6 +260,7 @@ def test_killed_publish_is_never_half_visible_and_a_retry_completes(
             timeout=0,
         )
         assert isinstance(flow_run, FlowRun)
+        reads_at_start = watcher.reads
 
         victims: list[int] = []
 
@@ -275,7 +276,7 @@ def test_killed_publish_is_never_half_visible_and_a_retry_completes(
 
         _until(publish_streaming, "the sync run streaming objects", timeout_s=120, poll_s=0.05)
         os.kill(victims[0], signal.SIGKILL)
-        killed_at_reads = watcher.reads
+        reads_at_kill = watcher.reads
 
         # The runner survives and reports the run Crashed (prefect-notes §3).
         _until(
@@ -283,6 +284,8 @@ def test_killed_publish_is_never_half_visible_and_a_retry_completes(
             "the killed run marked Crashed",
             timeout_s=60,
         )
+        crashed = _flow_run(flow_run.id).state
+        assert crashed is not None and "SIGKILL" in (crashed.message or ""), crashed
         assert runner.process.poll() is None, runner.tail()
         # Killed mid-publish: objects written, no manifest; the repository is still the base.
         assert (repo_dir / ".cvmfspublished").read_bytes() == manifest_before
@@ -321,7 +324,8 @@ def test_killed_publish_is_never_half_visible_and_a_retry_completes(
         _until(lambda: len(watcher.seen) >= 2, "the watcher reading the new revision", 60)
 
     assert watcher.problems == [], watcher.problems
-    assert watcher.reads > killed_at_reads, "the watcher stopped reading after the kill"
+    # It read during the publish, between the kill and the retry, and after.
+    assert reads_at_start < reads_at_kill < watcher.reads, (reads_at_start, reads_at_kill)
     assert sorted(watcher.seen.values()) == [base_revision, base_revision + 1]
 
     # The final repository equals the bucket, and every revision checks clean.
