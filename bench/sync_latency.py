@@ -205,9 +205,9 @@ def run_phases(client: SyncPrefectClient, run: FlowRun) -> dict[str, float]:
         if name not in spans:
             continue
         start, end = spans[name]
-        gap_name = (
-            "lease (lookup end → read start)" if name == "read bucket state" else "between tasks"
-        )
+        gap_name = "between tasks"
+        if name in ("look up repository", "read bucket state"):
+            gap_name = "lease and flow start (gap before the first two tasks)"
         phases[gap_name] = phases.get(gap_name, 0.0) + start - previous_end
         phases[f"task: {name}"] = end - start
         previous_end = end

@@ -32,8 +32,12 @@ def sync(req: SyncRequest) -> int | None:
     """
     settings = load_settings()
     logger = get_run_logger()
-    repository = look_up_repository(settings, req)
+    # The lease comes first. Taken right after a task ended, the lease request got HTTP 503
+    # (the SQLite-backed server's retryable "database is locked") in a third of the runs, and
+    # Prefect's client retries only after ~2 s (bench/README.md, sync latency). An unknown
+    # repository fails here too: its lock does not exist.
     with repository_lease(req.repo):
+        repository = look_up_repository(settings, req)
         truth = read_bucket_state(settings, repository, req)
         plan = plan_sync(settings, repository, truth)
         outcome = SyncOutcome(fqrn=req.repo, revision=None, plan=plan)
