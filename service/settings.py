@@ -60,13 +60,14 @@ class CephSettings(BaseModel):
     region: str = "default"
     # Persistent topics queue events in RADOS while the broker is down (services-notes §2.7
     # pitfall 4). With amqp-ack-level=broker the Debian RGW 16.2.15 segfaulted (msgr-worker
-    # thread) within 29-69 PUTs paced 0.5 s apart, 4 runs of 4; bucket_wiring therefore gives
-    # persistent topics amqp-ack-level=none, measured with bench/rgw_persistent_stress.py on a
-    # private civetweb stack: no crash in 2,000 PUTs + 198 deletes (0.05 s apart) and 400 PUTs
-    # + 44 deletes (0.5 s apart), each with RabbitMQ stopped and started in the middle, and
-    # every event delivered (2,198 and 444). Caveats: RGW picks up a new topic's queue on a
-    # 30 s scan, so a freshly wired bucket's first event can take that long; the messages
-    # are transient, so only a quorum queue (the bridge's default) keeps them over a restart.
+    # thread) in 5 of 5 runs of PUTs paced 0.5 s apart, after 29-69 PUTs; bucket_wiring
+    # therefore gives persistent topics amqp-ack-level=none. Measured with that on a private
+    # civetweb stack (bench/rgw_persistent_stress.py, figures in bench/README.md): no crash in
+    # 2,000 PUTs + 198 deletes, 3 x (600 PUTs + 66 deletes) and 400 paced PUTs + 44 deletes,
+    # each with RabbitMQ stopped and started in the middle, and every event delivered.
+    # Caveats: RGW picks up a new topic's queue on a 30 s scan, so a freshly wired bucket's
+    # first event can take that long; the messages are transient, so only a quorum queue (the
+    # bridge's default) keeps them over a broker restart.
     persistent_topics: bool = True
 
     @property
