@@ -4,11 +4,12 @@ of the stratum-0 URL ever sees a half-published revision, and a retry completes 
 The run is started through the `sync` deployment served by `cvmfs-svc serve-deployments` (the
 process `./svc up` runs), so a real Prefect runner spawns the flow-run subprocess that is
 killed. Meanwhile a thread keeps opening the repository over HTTP with the verifying reader and
-runs fsck on every revision it sees.
+runs fsck on every revision it sees (its first test shows it notices a missing object).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import signal
@@ -28,6 +29,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Scheduled
 
 from cvmfs.fsck import fsck
+from cvmfs.objects import ObjectSuffix
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage, is_object_key
 from flows.sync import sync
@@ -42,10 +44,10 @@ from tasks.locks import publish_lock_name
 from tasks.storage import local_stratum0_dir
 from tasks.sync import SyncRequest
 from tests.conftest import settings_env
+from tests.cvmfs_golden import FQRN, PINNED_NOW, PUBLIC_KEY, writable_copy
 from tests.fixtures_service import ProvisionedRepository
 
 pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
-pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIG_BYTES = 64 << 20  # about eight chunks: the publish streams for several seconds
@@ -113,6 +115,7 @@ class RevisionWatcher:
     url: str
     fqrn: str
     key_file: Path
+    now: dt.datetime | None = None  # None: the real time, as a client
     seen: dict[str, int] = field(default_factory=dict)  # root catalog hash → revision
     problems: list[str] = field(default_factory=list)
     reads: int = 0
@@ -136,7 +139,9 @@ class RevisionWatcher:
 
     def check_once(self) -> None:
         try:
-            with RepositoryReader.open(self.url, self.fqrn, [self.key_file]) as reader:
+            with RepositoryReader.open(
+                self.url, self.fqrn, [self.key_file], now=self.now
+            ) as reader:
                 self.reads += 1
                 root = reader.root_hash.hex
                 if root in self.seen:
@@ -221,6 +226,24 @@ def _tree(reader: RepositoryReader) -> dict[str, bytes]:
     }
 
 
+def test_watcher_reports_a_revision_with_a_missing_object(tmp_path: Path) -> None:
+    """What a manifest published before its objects looks like to the watcher."""
+    stratum0 = writable_copy(tmp_path / "stratum0")
+    watcher = RevisionWatcher(str(stratum0), FQRN, PUBLIC_KEY, now=PINNED_NOW)
+    watcher.check_once()
+    assert watcher.problems == [] and list(watcher.seen.values()) == [4]
+    with RepositoryReader.open(stratum0, FQRN, [PUBLIC_KEY], now=PINNED_NOW) as reader:
+        entry = next(e for e in reader.walk() if e.is_regular and e.content_hash is not None)
+        assert entry.content_hash is not None
+        missing = entry.content_hash.object_key(ObjectSuffix.FILE)
+    (stratum0 / missing).unlink()
+    fresh = RevisionWatcher(str(stratum0), FQRN, PUBLIC_KEY, now=PINNED_NOW)
+    fresh.check_once()
+    assert len(fresh.problems) == 1 and missing in fresh.problems[0], fresh.problems
+
+
+@pytest.mark.stack
+@pytest.mark.slow
 def test_killed_publish_is_never_half_visible_and_a_retry_completes(
     runner: Runner,
     service_settings: Settings,
