@@ -92,11 +92,18 @@ def runner(service_settings: Settings, tmp_path: Path) -> Iterator[Runner]:
             process.wait()
 
 
-def _until(condition: Callable[[], bool], what: str, timeout_s: float, poll_s: float = 0.5) -> None:
+def _until(
+    condition: Callable[[], bool],
+    what: str,
+    timeout_s: float,
+    poll_s: float = 0.5,
+    runner: Runner | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout_s:.0f} s")
+            log = f"; the runner's log ends with:\n{runner.tail()}" if runner else ""
+            raise TimeoutError(f"{what} within {timeout_s:.0f} s{log}")
         time.sleep(poll_s)
 
 
@@ -297,7 +304,13 @@ def test_killed_publish_is_never_half_visible_and_a_retry_completes(
             victims[:] = [] if victim is None else [victim]
             return bool(victims)
 
-        _until(publish_streaming, "the sync run streaming objects", timeout_s=120, poll_s=0.05)
+        _until(
+            publish_streaming,
+            "the sync run streaming objects",
+            timeout_s=120,
+            poll_s=0.05,
+            runner=runner,
+        )
         os.kill(victims[0], signal.SIGKILL)
         reads_at_kill = watcher.reads
 
@@ -336,6 +349,7 @@ def test_killed_publish_is_never_half_visible_and_a_retry_completes(
             lambda: _state_type(flow_run.id) in (StateType.COMPLETED, StateType.FAILED),
             "the retried run finished",
             timeout_s=180,
+            runner=runner,
         )
         retried = _flow_run(flow_run.id)
         assert retried.state is not None and retried.state.is_completed(), (
