@@ -42,6 +42,9 @@ class PrefectServer(Daemon):
             "PREFECT_SERVER_API_PORT": str(self.settings.prefect.port),
             # A client setting inherited from a test session must not point the server elsewhere.
             "PREFECT_API_URL": self.settings.prefect.api_url,
+            # A crashed run's publish lease is freed at most this long after it expires
+            # (Prefect's floor for a lease is 60 s; its default sweep is every 15 s).
+            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
         }
         if self.settings.prefect.database_url is not None:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
