@@ -78,6 +78,7 @@ from cvmfs.objects import (
     object_path,
 )
 from cvmfs.paths import repository_path, sanitize_mode, validate_symlink_target
+from cvmfs.scratch import make_scratch_dir
 from cvmfs.storage import Storage
 
 if TYPE_CHECKING:
@@ -312,7 +313,7 @@ class Transaction:
         self.default_uid = default_uid
         self.default_gid = default_gid
         self.now = max(int(time.time()), base_timestamp)
-        self._tmp = Path(tempfile.mkdtemp(prefix="cvmfs-txn-", dir=work_dir))
+        self._tmp = make_scratch_dir("txn", work_dir)
         self._serial = 0
         self._pipeline = _ContentPipeline(self.storage, options)
         self._pending: collections.deque[_PendingFile] = collections.deque()

@@ -31,7 +31,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from cvmfs.objects import (
 )
 from cvmfs.paths import validate_repository_name
 from cvmfs.reflog import REFLOG_KEY, ReflogDb, RefType, create_reflog_db
+from cvmfs.scratch import make_scratch_dir, scratch_dir, sweep_scratch_dirs
 from cvmfs.storage import Storage
 from cvmfs.transaction import FinalizedCatalog, IngestOptions, Transaction
 from cvmfs.whitelist import DEFAULT_VALIDITY, SignedWhitelist, Whitelist, sign_whitelist
@@ -228,7 +228,7 @@ class RepositoryWriter:
         manifest = self.current_manifest()
         if manifest.history_hash is None:
             return []
-        with tempfile.TemporaryDirectory(dir=self.options.work_dir) as tmp:
+        with scratch_dir("meta", self.options.work_dir) as tmp:
             path = Path(tmp) / "history.sqlite"
             path.write_bytes(self._get_object(manifest.history_hash, ObjectSuffix.HISTORY))
             with HistoryDb(path) as history:
@@ -236,7 +236,11 @@ class RepositoryWriter:
 
     # ---------------------------------------------------------------------- transactions
     def transaction(self) -> Transaction:
-        """A transaction against the current revision (the base checked again at publish)."""
+        """A transaction against the current revision (the base checked again at publish).
+
+        Working catalogs left by writers on this host that were killed are removed first.
+        """
+        sweep_scratch_dirs(self.options.work_dir)
         manifest = self.current_manifest()
         return self._transaction_from(manifest, manifest.root_catalog_hash)
 
@@ -409,7 +413,7 @@ class RepositoryWriter:
     def _write_history(
         self, base: Manifest | None, new_tags: list[Tag], trunk: Tag | None
     ) -> ContentHash | None:
-        with tempfile.TemporaryDirectory(dir=self.options.work_dir) as tmp:
+        with scratch_dir("meta", self.options.work_dir) as tmp:
             path = Path(tmp) / "history.sqlite"
             previous = base.history_hash if base else None
             if previous is None:
@@ -452,7 +456,7 @@ class RepositoryWriter:
             return self._put_object(path.read_bytes(), ObjectSuffix.HISTORY)
 
     def _write_reflog(self, refs: list[tuple[ContentHash, RefType]], timestamp: int) -> ContentHash:
-        with tempfile.TemporaryDirectory(dir=self.options.work_dir) as tmp:
+        with scratch_dir("meta", self.options.work_dir) as tmp:
             path = Path(tmp) / "reflog.sqlite"
             try:
                 path.write_bytes(self.storage.get(REFLOG_KEY))
@@ -540,7 +544,7 @@ class RepositoryWriter:
         revision = base.revision + 1
         timestamp = self._next_timestamp(base)
         self.check_whitelist(timestamp)
-        with tempfile.TemporaryDirectory(dir=self.options.work_dir) as tmp:
+        with scratch_dir("meta", self.options.work_dir) as tmp:
             path = Path(tmp) / "root.sqlite"
             path.write_bytes(self._get_object(target.root_hash, ObjectSuffix.CATALOG))
             writer = CatalogWriter.open(path, "")
@@ -594,7 +598,7 @@ def create_repository(
     master_key = keys.require_master_key()
     timestamp = clock()  # revision 0 (and the root directory's mtime) and the whitelist
     opts = writer.options
-    work = Path(tempfile.mkdtemp(prefix="cvmfs-mkfs-", dir=opts.work_dir))
+    work = make_scratch_dir("mkfs", opts.work_dir)
     try:
         db_path = work / "rev0.sqlite"
         root = Row(
