@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 MIB = 1024 * 1024
-EVENT_WAIT_S = 60.0  # the first event after an RGW start needs an AMQP connection (~2 s)
+EVENT_WAIT_S = 90.0  # the first event: an AMQP connection (~2 s), a persistent queue scan (30 s)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -314,7 +314,8 @@ def test_bucket_notifications_reach_rabbitmq_with_prefix_filter_and_survive_mult
             # No user:password in the URL: refused over plain HTTP (pitfall 1).
             "push-endpoint": f"amqp://{mq.host}:{mq.port}",
             "amqp-exchange": mq.events_exchange,
-            "amqp-ack-level": "broker",
+            # Broker acks on a persistent topic crash radosgw 16.2 (see bucket_wiring).
+            "amqp-ack-level": "none",
             "persistent": "true",
         },
     )["TopicArn"]
