@@ -28,7 +28,7 @@ from tests.issuer import TestIssuer
 
 pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-EVENT_WAIT_S = 60.0
+EVENT_WAIT_S = 90.0  # a new persistent topic queue is picked up by RGW within 30 s
 
 
 def _drain(channel: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> list[bytes]:
