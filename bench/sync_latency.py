@@ -325,7 +325,8 @@ def seed_reconcile(settings: Settings, fqrn: str, count: int) -> None:
     missing = [k for k in keys if k not in existing]
     if missing:
         started = time.monotonic()
-        with ThreadPoolExecutor(32) as pool:
+        # 8 at a time: at 32 the local RGW 16.2.15 segfaulted (messenger thread) after 15,000.
+        with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda k: s3.put_object(Bucket=DEMO_BUCKET, Key=k, Body=b"r"), missing))
         print(f"seed: {len(missing)} objects put in {time.monotonic() - started:.1f} s")
     # The PUTs' events start sync runs too; one backfill makes sure all are published even
@@ -336,6 +337,11 @@ def seed_reconcile(settings: Settings, fqrn: str, count: int) -> None:
     wait_quiet(settings)
     state = run.state.type.value if run.state else "?"
     print(f"seed: backfill sync {state}, all runs done after {time.monotonic() - started:.1f} s")
+    # Drift elsewhere in the bucket (events lost earlier) is repaired now, so the measured
+    # reconcile finds nothing to do.
+    run_id = _start_run(settings, "reconcile/reconcile", {"req": {"repo": fqrn}})
+    run = _wait_run(settings, run_id, 1800)
+    print(f"seed: a first reconcile {run.state.type.value if run.state else '?'}")
 
 
 def _rgw_requests(settings: Settings) -> int:
@@ -424,6 +430,8 @@ def reconcile_deployed(settings: Settings, fqrn: str) -> ReconcileFigures:
         child = _sync_child(client, run)
         phases = {} if child is None else _task_durations(client, child)
         summary = "" if child is None else _summary_line(client, child)
+    if "changes=0 " not in summary:
+        raise RuntimeError(f"the measured reconcile was not a no-op: {summary!r}")
     match = re.search(r"unchanged=(\d+)", summary)
     return ReconcileFigures(
         objects=int(match.group(1)) if match else -1,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 TARBALL_SUFFIXES = (".cvmfs.tar", ".cvmfs.tar.gz", ".cvmfs.tgz", ".cvmfs.tar.xz", ".cvmfs.tar.zst")
 PART_BYTES = 8 * 1024 * 1024  # ranged GETs: one part in memory per stream
-HEAD_WORKERS = 16
+HEAD_WORKERS = 10  # botocore keeps 10 connections per client; more threads only reconnect
 
 
 class SyncError(Exception):
