@@ -30,6 +30,7 @@ from tasks.unpack import SERVICE_KEY_OWNER
 from tests.conftest import settings_env
 from tests.fixtures_service import open_reader
 from tests.issuer import TestIssuer
+from tests.sync_support import TOOL_SCRIPT, repository_tree, sha, tool_tarball
 from tests.test_images_support import OciLayout
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -179,6 +180,59 @@ def test_request_then_upload_is_published(service: Settings, issuer: TestIssuer)
             return reader.read("/chain/hello.txt") == b"chained\n"
 
     _until(published, f"/chain/hello.txt published in {fqrn}")
+
+
+def test_uploads_become_revisions_through_rgw_and_the_bridge(
+    service: Settings, issuer: TestIssuer, tmp_path: Path
+) -> None:
+    """Put, nested, spaces and UTF-8, an ELF, 100 MiB, a tarball; then overwrite and deletes:
+    only S3 calls, the service does the rest (RGW → RabbitMQ → bridge → sync → stratum-0)."""
+    settings = service
+    user = f"u{uuid.uuid4().hex[:6]}"
+    bucket = f"{user}-uploads"
+    fqrn = _provision(settings, issuer, user, bucket)
+    s3 = demo_s3(settings)
+    big = os.urandom(1 << 20) * 100  # 100 MiB: chunked in the repository
+    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 100
+    uploads = {
+        "cvmfs/hello.txt": b"hello v1\n",
+        "cvmfs/a/b/c/deep.txt": b"deep\n",
+        "cvmfs/names/file with spaces.txt": b"spaces\n",
+        "cvmfs/names/ünïcødé-ファイル.txt": b"utf-8\n",
+        "cvmfs/bin/prog": elf,
+        "cvmfs/big/blob.bin": big,
+        "cvmfs/sw/pkg.cvmfs.tar.gz": tool_tarball(),
+    }
+    for key, body in uploads.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    expected = {
+        "/hello.txt": ("file", 0o644, sha(b"hello v1\n")),
+        "/a/b/c/deep.txt": ("file", 0o644, sha(b"deep\n")),
+        "/names/file with spaces.txt": ("file", 0o644, sha(b"spaces\n")),
+        "/names/ünïcødé-ファイル.txt": ("file", 0o644, sha(b"utf-8\n")),
+        "/bin/prog": ("file", 0o755, sha(elf)),
+        "/big/blob.bin": ("file", 0o644, sha(big)),
+        "/sw/pkg/bin/tool": ("file", 0o755, sha(TOOL_SCRIPT)),
+        "/sw/pkg/bin/alias": ("symlink", 0o777, "tool"),
+        "/sw/pkg/README": ("file", 0o644, sha(b"r")),
+    }
+
+    def files() -> dict[str, tuple[str, int, bytes | str | None]]:
+        with open_reader(settings, fqrn, tmp_path) as reader:
+            return {p: v for p, v in repository_tree(reader).items() if v[0] != "dir"}
+
+    _until(lambda: files() == expected, f"every upload published in {fqrn}", 240)
+
+    s3.put_object(Bucket=bucket, Key="cvmfs/hello.txt", Body=b"hello v2\n")
+    s3.delete_object(Bucket=bucket, Key="cvmfs/a/b/c/deep.txt")
+    s3.delete_object(Bucket=bucket, Key="cvmfs/sw/pkg.cvmfs.tar.gz")
+    expected["/hello.txt"] = ("file", 0o644, sha(b"hello v2\n"))
+    for gone in ("/a/b/c/deep.txt", "/sw/pkg/bin/tool", "/sw/pkg/bin/alias", "/sw/pkg/README"):
+        del expected[gone]
+    _until(lambda: files() == expected, f"the overwrite and deletes published in {fqrn}")
+    with open_reader(settings, fqrn, tmp_path) as reader:
+        directories = {p for p, v in repository_tree(reader).items() if v[0] == "dir"}
+    assert not {"/a", "/sw/pkg"} & directories  # directories left empty disappear
 
 
 def test_rabbitmq_restart_while_uploads_flow_loses_nothing(

@@ -1,65 +1,26 @@
 """Sync on the real stack: bucket state → published revision, read back with the reader.
 
-The flow is called directly here (the bridge path is tested in test_sync_bridge.py); events are
-represented by the keys they name, duplicated and out of order on purpose.
+The flow is called directly here (the same uploads through RGW, RabbitMQ, the bridge and the
+served deployment: test_full_chain.py); events are represented by the keys they name,
+duplicated and out of order on purpose.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from cvmfs.reader import RepositoryReader
 from flows.sync import ReconcileRequest, reconcile, sync
 from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.sync import SyncRequest
 from tests.fixtures_service import ProvisionedRepository, open_reader
+from tests.sync_support import TOOL_SCRIPT, repository_tree, sha, tool_tarball
 
 pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-def _tree(reader: RepositoryReader) -> dict[str, tuple[str, int, bytes | str | None]]:
-    """path → (type, permission bits, content sha256 / symlink target / None for dirs)."""
-    tree: dict[str, tuple[str, int, bytes | str | None]] = {}
-    for entry in reader.walk():
-        if entry.path == "":
-            continue
-        mode = entry.mode & 0o7777
-        if entry.is_symlink:
-            tree[entry.path] = ("symlink", mode, entry.symlink)
-        elif entry.is_dir:
-            tree[entry.path] = ("dir", mode, None)
-        else:
-            digest = hashlib.sha256(reader.read(entry.path)).digest()
-            tree[entry.path] = ("file", mode, digest)
-    return tree
-
-
-def _sha(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def _tarball() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data, mode in (
-            ("bin/tool", b"#!/bin/sh\necho tool\n", 0o755),
-            ("README", b"r", 0o644),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("bin/alias")
-        link.type, link.linkname = tarfile.SYMTYPE, "tool"
-        tar.addfile(link)
-    return buffer.getvalue()
 
 
 def test_bucket_changes_become_revisions(
@@ -77,7 +38,7 @@ def test_bucket_changes_become_revisions(
         "cvmfs/names/ünïcødé-ファイル.txt": b"utf-8\n",
         "cvmfs/bin/prog": elf,
         "cvmfs/big/blob.bin": big,
-        "cvmfs/sw/pkg.cvmfs.tar.gz": _tarball(),
+        "cvmfs/sw/pkg.cvmfs.tar.gz": tool_tarball(),
     }
     for key, body in uploads.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -93,17 +54,17 @@ def test_bucket_changes_become_revisions(
     assert first == 2
 
     with open_reader(settings, fqrn, tmp_path) as reader:
-        tree = _tree(reader)
-        assert tree["/hello.txt"] == ("file", 0o644, _sha(b"hello v1\n"))
-        assert tree["/a/b/c/deep.txt"][2] == _sha(b"deep\n")
-        assert tree["/names/file with spaces.txt"][2] == _sha(b"spaces\n")
-        assert tree["/names/ünïcødé-ファイル.txt"][2] == _sha(b"utf-8\n")
+        tree = repository_tree(reader)
+        assert tree["/hello.txt"] == ("file", 0o644, sha(b"hello v1\n"))
+        assert tree["/a/b/c/deep.txt"][2] == sha(b"deep\n")
+        assert tree["/names/file with spaces.txt"][2] == sha(b"spaces\n")
+        assert tree["/names/ünïcødé-ファイル.txt"][2] == sha(b"utf-8\n")
         assert tree["/bin/prog"][:2] == ("file", 0o755)
         assert tree["/bin/script-by-s3cmd"][:2] == ("file", 0o755)
         assert reader.stat("/bin/script-by-s3cmd").mtime == 1704067200
-        assert tree["/big/blob.bin"][2] == _sha(big)
+        assert tree["/big/blob.bin"][2] == sha(big)
         assert reader.stat("/big/blob.bin").is_chunked
-        assert tree["/sw/pkg/bin/tool"] == ("file", 0o755, _sha(b"#!/bin/sh\necho tool\n"))
+        assert tree["/sw/pkg/bin/tool"] == ("file", 0o755, sha(TOOL_SCRIPT))
         assert tree["/sw/pkg/bin/alias"] == ("symlink", 0o777, "tool")
         assert "/sw/pkg.cvmfs.tar.gz" not in tree
 
@@ -129,8 +90,8 @@ def test_bucket_changes_become_revisions(
     )
     assert second == 3
     with open_reader(settings, fqrn, tmp_path) as reader:
-        tree = _tree(reader)
-        assert tree["/hello.txt"][2] == _sha(b"hello v2\n")
+        tree = repository_tree(reader)
+        assert tree["/hello.txt"][2] == sha(b"hello v2\n")
         assert not any(path.startswith("/a") for path in tree)
         assert not any(path.startswith("/sw/pkg") for path in tree)
         assert "/escape.txt" not in tree and "/../escape.txt" not in tree
@@ -142,8 +103,8 @@ def test_bucket_changes_become_revisions(
     assert reconcile(ReconcileRequest(repo=fqrn, dry_run=True)) == {fqrn: None}
     assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: 4}
     with open_reader(settings, fqrn, tmp_path) as reader:
-        tree = _tree(reader)
-        assert tree["/missed.txt"][2] == _sha(b"no event for me\n")
+        tree = repository_tree(reader)
+        assert tree["/missed.txt"][2] == sha(b"no event for me\n")
         assert "/bin/prog" not in tree
         assert "/bin/script-by-s3cmd" in tree
     assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}

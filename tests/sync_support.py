@@ -1,0 +1,46 @@
+"""What the sync tests share: a repository's tree as comparable tuples, a small tarball."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+from cvmfs.reader import RepositoryReader
+
+Tree = dict[str, tuple[str, int, bytes | str | None]]
+TOOL_SCRIPT = b"#!/bin/sh\necho tool\n"
+
+
+def repository_tree(reader: RepositoryReader) -> Tree:
+    """path → (type, permission bits, content sha256 / symlink target / None for dirs)."""
+    tree: Tree = {}
+    for entry in reader.walk():
+        if entry.path == "":
+            continue
+        mode = entry.mode & 0o7777
+        if entry.is_symlink:
+            tree[entry.path] = ("symlink", mode, entry.symlink)
+        elif entry.is_dir:
+            tree[entry.path] = ("dir", mode, None)
+        else:
+            tree[entry.path] = ("file", mode, sha(reader.read(entry.path)))
+    return tree
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def tool_tarball() -> bytes:
+    """bin/tool (0755 script), README (0644) and the symlink bin/alias → tool, gzipped."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data, mode in (("bin/tool", TOOL_SCRIPT, 0o755), ("README", b"r", 0o644)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("bin/alias")
+        link.type, link.linkname = tarfile.SYMTYPE, "tool"
+        tar.addfile(link)
+    return buffer.getvalue()
