@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar, cast
+
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.repositories import RepositoryRegistry
@@ -22,6 +25,17 @@ from tasks.sync import (
     record_provenance,
     report_changes,
 )
+
+T = TypeVar("T")
+
+
+def opaque(value: T) -> T:
+    """A task argument Prefect passes as is, without walking it for upstream futures.
+
+    There are none in these values, and walking a reconcile's 20,000 bucket objects took
+    2.3 s before the plan task started.
+    """
+    return cast(T, quote(value))
 
 
 @flow(name="sync", flow_run_name="sync-{req.repo}")
@@ -39,12 +53,12 @@ def sync(req: SyncRequest) -> int | None:
     with repository_lease(req.repo):
         repository = look_up_repository(settings, req)
         truth = read_bucket_state(settings, repository, req)
-        plan = plan_sync(settings, repository, truth)
+        plan = plan_sync(settings, repository, opaque(truth))
         outcome = SyncOutcome(fqrn=req.repo, revision=None, plan=plan)
         if plan.changes and not req.dry_run:
-            outcome = publish_changes(settings, repository, plan)
-            record_provenance(settings, outcome)
-    report_changes(outcome, req.dry_run)
+            outcome = publish_changes(settings, repository, opaque(plan))
+            record_provenance(settings, opaque(outcome))
+    report_changes(opaque(outcome), req.dry_run)
     for refused in plan.refused:
         logger.warning(
             "refused key repo=%s key=%r reason=%s", req.repo, refused.key, refused.reason
