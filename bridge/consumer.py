@@ -65,12 +65,11 @@ from bridge.run_requests import (
     unpack_parameters,
 )
 from bridge.s3_events import parse_s3_notification
-from bridge.topology import declare_topology
+from bridge.topology import REASON_HEADER, declare_topology
 from service.settings import RabbitMQSettings
 
 log = logging.getLogger("cvmfs.bridge")
 
-REASON_HEADER = "x-cvmfs-reason"
 ATTEMPTS_HEADER = "x-cvmfs-attempts"
 ROUTING_KEY_HEADER = "x-cvmfs-routing-key"
 # Broker-added headers that describe a past hop; copying them onto a new publish would lie.

@@ -1,4 +1,5 @@
-"""Publishes durable, confirmed messages to the events exchange (used by the webhook receiver).
+"""Publishes durable, confirmed messages to the events exchange (webhook receiver, API) and
+to the dead-letter exchange (what a flow refuses after the bridge accepted it).
 
 One connection, used under a lock (pika is not thread-safe), reopened when the broker went away.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -15,7 +18,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from bridge.amqp import connection_parameters
 from bridge.config import BridgeConfig
 from bridge.errors import BrokerUnavailable
-from bridge.topology import declare_topology
+from bridge.topology import REASON_HEADER, declare_topology
 from service.settings import RabbitMQSettings
 
 log = logging.getLogger("cvmfs.bridge.publisher")
@@ -35,10 +38,28 @@ class EventPublisher:
         Tries a fresh connection once if the current one is dead; raises BrokerUnavailable
         when the broker cannot take the message.
         """
+        self._publish(self.mq.events_exchange, routing_key, body, message_id, {})
+
+    def dead_letter(self, routing_key: str, body: bytes, message_id: str, reason: str) -> None:
+        """Park a refused message in the dead-letter queue with its reason, as the bridge does."""
+        headers = {
+            REASON_HEADER: reason[:1000],
+            "x-cvmfs-dead-lettered-at": datetime.now(UTC).isoformat(),
+        }
+        self._publish(self.mq.dead_letter_exchange, routing_key, body, message_id, headers)
+
+    def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        headers: dict[str, Any],
+    ) -> None:
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    self._publish_locked(routing_key, body, message_id)
+                    self._publish_locked(exchange, routing_key, body, message_id, headers)
                     return
                 except pika.exceptions.AMQPError as error:
                     self._close_locked()
@@ -49,20 +70,28 @@ class EventPublisher:
                         ) from error
                     log.info("event=publisher-reconnect error=%r", error)
 
-    def _publish_locked(self, routing_key: str, body: bytes, message_id: str) -> None:
+    def _publish_locked(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        headers: dict[str, Any],
+    ) -> None:
         if self._channel is None or not self._channel.is_open:
             self._connection = pika.BlockingConnection(connection_parameters(self.mq))
             self._channel = self._connection.channel()
             self._channel.confirm_delivery()
             declare_topology(self._channel, self.mq, self.config)
         self._channel.basic_publish(
-            exchange=self.mq.events_exchange,
+            exchange=exchange,
             routing_key=routing_key,
             body=body,
             properties=pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent,
                 content_type="application/json",
                 message_id=message_id,
+                headers=headers or None,
             ),
             mandatory=True,
         )

@@ -13,6 +13,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 from bridge.config import BridgeConfig, QueueRoute
 from service.settings import RabbitMQSettings
 
+# Every message in the dead-letter queue carries why it is there in this header.
+REASON_HEADER = "x-cvmfs-reason"
+
 
 def declare_topology(channel: BlockingChannel, mq: RabbitMQSettings, config: BridgeConfig) -> None:
     """Exchanges, work queues with their retry queues, and the dead-letter queue.
