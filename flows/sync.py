@@ -18,6 +18,7 @@ from tasks.locks import repository_lease
 from tasks.sync import (
     SyncOutcome,
     SyncRequest,
+    dead_letter_refusals,
     look_up_repository,
     plan_sync,
     publish_changes,
@@ -57,7 +58,11 @@ def sync(req: SyncRequest) -> int | None:
         outcome = SyncOutcome(fqrn=req.repo, revision=None, plan=plan)
         if plan.changes and not req.dry_run:
             outcome = publish_changes(settings, repository, opaque(plan))
-            record_provenance(settings, opaque(outcome))
+            if outcome.revision is not None:
+                record_provenance(settings, opaque(outcome))
+            plan = outcome.plan  # with the tarballs refused while applying it
+        if plan.refused and req.changed_keys and not req.dry_run:
+            dead_letter_refusals(settings, repository, opaque(plan))
     report_changes(opaque(outcome), req.dry_run)
     for refused in plan.refused:
         logger.warning(

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from bridge.errors import RejectedMessage
 from bridge.s3_events import KEY_PREFIX, repository_path_for_key
 from cvmfs.errors import NotFoundError
-from cvmfs.tarball import import_tarball
+from cvmfs.tarball import TarballError, import_tarball
 from cvmfs.transaction import Transaction
 from service.object_metadata import SNIFF_BYTES, attributes_from_metadata
 from service.repositories import FileProvenance
@@ -88,6 +88,24 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     unchanged: int = 0
+
+    def refusing(self, key: str, reason: str) -> Plan:
+        """This plan without the change of `key`, which is refused with `reason` instead."""
+        return Plan(
+            changes=[c for c in self.changes if c.key != key],
+            refused=[*self.refused, Refused(key, reason)],
+            unchanged=self.unchanged,
+        )
+
+
+class TarballRefused(Exception):
+    """An uploaded tarball breaks the import rules; the transaction it was applied to is
+    spoiled (entries before the refused one are in it) and must be discarded."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 def tarball_directory(path: str) -> str | None:
@@ -288,7 +306,10 @@ def apply_changes(
             stream = io.BufferedReader(S3ObjectStream(s3, bucket, put.obj, first), PART_BYTES)
             if put.tarball:
                 txn.remove(put.path, missing_ok=True)
-                import_tarball(txn, stream, put.path)
+                try:
+                    import_tarball(txn, stream, put.path)
+                except TarballError as error:
+                    raise TarballRefused(put.key, str(error)) from error
             else:
                 attributes = attributes_from_metadata(put.obj.metadata, first[:SNIFF_BYTES])
                 mtime = attributes.mtime if attributes.mtime is not None else put.obj.last_modified

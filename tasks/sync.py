@@ -15,7 +15,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge.config import BridgeConfig
 from bridge.errors import RejectedMessage
+from bridge.publisher import EventPublisher
 from bridge.s3_events import KEY_PREFIX
 from cvmfs.writer import RepositoryWriter
 from service.bucket_sync import (
@@ -23,6 +25,7 @@ from service.bucket_sync import (
     BucketObject,
     Plan,
     Put,
+    TarballRefused,
     apply_changes,
     head_objects,
     list_objects,
@@ -130,13 +133,55 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
     writer = RepositoryWriter.open(
         repository_storage(settings, repository.fqrn), repository.fqrn, keys
     )
-    with writer.transaction() as txn:
-        report = apply_changes(txn, bucket_agent_s3(settings), repository.bucket, plan)
-        result = txn.publish(
-            description=f"sync: {len(report.added)} added or replaced, "
-            f"{len(report.removed)} removed"
-        )
-    return SyncOutcome(fqrn=repository.fqrn, revision=result.revision, plan=plan, report=report)
+    s3 = bucket_agent_s3(settings)
+    # A refused tarball spoils the transaction it was applied to: start again without it
+    # (bounded: each pass drops one tarball).
+    while True:
+        with writer.transaction() as txn:
+            try:
+                report = apply_changes(txn, s3, repository.bucket, plan)
+            except TarballRefused as refusal:
+                plan = plan.refusing(refusal.key, f"tarball refused: {refusal.reason}")
+                continue
+            if not plan.changes:
+                return SyncOutcome(fqrn=repository.fqrn, revision=None, plan=plan, report=report)
+            result = txn.publish(
+                description=f"sync: {len(report.added)} added or replaced, "
+                f"{len(report.removed)} removed"
+            )
+        return SyncOutcome(fqrn=repository.fqrn, revision=result.revision, plan=plan, report=report)
+
+
+@step("dead-letter refused uploads", retries=2)
+def dead_letter_refusals(settings: Settings, repository: Repository, plan: Plan) -> None:
+    """What the bridge could not judge from the event (a tarball's content) is parked in the
+    dead-letter queue with its reason, like the bridge's own refusals."""
+    publisher = EventPublisher(settings.rabbitmq, BridgeConfig())
+    try:
+        for refused in plan.refused:
+            body = RefusedUpload(
+                repo=repository.fqrn,
+                bucket=repository.bucket,
+                key=refused.key,
+                reason=refused.reason,
+            )
+            publisher.dead_letter(
+                f"sync.refused.{repository.fqrn}",
+                body.model_dump_json().encode(),
+                message_id=f"refused-{repository.fqrn}-{refused.key}",
+                reason=refused.reason,
+            )
+    finally:
+        publisher.close()
+
+
+class RefusedUpload(BaseModel):
+    """The dead-letter message of an upload the sync refused."""
+
+    repo: str
+    bucket: str
+    key: str
+    reason: str
 
 
 @step("record provenance")

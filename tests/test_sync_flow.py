@@ -7,9 +7,13 @@ duplicated and out of order on purpose.
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import tarfile
 from pathlib import Path
 
+import pika
 import pytest
 
 from flows.sync import ReconcileRequest, reconcile, sync
@@ -107,4 +111,80 @@ def test_bucket_changes_become_revisions(
         assert tree["/missed.txt"][2] == sha(b"no event for me\n")
         assert "/bin/prog" not in tree
         assert "/bin/script-by-s3cmd" in tree
+    assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}
+
+
+def _tar(*members: tarfile.TarInfo, data: bytes = b"x") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for member in members:
+            if member.isreg():
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+            else:
+                tar.addfile(member)
+    return buffer.getvalue()
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = tarfile.SYMTYPE, target
+    return member
+
+
+def test_tarballs_escaping_their_directory_are_refused_and_dead_lettered(
+    service_settings: Settings, provisioned: ProvisionedRepository, tmp_path: Path
+) -> None:
+    settings = service_settings
+    fqrn, bucket = provisioned.fqrn, provisioned.bucket
+    mq = settings.rabbitmq
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            mq.host,
+            mq.port,
+            mq.vhost,
+            pika.PlainCredentials(mq.username, mq.password.get_secret_value()),
+        )
+    )
+    channel = connection.channel()
+    channel.exchange_declare(mq.dead_letter_exchange, exchange_type="topic", durable=True)
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, mq.dead_letter_exchange, routing_key=f"sync.refused.{fqrn}")
+    s3 = demo_s3(settings)
+    uploads = {
+        "cvmfs/ok.txt": b"fine\n",
+        "cvmfs/dotdot.cvmfs.tar": _tar(tarfile.TarInfo("../../outside.txt")),
+        "cvmfs/through-link.cvmfs.tar": _tar(
+            _symlink("etc", "../../.."), tarfile.TarInfo("etc/passwd")
+        ),
+        "cvmfs/fine.cvmfs.tar": tool_tarball(),
+    }
+    for key, body in uploads.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    try:
+        revision = sync(SyncRequest(repo=fqrn, changed_keys=list(uploads)))
+        assert revision == 2  # the other uploads are published, the refused ones only skipped
+        with open_reader(settings, fqrn, tmp_path) as reader:
+            tree = repository_tree(reader)
+        assert tree["/ok.txt"][2] == sha(b"fine\n")
+        assert tree["/fine/bin/tool"] == ("file", 0o755, sha(TOOL_SCRIPT))
+        assert not any(p.startswith(("/dotdot", "/through-link", "/outside")) for p in tree)
+
+        parked: dict[str, str] = {}
+        for _ in range(50):
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                if len(parked) == 2:
+                    break
+                connection.sleep(0.1)
+                continue
+            message = json.loads(body)
+            assert message["repo"] == fqrn and message["bucket"] == bucket
+            parked[message["key"]] = str(properties.headers["x-cvmfs-reason"])
+        assert sorted(parked) == ["cvmfs/dotdot.cvmfs.tar", "cvmfs/through-link.cvmfs.tar"]
+        assert "outside.txt" in parked["cvmfs/dotdot.cvmfs.tar"]
+        assert "etc" in parked["cvmfs/through-link.cvmfs.tar"]
+    finally:
+        connection.close()
+    # A reconcile meets the same tarballs: it reports them and does not fail.
     assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}
