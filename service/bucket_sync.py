@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from bridge.errors import RejectedMessage
 from bridge.s3_events import KEY_PREFIX, repository_path_for_key
 from cvmfs.errors import NotFoundError
-from cvmfs.tarball import TarballError, import_tarball
+from cvmfs.tarball import TarballError, TarPolicy, import_tarball
 from cvmfs.transaction import Transaction
 from service.object_metadata import SNIFF_BYTES, attributes_from_metadata
 from service.repositories import FileProvenance
@@ -165,13 +165,16 @@ def list_objects(s3: S3Client, bucket: str, prefix: str = KEY_PREFIX) -> Iterato
 
 
 def plan_changes(
-    truth: Mapping[str, BucketObject | None], published: Mapping[str, FileProvenance]
+    truth: Mapping[str, BucketObject | None],
+    published: Mapping[str, FileProvenance],
+    max_object_bytes: int | None = None,
 ) -> Plan:
     """What to do so the repository shows `truth` for these keys.
 
     `published` maps repository paths to their provenance. A key whose object is absent is
     removed (even without provenance: the path may come from an earlier, lost record); a key
-    whose ETag and size match its provenance is left alone.
+    whose ETag and size match its provenance is left alone; an object larger than
+    `max_object_bytes` is refused (what the repository has at its path stays).
     """
     plan = Plan()
     for key in sorted(truth):
@@ -186,6 +189,13 @@ def plan_changes(
             continue
         if obj.is_directory_marker:
             plan.unchanged += 1
+            continue
+        if max_object_bytes is not None and obj.size > max_object_bytes:
+            reason = (
+                f"object is {obj.size} bytes, above the limit of {max_object_bytes} "
+                "(settings sync.max_object_bytes): split it or ask the operators"
+            )
+            plan.refused.append(Refused(key, reason))
             continue
         record = published.get(path)
         if record is not None and (record.s3_key, record.etag, record.size_bytes) == (
@@ -281,7 +291,12 @@ def _prune_empty_parents(txn: Transaction, path: str) -> None:
 
 
 def apply_changes(
-    txn: Transaction, s3: S3Client, bucket: str, plan: Plan, prefetch: int = 8
+    txn: Transaction,
+    s3: S3Client,
+    bucket: str,
+    plan: Plan,
+    prefetch: int = 8,
+    tar_policy: TarPolicy | None = None,
 ) -> ApplyReport:
     """Removals first, then additions; downloads are prefetched `prefetch` objects ahead."""
     report = ApplyReport(refused=list(plan.refused))
@@ -307,7 +322,7 @@ def apply_changes(
             if put.tarball:
                 txn.remove(put.path, missing_ok=True)
                 try:
-                    import_tarball(txn, stream, put.path)
+                    import_tarball(txn, stream, put.path, policy=tar_policy)
                 except TarballError as error:
                     raise TarballRefused(put.key, str(error)) from error
             else:

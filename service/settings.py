@@ -194,6 +194,14 @@ class ProvisioningSettings(BaseModel):
     resign_within_days: int = 7
 
 
+class SyncSettings(BaseModel):
+    """Limits on what a bucket may publish: uploads are untrusted."""
+
+    # An object above this is refused with the reason (dead-letter queue, sync artifact);
+    # also the largest file a tarball may hold. 64 GiB: a chunked file of ~2,000 chunks.
+    max_object_bytes: int = Field(default=64 * 2**30, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CVMFS_SVC_",
@@ -214,6 +222,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
 
     @classmethod
     def load(cls) -> Settings:

@@ -19,6 +19,7 @@ from bridge.config import BridgeConfig
 from bridge.errors import RejectedMessage
 from bridge.publisher import EventPublisher
 from bridge.s3_events import KEY_PREFIX
+from cvmfs.tarball import TarPolicy
 from cvmfs.writer import RepositoryWriter
 from service.bucket_sync import (
     ApplyReport,
@@ -120,7 +121,7 @@ def plan_sync(
         published = registry.files_at(repository.fqrn, paths)
     finally:
         registry.close()
-    plan = plan_changes(truth, published)
+    plan = plan_changes(truth, published, settings.sync.max_object_bytes)
     if any(isinstance(c, Put) and not c.obj.metadata for c in plan.changes):
         plan = with_metadata(bucket_agent_s3(settings), repository.bucket, plan)
     return plan
@@ -134,12 +135,13 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
         repository_storage(settings, repository.fqrn), repository.fqrn, keys
     )
     s3 = bucket_agent_s3(settings)
+    tar_policy = TarPolicy(max_file_size=settings.sync.max_object_bytes)
     # A refused tarball spoils the transaction it was applied to: start again without it
     # (bounded: each pass drops one tarball).
     while True:
         with writer.transaction() as txn:
             try:
-                report = apply_changes(txn, s3, repository.bucket, plan)
+                report = apply_changes(txn, s3, repository.bucket, plan, tar_policy=tar_policy)
             except TarballRefused as refusal:
                 plan = plan.refusing(refusal.key, f"tarball refused: {refusal.reason}")
                 continue

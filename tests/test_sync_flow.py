@@ -132,10 +132,14 @@ def _symlink(name: str, target: str) -> tarfile.TarInfo:
     return member
 
 
-def test_tarballs_escaping_their_directory_are_refused_and_dead_lettered(
-    service_settings: Settings, provisioned: ProvisionedRepository, tmp_path: Path
+def test_escaping_tarballs_and_oversize_objects_are_refused_and_dead_lettered(
+    service_settings: Settings,
+    provisioned: ProvisionedRepository,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = service_settings
+    monkeypatch.setenv("CVMFS_SVC_SYNC__MAX_OBJECT_BYTES", str(1 << 20))  # read by the flow
     fqrn, bucket = provisioned.fqrn, provisioned.bucket
     mq = settings.rabbitmq
     connection = pika.BlockingConnection(
@@ -158,6 +162,7 @@ def test_tarballs_escaping_their_directory_are_refused_and_dead_lettered(
             _symlink("etc", "../../.."), tarfile.TarInfo("etc/passwd")
         ),
         "cvmfs/fine.cvmfs.tar": tool_tarball(),
+        "cvmfs/too-big.bin": b"\0" * ((1 << 20) + 1),
     }
     for key, body in uploads.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -168,20 +173,27 @@ def test_tarballs_escaping_their_directory_are_refused_and_dead_lettered(
             tree = repository_tree(reader)
         assert tree["/ok.txt"][2] == sha(b"fine\n")
         assert tree["/fine/bin/tool"] == ("file", 0o755, sha(TOOL_SCRIPT))
-        assert not any(p.startswith(("/dotdot", "/through-link", "/outside")) for p in tree)
+        assert not any(
+            p.startswith(("/dotdot", "/through-link", "/outside", "/too-big")) for p in tree
+        )
 
         parked: dict[str, str] = {}
         for _ in range(50):
             method, properties, body = channel.basic_get(queue, auto_ack=True)
             if method is None:
-                if len(parked) == 2:
+                if len(parked) == 3:
                     break
                 connection.sleep(0.1)
                 continue
             message = json.loads(body)
             assert message["repo"] == fqrn and message["bucket"] == bucket
             parked[message["key"]] = str(properties.headers["x-cvmfs-reason"])
-        assert sorted(parked) == ["cvmfs/dotdot.cvmfs.tar", "cvmfs/through-link.cvmfs.tar"]
+        assert sorted(parked) == [
+            "cvmfs/dotdot.cvmfs.tar",
+            "cvmfs/through-link.cvmfs.tar",
+            "cvmfs/too-big.bin",
+        ]
+        assert "above the limit of 1048576" in parked["cvmfs/too-big.bin"]
         assert "outside.txt" in parked["cvmfs/dotdot.cvmfs.tar"]
         assert "etc" in parked["cvmfs/through-link.cvmfs.tar"]
     finally:
