@@ -47,7 +47,6 @@ class BridgeConfig(BaseModel):
     coalesce_max_events: int = Field(default=500, ge=1)
     # A batch that got no event for this long is started before its window ends (a lone
     # upload waits 0.25 s, not 1 s); a burst still fills whole windows. None: windows only.
-    # For `Coalescer(quiet_s=...)`; bridge/consumer.py does not pass it yet (its owner's file).
     coalesce_quiet_s: float | None = Field(default=0.25, ge=0.0)
     prefetch_count: int = Field(default=1000, ge=1)
 

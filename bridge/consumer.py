@@ -113,7 +113,9 @@ class BridgeConsumer:
         self._catch_up = CatchUpAfterReconnect(
             config.reconcile_deployment, config.reconcile_after_reconnect_s, clock
         )
-        self._coalescer = Coalescer(config.coalesce_window_s, config.coalesce_max_events)
+        self._coalescer = Coalescer(
+            config.coalesce_window_s, config.coalesce_max_events, quiet_s=config.coalesce_quiet_s
+        )
         self._inbox: list[InboundMessage] = []
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None

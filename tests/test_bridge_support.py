@@ -62,6 +62,9 @@ def isolated(settings: Settings, **config: Any) -> Isolated:
         ),
         "dead_letter_queue": f"{prefix}.dead-letter",
         "coalesce_window_s": 2.0,
+        # Batches close on the window only, so tests can hold several messages in one batch
+        # (the quiet flush has its own tests in test_bridge_coalescer_quiet.py).
+        "coalesce_quiet_s": None,
         "retry_base_delay_s": 0.2,
         "retry_max_delay_s": 0.5,
         "reconnect_max_delay_s": 1.0,
