@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TypeVar, cast
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,7 +87,14 @@ class ReconcileRequest(BaseModel):
     dry_run: bool = Field(default=False, description="only report the drift as artifacts")
 
 
-@flow(name="reconcile", flow_run_name="reconcile-{req.repo}")
+def reconcile_run_name() -> str:
+    """`reconcile-<fqrn>`, or `reconcile-all` for a run without parameters (the schedule's)."""
+    req = runtime_flow_run.parameters.get("req")
+    repo = req.get("repo") if isinstance(req, dict) else getattr(req, "repo", None)
+    return f"reconcile-{repo or 'all'}"
+
+
+@flow(name="reconcile", flow_run_name=reconcile_run_name)
 def reconcile(req: ReconcileRequest | None = None) -> dict[str, int | None]:
     """A full diff of each bucket's `cvmfs/` against its repository, repairing the drift."""
     req = req or ReconcileRequest()

@@ -18,6 +18,9 @@ from pathlib import Path
 import httpx
 import pika
 import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from cvmfs.reader import RepositoryReader
 from service.client_config import stratum0_url
@@ -98,7 +101,7 @@ def _wait_for_api(settings: Settings) -> None:
         f"http://127.0.0.1:{settings.api.port}/openapi.json",
         *(
             f"{settings.prefect.api_url}/deployments/name/{name}"
-            for name in ("provision/provision", "sync/sync", "unpack/unpack")
+            for name in ("provision/provision", "sync/sync", "unpack/unpack", "reconcile/reconcile")
         ),
     ]
     deadline = time.monotonic() + 120
@@ -300,3 +303,18 @@ def test_image_push_is_unpacked(
             return reader.read(f"{flat}/hello.txt") == b"from the registry\n"
 
     _until(unpacked, f"{link} unpacked into {fqrn}", timeout_s=180)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "name"),
+    [({}, "reconcile-all"), ({"req": {"repo": None}}, "reconcile-all")],
+    ids=["as-the-schedule-starts-it", "as-the-bridge-catch-up-starts-it"],
+)
+def test_served_reconcile_runs_for_every_repository(
+    service: Settings, parameters: dict[str, object], name: str
+) -> None:
+    with temporary_settings(updates={PREFECT_API_URL: service.prefect.api_url}):
+        run = run_deployment("reconcile/reconcile", parameters=parameters, timeout=WAIT_S)
+    assert isinstance(run, FlowRun) and run.state is not None
+    assert run.name == name
+    assert run.state.is_completed(), run.state.message
