@@ -406,9 +406,12 @@ def _sync_child(client: SyncPrefectClient, parent: FlowRun) -> FlowRun | None:
 def _summary_line(client: SyncPrefectClient, run: FlowRun) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))):
-        if log.message.startswith("sync repo="):
-            return log.message
+    # Run logs reach the server in batches, a moment after the run's final state.
+    for _ in range(40):
+        for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))):
+            if log.message.startswith("sync repo="):
+                return log.message
+        time.sleep(0.25)
     return ""
 
 
