@@ -38,7 +38,7 @@ class EventPublisher:
         Tries a fresh connection once if the current one is dead; raises BrokerUnavailable
         when the broker cannot take the message.
         """
-        self._publish(self.mq.events_exchange, routing_key, body, message_id, {})
+        self._publish(self.mq.events_exchange, routing_key, body, _properties(message_id, {}))
 
     def dead_letter(self, routing_key: str, body: bytes, message_id: str, reason: str) -> None:
         """Park a refused message in the dead-letter queue with its reason, as the bridge does."""
@@ -46,20 +46,16 @@ class EventPublisher:
             REASON_HEADER: reason[:1000],
             "x-cvmfs-dead-lettered-at": datetime.now(UTC).isoformat(),
         }
-        self._publish(self.mq.dead_letter_exchange, routing_key, body, message_id, headers)
+        properties = _properties(message_id, headers)
+        self._publish(self.mq.dead_letter_exchange, routing_key, body, properties)
 
     def _publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        message_id: str,
-        headers: dict[str, Any],
+        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
     ) -> None:
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    self._publish_locked(exchange, routing_key, body, message_id, headers)
+                    self._publish_locked(exchange, routing_key, body, properties)
                     return
                 except pika.exceptions.AMQPError as error:
                     self._close_locked()
@@ -71,12 +67,7 @@ class EventPublisher:
                     log.info("event=publisher-reconnect error=%r", error)
 
     def _publish_locked(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        message_id: str,
-        headers: dict[str, Any],
+        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
     ) -> None:
         if self._channel is None or not self._channel.is_open:
             self._connection = pika.BlockingConnection(connection_parameters(self.mq))
@@ -87,12 +78,7 @@ class EventPublisher:
             exchange=exchange,
             routing_key=routing_key,
             body=body,
-            properties=pika.BasicProperties(
-                delivery_mode=pika.DeliveryMode.Persistent,
-                content_type="application/json",
-                message_id=message_id,
-                headers=headers or None,
-            ),
+            properties=properties,
             mandatory=True,
         )
 
@@ -107,3 +93,12 @@ class EventPublisher:
     def close(self) -> None:
         with self._lock:
             self._close_locked()
+
+
+def _properties(message_id: str, headers: dict[str, Any]) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        content_type="application/json",
+        message_id=message_id,
+        headers=headers or None,
+    )

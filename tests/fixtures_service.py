@@ -86,13 +86,18 @@ def open_reader(
     settings: Settings, fqrn: str, tmp_path: Path, now: dt.datetime | None = None
 ) -> RepositoryReader:
     """The repository over HTTP, verified with the public key the client bundle hands out."""
+    key_file = public_key_file(settings, fqrn, tmp_path)
+    return RepositoryReader.open(stratum0_url(settings, fqrn), fqrn, [key_file], now=now)
+
+
+def public_key_file(settings: Settings, fqrn: str, directory: Path) -> Path:
+    """`<directory>/<fqrn>.pub`: the repository's master public key, read from Vault."""
     registry = RepositoryRegistry.open(settings)
     try:
         repository = registry.require(fqrn)
     finally:
         registry.close()
     owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
-    keys = KeyStore.from_settings(settings.vault).read(owner, fqrn)
-    key_file = tmp_path / f"{fqrn}.pub"
-    key_file.write_text(keys.master_public_pem)
-    return RepositoryReader.open(stratum0_url(settings, fqrn), fqrn, [key_file], now=now)
+    key_file = directory / f"{fqrn}.pub"
+    key_file.write_text(KeyStore.from_settings(settings.vault).read(owner, fqrn).master_public_pem)
+    return key_file

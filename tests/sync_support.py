@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 
 from cvmfs.reader import RepositoryReader
@@ -44,3 +45,20 @@ def tool_tarball() -> bytes:
         link.type, link.linkname = tarfile.SYMTYPE, "tool"
         tar.addfile(link)
     return buffer.getvalue()
+
+
+ELF_BINARY = b"\x7fELF\x02\x01\x01" + b"\0" * 100
+
+
+def sample_uploads() -> dict[str, bytes]:
+    """The sync cases as bucket objects: a file, nested paths, a space and UTF-8 in names, an
+    ELF binary, 100 MiB (chunked and downloaded in parts) and a tarball."""
+    return {
+        "cvmfs/hello.txt": b"hello v1\n",
+        "cvmfs/a/b/c/deep.txt": b"deep\n",
+        "cvmfs/names/file with spaces.txt": b"spaces\n",
+        "cvmfs/names/ünïcødé-ファイル.txt": b"utf-8\n",
+        "cvmfs/bin/prog": ELF_BINARY,
+        "cvmfs/big/blob.bin": os.urandom(1 << 20) * 100,
+        "cvmfs/sw/pkg.cvmfs.tar.gz": tool_tarball(),
+    }

@@ -33,7 +33,13 @@ from tasks.unpack import SERVICE_KEY_OWNER
 from tests.conftest import settings_env
 from tests.fixtures_service import open_reader
 from tests.issuer import TestIssuer
-from tests.sync_support import TOOL_SCRIPT, repository_tree, sha, tool_tarball
+from tests.sync_support import (
+    ELF_BINARY,
+    TOOL_SCRIPT,
+    repository_tree,
+    sample_uploads,
+    sha,
+)
 from tests.test_images_support import OciLayout
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -195,17 +201,7 @@ def test_uploads_become_revisions_through_rgw_and_the_bridge(
     bucket = f"{user}-uploads"
     fqrn = _provision(settings, issuer, user, bucket)
     s3 = demo_s3(settings)
-    big = os.urandom(1 << 20) * 100  # 100 MiB: chunked in the repository
-    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 100
-    uploads = {
-        "cvmfs/hello.txt": b"hello v1\n",
-        "cvmfs/a/b/c/deep.txt": b"deep\n",
-        "cvmfs/names/file with spaces.txt": b"spaces\n",
-        "cvmfs/names/ünïcødé-ファイル.txt": b"utf-8\n",
-        "cvmfs/bin/prog": elf,
-        "cvmfs/big/blob.bin": big,
-        "cvmfs/sw/pkg.cvmfs.tar.gz": tool_tarball(),
-    }
+    uploads = sample_uploads()
     for key, body in uploads.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
     expected = {
@@ -213,8 +209,8 @@ def test_uploads_become_revisions_through_rgw_and_the_bridge(
         "/a/b/c/deep.txt": ("file", 0o644, sha(b"deep\n")),
         "/names/file with spaces.txt": ("file", 0o644, sha(b"spaces\n")),
         "/names/ünïcødé-ファイル.txt": ("file", 0o644, sha(b"utf-8\n")),
-        "/bin/prog": ("file", 0o755, sha(elf)),
-        "/big/blob.bin": ("file", 0o644, sha(big)),
+        "/bin/prog": ("file", 0o755, sha(ELF_BINARY)),
+        "/big/blob.bin": ("file", 0o644, sha(uploads["cvmfs/big/blob.bin"])),
         "/sw/pkg/bin/tool": ("file", 0o755, sha(TOOL_SCRIPT)),
         "/sw/pkg/bin/alias": ("symlink", 0o777, "tool"),
         "/sw/pkg/README": ("file", 0o644, sha(b"r")),

@@ -35,8 +35,6 @@ from cvmfs.storage import LocalStorage, is_object_key
 from flows.sync import sync
 from service.bucket_sync import list_objects
 from service.client_config import stratum0_url
-from service.keystore import KeyOwner, KeyStore
-from service.repositories import RepositoryRegistry
 from service.run import child_environment
 from service.s3_clients import bucket_agent_s3, demo_s3
 from service.settings import Settings
@@ -45,7 +43,7 @@ from tasks.storage import local_stratum0_dir
 from tasks.sync import SyncRequest
 from tests.conftest import settings_env
 from tests.cvmfs_golden import FQRN, PINNED_NOW, PUBLIC_KEY, writable_copy
-from tests.fixtures_service import ProvisionedRepository
+from tests.fixtures_service import ProvisionedRepository, public_key_file
 
 pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 
@@ -163,18 +161,6 @@ class RevisionWatcher:
             self.problems.append(f"{type(exc).__name__}: {exc}")
 
 
-def _public_key_file(settings: Settings, fqrn: str, directory: Path) -> Path:
-    registry = RepositoryRegistry.open(settings)
-    try:
-        repository = registry.require(fqrn)
-    finally:
-        registry.close()
-    owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
-    key_file = directory / f"{fqrn}.pub"
-    key_file.write_text(KeyStore.from_settings(settings.vault).read(owner, fqrn).master_public_pem)
-    return key_file
-
-
 def _stored_objects(repo_dir: Path) -> set[str]:
     return {key for key in LocalStorage(repo_dir).list("data/") if is_object_key(key)}
 
@@ -261,7 +247,7 @@ def test_killed_publish_is_never_half_visible_and_a_retry_completes(
     fqrn, bucket = provisioned.fqrn, provisioned.bucket
     s3 = demo_s3(settings)
     repo_dir = local_stratum0_dir(settings, fqrn)
-    key_file = _public_key_file(settings, fqrn, tmp_path)
+    key_file = public_key_file(settings, fqrn, tmp_path)
 
     # A published revision with content, the base the crashed publish starts from.
     expected = {"/base.txt": b"published before the crash\n"}

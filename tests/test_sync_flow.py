@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
 import pika
 import pytest
 
+from bridge.amqp import connection_parameters
 from flows.sync import ReconcileRequest, reconcile, sync
 from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.sync import SyncRequest
 from tests.fixtures_service import ProvisionedRepository, open_reader
-from tests.sync_support import TOOL_SCRIPT, repository_tree, sha, tool_tarball
+from tests.sync_support import TOOL_SCRIPT, repository_tree, sample_uploads, sha, tool_tarball
 
 pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -33,17 +33,8 @@ def test_bucket_changes_become_revisions(
     settings = service_settings
     fqrn, bucket = provisioned.fqrn, provisioned.bucket
     s3 = demo_s3(settings)
-    big = os.urandom(1 << 20) * 100  # 100 MiB: chunked, ranged download in parts
-    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 100
-    uploads = {
-        "cvmfs/hello.txt": b"hello v1\n",
-        "cvmfs/a/b/c/deep.txt": b"deep\n",
-        "cvmfs/names/file with spaces.txt": b"spaces\n",
-        "cvmfs/names/ünïcødé-ファイル.txt": b"utf-8\n",
-        "cvmfs/bin/prog": elf,
-        "cvmfs/big/blob.bin": big,
-        "cvmfs/sw/pkg.cvmfs.tar.gz": tool_tarball(),
-    }
+    uploads = sample_uploads()
+    big = uploads["cvmfs/big/blob.bin"]
     for key, body in uploads.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
     s3.put_object(
@@ -142,14 +133,7 @@ def test_escaping_tarballs_and_oversize_objects_are_refused_and_dead_lettered(
     monkeypatch.setenv("CVMFS_SVC_SYNC__MAX_OBJECT_BYTES", str(1 << 20))  # read by the flow
     fqrn, bucket = provisioned.fqrn, provisioned.bucket
     mq = settings.rabbitmq
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            mq.host,
-            mq.port,
-            mq.vhost,
-            pika.PlainCredentials(mq.username, mq.password.get_secret_value()),
-        )
-    )
+    connection = pika.BlockingConnection(connection_parameters(mq))
     channel = connection.channel()
     channel.exchange_declare(mq.dead_letter_exchange, exchange_type="topic", durable=True)
     queue = channel.queue_declare("", exclusive=True).method.queue
