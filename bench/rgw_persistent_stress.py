@@ -30,7 +30,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bridge.config import BridgeConfig
 from bridge.topology import declare_topology
-from service.bucket_wiring import amqp_ack_level, ensure_bucket_notification, topic_name_for
+from service.bucket_wiring import (
+    AMQP_ACK_LEVEL,
+    ensure_bucket_notification,
+    ensure_topic,
+    topic_name_for,
+)
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import Settings
 from stack.ceph import RGW_NAME, Ceph
@@ -77,21 +82,6 @@ def _rgw_alive(ceph: Ceph) -> bool:
     return RGW_NAME in ceph.running_pids()
 
 
-def _topic(settings: Settings, fqrn: str, persistent: bool, ack_level: str) -> str:
-    """bucket_wiring.ensure_topic's topic, with the ack level open to experiment."""
-    mq = settings.rabbitmq
-    response = bucket_agent_sns(settings).create_topic(
-        Name=topic_name_for(fqrn),
-        Attributes={
-            "push-endpoint": f"amqp://{mq.host}:{mq.port}",
-            "amqp-exchange": mq.events_exchange,
-            "amqp-ack-level": ack_level,
-            "persistent": "true" if persistent else "false",
-        },
-    )
-    return response["TopicArn"]
-
-
 def _delete_some(s3: S3Client, bucket: str, keys: list[str], outcome: Outcome) -> None:
     batch, single = keys[:DELETE_BATCH], keys[DELETE_BATCH]
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch]})
@@ -120,8 +110,13 @@ def run(args: argparse.Namespace) -> Outcome:
 
     user = demo_s3(settings)
     user.create_bucket(Bucket=bucket)
-    ack_level = args.ack_level or amqp_ack_level(persistent=args.persistent)
-    arn = _topic(settings, fqrn, args.persistent, ack_level)
+    arn = ensure_topic(
+        bucket_agent_sns(settings),
+        settings.rabbitmq,
+        fqrn,
+        persistent=args.persistent,
+        ack_level=args.ack_level,
+    )
     ensure_bucket_notification(bucket_agent_s3(settings), bucket, arn, fqrn)
 
     outcome = Outcome()
@@ -198,7 +193,8 @@ def main() -> None:
     parser.add_argument(
         "--ack-level",
         choices=["broker", "none", "routable"],
-        help="default: what service/bucket_wiring uses for the topic kind",
+        default=AMQP_ACK_LEVEL,
+        help="default: what service/bucket_wiring uses",
     )
     parser.add_argument("--persistent", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--interval-s", type=float, default=0.0, help="pause after each PUT")
@@ -212,9 +208,8 @@ def main() -> None:
         if outcome.crashed_at_put is not None
         else "no crash"
     )
-    ack_level = args.ack_level or amqp_ack_level(persistent=args.persistent)
     print(
-        f"persistent={args.persistent} ack_level={ack_level} interval_s={args.interval_s}: "
+        f"persistent={args.persistent} ack_level={args.ack_level} interval_s={args.interval_s}: "
         f"{state}; puts={outcome.puts} deleted={outcome.deleted_keys} "
         f"events expected={outcome.expected_events} received={outcome.received} "
         f"distinct={len(outcome.keys_seen)} delivery_modes={outcome.delivery_modes}"

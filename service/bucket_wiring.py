@@ -48,43 +48,44 @@ def notification_id_for(fqrn: str) -> str:
     return f"cvmfs-sync-{fqrn}"
 
 
+# `none` for every topic on this RGW. RGW 16.2 segfaults (a msgr-worker thread jumps to a
+# pointer whose low 32 bits were zeroed) after 2-69 events of a persistent topic with `broker`
+# when PUTs are paced (0.5-30 s apart), most likely a use after free: the notification
+# manager's coroutine resumes and frees the waiter of the broker's confirm while the AMQP
+# thread still unlocks the waiter's mutex (`routable` uses the same waiter). A synchronous
+# topic with `broker` crashed the same way twice under the sync benchmark (after ~15,000 PUTs
+# from 32 threads, and during sequential uploads). With `none` RGW keeps a persistent topic's
+# event in its RADOS queue until the AMQP client accepts it (it refuses while the broker is
+# down) and never crashed (bench/rgw_persistent_stress.py). Those messages are transient (no
+# delivery_mode), which the bridge's quorum queue keeps across a broker restart.
+AMQP_ACK_LEVEL = "none"
+
+
 def ensure_topic(
-    sns: SNSClient, rabbitmq: RabbitMQSettings, fqrn: str, *, persistent: bool = False
+    sns: SNSClient,
+    rabbitmq: RabbitMQSettings,
+    fqrn: str,
+    *,
+    persistent: bool = False,
+    ack_level: str = AMQP_ACK_LEVEL,
 ) -> str:
     """Create (or update in place) the repository's AMQP topic; returns its ARN.
 
     No credentials in the push endpoint: RGW refuses them over plain AMQP (services-notes §2.7
     pitfall 1) and would print them back in GetTopicAttributes. `persistent` queues events in
-    RADOS while the broker is down instead of dropping them (pitfall 4).
+    RADOS while the broker is down instead of dropping them (pitfall 4). `ack_level` is open
+    only for bench/rgw_persistent_stress.py.
     """
     response = sns.create_topic(
         Name=topic_name_for(fqrn),
         Attributes={
             "push-endpoint": f"amqp://{rabbitmq.host}:{rabbitmq.port}",
             "amqp-exchange": rabbitmq.events_exchange,
-            "amqp-ack-level": amqp_ack_level(persistent=persistent),
+            "amqp-ack-level": ack_level,
             "persistent": "true" if persistent else "false",
         },
     )
     return response["TopicArn"]
-
-
-def amqp_ack_level(*, persistent: bool) -> str:
-    """`none` for every topic (persistent or not) on this RGW.
-
-    RGW 16.2 segfaults (a msgr-worker thread jumps to a pointer whose low 32 bits were zeroed)
-    after 2-69 events of a persistent topic with `broker` when PUTs are paced (0.5-30 s apart),
-    most likely a use after free: the notification manager's coroutine resumes and frees the
-    waiter of the broker's confirm while the AMQP thread still unlocks the waiter's mutex
-    (`routable` uses the same waiter). A synchronous topic with `broker` crashed the same way
-    twice under the sync benchmark (after ~15,000 PUTs from 32 threads, and during sequential
-    uploads). With `none` RGW keeps a persistent topic's event in its RADOS queue until the
-    AMQP client accepts it (it refuses while the broker is down) and never crashed
-    (bench/rgw_persistent_stress.py). Those messages are transient (no delivery_mode), which
-    the bridge's quorum queue keeps across a broker restart.
-    """
-    del persistent  # the same answer for both kinds, kept in the signature for the bench
-    return "none"
 
 
 def ensure_bucket_notification(s3: S3Client, bucket: str, topic_arn: str, fqrn: str) -> str:

@@ -61,7 +61,7 @@ class CephSettings(BaseModel):
     # Persistent topics queue events in RADOS while the broker is down (services-notes §2.7
     # pitfall 4). With amqp-ack-level=broker the Debian RGW 16.2.15 segfaulted (msgr-worker
     # thread) in 5 of 5 runs of PUTs paced 0.5 s apart, after 29-69 PUTs; bucket_wiring
-    # therefore gives persistent topics amqp-ack-level=none. Measured with that on a private
+    # therefore gives every topic amqp-ack-level=none. Measured with that on a private
     # civetweb stack (bench/rgw_persistent_stress.py, figures in bench/README.md): no crash in
     # 2,000 PUTs + 198 deletes, 3 x (600 PUTs + 66 deletes) and 400 paced PUTs + 44 deletes,
     # each with RabbitMQ stopped and started in the middle, and every event delivered.
