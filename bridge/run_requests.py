@@ -39,6 +39,11 @@ def sync_parameters(batch: SyncBatch) -> Parameters:
     }
 
 
+def reconcile_all_parameters() -> Parameters:
+    """`reconcile(req: ReconcileRequest)` of flows/sync.py, for every repository."""
+    return {"req": {"repo": None}}
+
+
 def unpack_parameters(event: ImagePushed | ImageDeleted) -> Parameters:
     """`unpack(req: UnpackRequest)` of tasks/unpack.py, which accepts the event's fields."""
     return {"req": event.model_dump(mode="json")}
