@@ -13,7 +13,7 @@ Modules, one job each:
   provision_requests repository requests authorized (JWT) before `provision` is started
   repositories / registry_lookup   bucket → repository + owner (seam, and the registry-backed one)
   publisher, webhook the registry webhook receiver and its confirmed publisher
-  main, assembly     the process: signals, wiring; `python -m bridge`
+  main, assembly     the process: signals, wiring; run by `./svc bridge` (service/cli.py)
 
 Bus conventions (events exchange = settings.rabbitmq.events_exchange, topic):
   s3.<fqrn>            RGW bucket notifications (routing key = RGW topic name) → s3 queue

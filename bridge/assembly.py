@@ -1,6 +1,6 @@
 """The bridge as the service runs it: registry lookup, authorized repository requests, Prefect.
 
-`python -m bridge` (or the service's CLI) calls `serve_bridge(settings)`; it returns on SIGTERM.
+`./svc bridge` (service/cli.py) calls `serve_bridge(settings)`; it returns on SIGTERM.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bridge.errors import PermanentStartError
-from bridge.run_requests import FlowStarter, reconcile_all_parameters
+from bridge.run_requests import FlowStarter, reconcile_parameters
 
 log = logging.getLogger("cvmfs.bridge")
 
@@ -54,7 +54,7 @@ class CatchUpAfterReconnect:
             return
         assert self._key is not None
         try:
-            run_id = starter(self.deployment, reconcile_all_parameters(), self._key)
+            run_id = starter(self.deployment, reconcile_parameters(), self._key)
         except PermanentStartError as refused:
             log.error("event=catch-up-refused deployment=%s error=%s", self.deployment, refused)
         except Exception as error:  # Prefect unreachable: try again, the events may be lost

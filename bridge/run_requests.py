@@ -39,9 +39,15 @@ def sync_parameters(batch: SyncBatch) -> Parameters:
     }
 
 
-def reconcile_all_parameters() -> Parameters:
-    """`reconcile(req: ReconcileRequest)` of flows/sync.py, for every repository."""
-    return {"req": {"repo": None}}
+def reconcile_parameters(repo: str | None = None, *, dry_run: bool = False) -> Parameters:
+    """`reconcile(req: ReconcileRequest)` of flows/sync.py; every ready repository if no repo."""
+    return {"req": {"repo": repo, "dry_run": dry_run}}
+
+
+def backfill_parameters(repo: str, prefix: str, *, dry_run: bool = False) -> Parameters:
+    """`sync(req: SyncRequest)` of every key under `cvmfs/<prefix>` (an operator's backfill);
+    the flow reads the repository's bucket from the registry."""
+    return {"req": {"repo": repo, "prefix": prefix, "dry_run": dry_run}}
 
 
 def unpack_parameters(event: ImagePushed | ImageDeleted) -> Parameters:

@@ -110,7 +110,9 @@ def sync(
     dry_run: bool = typer.Option(False, help="only report the difference"),
 ) -> None:
     """Backfill: start a `sync` run of a repository (or a prefix of it) and print its id."""
-    _start_run("sync/sync", {"req": {"repo": fqrn, "prefix": prefix, "dry_run": dry_run}})
+    from bridge.run_requests import backfill_parameters
+
+    _start_run("sync/sync", backfill_parameters(fqrn, prefix, dry_run=dry_run))
 
 
 @app.command()
@@ -119,7 +121,9 @@ def reconcile(
     dry_run: bool = typer.Option(False, help="only report the drift as artifacts"),
 ) -> None:
     """Start a `reconcile` run (a full diff of bucket and repository, repairing drift)."""
-    _start_run("reconcile/reconcile", {"req": {"repo": fqrn, "dry_run": dry_run}})
+    from bridge.run_requests import reconcile_parameters
+
+    _start_run("reconcile/reconcile", reconcile_parameters(fqrn, dry_run=dry_run))
 
 
 def _start_run(deployment: str, parameters: dict[str, object]) -> None:

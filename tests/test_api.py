@@ -566,9 +566,8 @@ def test_sync_reconciles_the_repository_or_backfills_a_prefix(world: ApiWorld) -
     assert run.parameters == {"req": {"repo": w.alice_repo, "dry_run": False}}
     assert prefix.status_code == 202 and prefix.json()["deployment"] == w.sync_deployment
     run, _ = _flow_run(prefix.json()["flow_run_id"])
-    bucket = w.registry.require(w.alice_repo).bucket
     assert run.parameters == {
-        "req": {"repo": w.alice_repo, "bucket": bucket, "prefix": "software/"}
+        "req": {"repo": w.alice_repo, "prefix": "software/", "dry_run": False}
     }
     assert again.json()["flow_run_id"] == prefix.json()["flow_run_id"]
     assert bad.status_code == 400

@@ -34,7 +34,11 @@ def test_one_run_after_the_delay_with_a_per_minute_key() -> None:
     catch_up.tick(starter)
     catch_up.tick(starter)
     assert [(c.deployment, c.parameters, c.idempotency_key) for c in starter.calls] == [
-        ("reconcile/reconcile", {"req": {"repo": None}}, "reconcile-after-reconnect-20261128T1200")
+        (
+            "reconcile/reconcile",
+            {"req": {"repo": None, "dry_run": False}},
+            "reconcile-after-reconnect-20261128T1200",
+        )
     ]
     assert not catch_up.pending
 

@@ -210,18 +210,18 @@ def test_broker_restart_while_consuming_loses_nothing(rabbitmq: Settings) -> Non
     assert syncs() == [before, after]  # each event in exactly one run, none lost
     catch_ups = [c for c in starter.calls if c.deployment == iso.config.reconcile_deployment]
     assert len(catch_ups) == 1
-    assert catch_ups[0].parameters == {"req": {"repo": None}}
+    assert catch_ups[0].parameters == {"req": {"repo": None, "dry_run": False}}
     assert catch_ups[0].idempotency_key.startswith("reconcile-after-reconnect-")
     assert ready_count(iso.mq, iso.config.dead_letter_queue) == 0
 
 
-def test_python_m_bridge_starts_consuming_and_stops_on_sigterm(
+def test_the_bridge_command_starts_consuming_and_stops_on_sigterm(
     rabbitmq: Settings, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
     log = tmp_path / "bridge.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bridge"],
+            [sys.executable, "-m", "service.cli", "bridge"],  # what ./svc bridge runs
             cwd=tmp_path,  # the registry database lands in the stack's data dir, not here
             env={**stack_env, "PYTHONPATH": str(ROOT)},
             stdout=out,

@@ -5,13 +5,10 @@ Kept in one place so a change of a flow's request model changes one function her
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict
 
+from bridge.run_requests import Parameters, backfill_parameters, reconcile_parameters
 from service.repositories import Repository
-
-Parameters = dict[str, Any]
 
 
 class DeploymentNames(BaseModel):
@@ -31,14 +28,8 @@ def sync_run(
     `cvmfs/<prefix>/`; no prefix reconciles the whole repository (flows.sync.ReconcileRequest).
     """
     if catalog_prefix:
-        return names.sync, {
-            "req": {
-                "repo": repository.fqrn,
-                "bucket": repository.bucket,
-                "prefix": catalog_prefix.strip("/") + "/",
-            }
-        }
-    return names.reconcile, {"req": {"repo": repository.fqrn, "dry_run": dry_run}}
+        return names.sync, backfill_parameters(repository.fqrn, catalog_prefix.strip("/") + "/")
+    return names.reconcile, reconcile_parameters(repository.fqrn, dry_run=dry_run)
 
 
 def rollback_run(repository: Repository, tag: str, request_id: str, subject: str) -> Parameters:
