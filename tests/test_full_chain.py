@@ -6,13 +6,12 @@ an image push to the registry. Each result is read back over HTTP with the verif
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,16 +21,19 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from bridge.amqp import connection_parameters
+from bridge.run_requests import reconcile_parameters
 from cvmfs.reader import RepositoryReader
 from service.client_config import stratum0_url
 from service.keystore import KeyStore
 from service.replies import REPLY_QUEUE
+from service.run import SERVICE_COMMANDS, child_environment
 from service.s3_clients import demo_s3
 from service.settings import Settings
 from stack.rabbitmq import RabbitMQ
 from tasks.unpack import SERVICE_KEY_OWNER
 from tests.conftest import settings_env
-from tests.fixtures_service import open_reader
+from tests.fixtures_service import public_key_file
 from tests.issuer import TestIssuer
 from tests.sync_support import (
     ELF_BINARY,
@@ -70,24 +72,19 @@ def service(
             )
         }
     )
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "DO_NOT_TRACK": "1",
-    }
+    env = {**child_environment(settings), **settings_env(settings)}  # as ./svc up gives it
     logs = tmp_path_factory.mktemp("service-logs")
     children = []
-    for command in ("serve-deployments", "bridge", "api"):
-        log = (logs / f"{command}.log").open("wb")
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "service.cli", command],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+    for command in SERVICE_COMMANDS:
+        with (logs / f"{command}.log").open("wb") as log:
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", command],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             )
-        )
     try:
         _wait_for_api(settings)
         yield settings
@@ -121,16 +118,23 @@ def _wait_for_api(settings: Settings) -> None:
     raise TimeoutError("the API or the deployments did not come up")
 
 
-def _until(condition: object, what: str, timeout_s: float = WAIT_S) -> None:
+def _until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    """Poll `condition`; until it holds, a failing read (not published yet) is retried and
+    the last one is reported if time runs out."""
     deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if condition():  # type: ignore[operator]
+            if condition():
                 return
-        except Exception:
-            pass
+        except Exception as error:
+            last_error = error
         time.sleep(0.5)
-    raise TimeoutError(f"{what} within {timeout_s:.0f} s")
+    raise TimeoutError(f"{what} within {timeout_s:.0f} s (last error: {last_error!r})")
+
+
+def _reader(settings: Settings, fqrn: str, key_file: Path) -> RepositoryReader:
+    return RepositoryReader.open(stratum0_url(settings, fqrn), fqrn, [key_file])
 
 
 def _provision(settings: Settings, issuer: TestIssuer, user: str, bucket: str) -> str:
@@ -146,9 +150,7 @@ def _provision(settings: Settings, issuer: TestIssuer, user: str, bucket: str) -
             "bucket": bucket,
         }
     ).encode()
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(settings.rabbitmq.host, settings.rabbitmq.port)
-    )
+    connection = pika.BlockingConnection(connection_parameters(settings.rabbitmq))
     replies: list[dict[str, object]] = []
     try:
         channel = connection.channel()
@@ -175,22 +177,6 @@ def _provision(settings: Settings, issuer: TestIssuer, user: str, bucket: str) -
     return str(reply["fqrn"])
 
 
-def test_request_then_upload_is_published(service: Settings, issuer: TestIssuer) -> None:
-    settings = service
-    user = f"c{uuid.uuid4().hex[:6]}"
-    fqrn = _provision(settings, issuer, user, f"{user}-chain")
-    demo_s3(settings).put_object(
-        Bucket=f"{user}-chain", Key="cvmfs/chain/hello.txt", Body=b"chained\n"
-    )
-
-    def published(tmp: Path = Path(f"/tmp/{user}-keys")) -> bool:
-        tmp.mkdir(exist_ok=True)
-        with open_reader(settings, fqrn, tmp) as reader:
-            return reader.read("/chain/hello.txt") == b"chained\n"
-
-    _until(published, f"/chain/hello.txt published in {fqrn}")
-
-
 def test_uploads_become_revisions_through_rgw_and_the_bridge(
     service: Settings, issuer: TestIssuer, tmp_path: Path
 ) -> None:
@@ -200,6 +186,7 @@ def test_uploads_become_revisions_through_rgw_and_the_bridge(
     user = f"u{uuid.uuid4().hex[:6]}"
     bucket = f"{user}-uploads"
     fqrn = _provision(settings, issuer, user, bucket)
+    key_file = public_key_file(settings, fqrn, tmp_path)
     s3 = demo_s3(settings)
     uploads = sample_uploads()
     for key, body in uploads.items():
@@ -217,7 +204,7 @@ def test_uploads_become_revisions_through_rgw_and_the_bridge(
     }
 
     def files() -> dict[str, tuple[str, int, bytes | str | None]]:
-        with open_reader(settings, fqrn, tmp_path) as reader:
+        with _reader(settings, fqrn, key_file) as reader:
             return {p: v for p, v in repository_tree(reader).items() if v[0] != "dir"}
 
     _until(lambda: files() == expected, f"every upload published in {fqrn}", 240)
@@ -229,7 +216,7 @@ def test_uploads_become_revisions_through_rgw_and_the_bridge(
     for gone in ("/a/b/c/deep.txt", "/sw/pkg/bin/tool", "/sw/pkg/bin/alias", "/sw/pkg/README"):
         del expected[gone]
     _until(lambda: files() == expected, f"the overwrite and deletes published in {fqrn}")
-    with open_reader(settings, fqrn, tmp_path) as reader:
+    with _reader(settings, fqrn, key_file) as reader:
         directories = {p for p, v in repository_tree(reader).items() if v[0] == "dir"}
     assert not {"/a", "/sw/pkg"} & directories  # directories left empty disappear
 
@@ -243,6 +230,7 @@ def test_rabbitmq_restart_while_uploads_flow_loses_nothing(
     user = f"r{uuid.uuid4().hex[:6]}"
     bucket = f"{user}-restart"
     fqrn = _provision(settings, issuer, user, bucket)
+    key_file = public_key_file(settings, fqrn, tmp_path)
     s3 = demo_s3(settings)
     expected: dict[str, bytes] = {}
 
@@ -266,7 +254,7 @@ def test_rabbitmq_restart_while_uploads_flow_loses_nothing(
         upload(f"after/{n}.txt")
 
     def repository_equals_bucket() -> bool:
-        with open_reader(settings, fqrn, tmp_path) as reader:
+        with _reader(settings, fqrn, key_file) as reader:
             files = {
                 entry.path: reader.read(entry.path) for entry in reader.walk() if entry.is_regular
             }
@@ -290,10 +278,10 @@ def test_image_push_is_unpacked(
     key_file = tmp_path_factory.mktemp("chain-keys") / f"{fqrn}.pub"
 
     def unpacked() -> bool:
-        keys = KeyStore.from_settings(settings.vault).read(SERVICE_KEY_OWNER, fqrn)
-        key_file.write_text(keys.master_public_pem)
-        url = stratum0_url(settings, fqrn)
-        with RepositoryReader.open(url, fqrn, [key_file]) as reader:
+        if not key_file.exists():  # the service makes the keys on its first unpack
+            keys = KeyStore.from_settings(settings.vault).read(SERVICE_KEY_OWNER, fqrn)
+            key_file.write_text(keys.master_public_pem)
+        with _reader(settings, fqrn, key_file) as reader:
             target = reader.stat(link).symlink  # relative, into .flat/<xx>/<config digest>
             flat = posixpath.normpath(posixpath.join(posixpath.dirname(link), target))
             return reader.read(f"{flat}/hello.txt") == b"from the registry\n"
@@ -302,15 +290,15 @@ def test_image_push_is_unpacked(
 
 
 @pytest.mark.parametrize(
-    ("parameters", "name"),
-    [({}, "reconcile-all"), ({"req": {"repo": None}}, "reconcile-all")],
+    "parameters",
+    [{}, reconcile_parameters()],
     ids=["as-the-schedule-starts-it", "as-the-bridge-catch-up-starts-it"],
 )
 def test_served_reconcile_runs_for_every_repository(
-    service: Settings, parameters: dict[str, object], name: str
+    service: Settings, parameters: dict[str, object]
 ) -> None:
     with temporary_settings(updates={PREFECT_API_URL: service.prefect.api_url}):
         run = run_deployment("reconcile/reconcile", parameters=parameters, timeout=WAIT_S)
     assert isinstance(run, FlowRun) and run.state is not None
-    assert run.name == name
+    assert run.name == "reconcile-all"
     assert run.state.is_completed(), run.state.message

@@ -9,12 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import pika
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel
 
 from bridge.config import BridgeConfig
 from bridge.topology import declare_topology
@@ -27,6 +23,7 @@ from service.bucket_wiring import (
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import RabbitMQSettings, Settings
 from stack.rabbitmq import RabbitMQ
+from tests.test_bridge_support import channel
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.disrupts_stack]
 
@@ -37,21 +34,11 @@ EVENT_WAIT_S = 120.0
 Event = tuple[str, str]  # (eventName, object key)
 
 
-@contextmanager
-def _channel(mq: RabbitMQSettings) -> Iterator[BlockingChannel]:
-    connection = pika.BlockingConnection(pika.ConnectionParameters(mq.host, mq.port))
-    try:
-        yield connection.channel()
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
 def _collect(mq: RabbitMQSettings, queue: str, wanted: set[Event]) -> set[Event]:
     """Events from `queue` until every wanted one arrived or EVENT_WAIT_S passed."""
     seen: set[Event] = set()
     deadline = time.monotonic() + EVENT_WAIT_S
-    with _channel(mq) as ch:
+    with channel(mq) as ch:
         while not wanted <= seen and time.monotonic() < deadline:
             method, _props, body = ch.basic_get(queue, auto_ack=True)
             if method is None:
@@ -70,7 +57,7 @@ def test_events_made_while_rabbitmq_is_down_arrive_after_it_returns(
     bucket = f"persist-{suffix}"
     queue = f"test.rgw-persistent.{suffix}"
     mq = rabbitmq.rabbitmq
-    with _channel(mq) as ch:
+    with channel(mq) as ch:
         declare_topology(ch, mq, BridgeConfig())
         # Quorum, like the bridge's S3 queue: it keeps RGW's transient messages over a restart.
         ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
@@ -110,7 +97,7 @@ def test_events_made_while_rabbitmq_is_down_arrive_after_it_returns(
     try:
         assert _collect(mq, queue, during) == during
     finally:
-        with _channel(mq) as ch:
+        with channel(mq) as ch:
             ch.queue_delete(queue)
         for key in (set(puts) - {*batch_deleted, single_deleted}) | {"cvmfs/before.txt"}:
             user.delete_object(Bucket=bucket, Key=key)
