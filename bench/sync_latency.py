@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
 POLL_S = 0.05
-DEMO_BUCKET = "demo-software"  # service.demo.DEMO_BUCKET (not imported: it imports Prefect)
 RECONCILE_PREFIX = "bench/reconcile"
 RGW_ASOK = "ceph/run/client.rgw.svc.asok"
 RGW_LOG = "ceph/log/client.rgw.svc.log"
@@ -191,9 +190,11 @@ SYNC_STEPS = (
 )
 
 
-def run_phases(client: SyncPrefectClient, run: FlowRun) -> dict[str, float]:
-    """Seconds spent in each stage of one sync run, from Prefect's records."""
-    states = _state_times(client, run.id)
+def run_phases(
+    client: SyncPrefectClient, run: FlowRun, states: dict[str, float]
+) -> dict[str, float]:
+    """Seconds spent in each stage of one sync run, from Prefect's records (`states`: when
+    the run entered each state, `_state_times`)."""
     spans = _task_spans(client, run.id)
     created = run.created.timestamp() if run.created else states["SCHEDULED"]
     phases = {
@@ -230,14 +231,14 @@ class Upload:
         return self.visible - self.put_start
 
 
-def single_uploads(settings: Settings, fqrn: str, count: int) -> list[Upload]:
+def single_uploads(settings: Settings, fqrn: str, bucket: str, count: int) -> list[Upload]:
     s3 = demo_s3(settings)
     run = uuid.uuid4().hex[:8]
     uploads = []
     for i in range(count):
         key = f"cvmfs/bench/{run}/single-{i}.txt"
         put_start = time.time()
-        s3.put_object(Bucket=DEMO_BUCKET, Key=key, Body=f"{run} {i}\n".encode())
+        s3.put_object(Bucket=bucket, Key=key, Body=f"{run} {i}\n".encode())
         put_end = time.time()
         _wait_visible(settings, fqrn, ["/" + key.removeprefix("cvmfs/")], 120)
         uploads.append(Upload(key, put_start, put_end, time.time()))
@@ -259,14 +260,14 @@ def breakdown(settings: Settings, uploads: list[Upload]) -> dict[str, list[float
             if found is None or found.state is None or found.state.type.value != "COMPLETED":
                 continue
             created = found.created.timestamp() if found.created else upload.put_end
+            states = _state_times(client, found.id)
             item = {
                 "PUT": upload.put_end - upload.put_start,
                 "event → run created (RGW, RabbitMQ, coalescing, create)": created - upload.put_end,
-                **run_phases(client, found),
+                **run_phases(client, found, states),
             }
-            completed = _state_times(client, found.id)["COMPLETED"]
             item["Completed → seen by the poller (manifest every 0.05 s, then reader)"] = (
-                upload.visible - completed
+                upload.visible - states["COMPLETED"]
             )
             for name, seconds in item.items():
                 phases.setdefault(name, []).append(seconds)
@@ -276,14 +277,14 @@ def breakdown(settings: Settings, uploads: list[Upload]) -> dict[str, list[float
 # --- burst --------------------------------------------------------------------------------
 
 
-def burst(settings: Settings, fqrn: str, count: int) -> tuple[float, float, int]:
+def burst(settings: Settings, fqrn: str, bucket: str, count: int) -> tuple[float, float, int]:
     s3 = demo_s3(settings)
     run = uuid.uuid4().hex[:8]
     keys = [f"cvmfs/bench/{run}/burst/{i // 100:02d}/f{i:04d}.txt" for i in range(count)]
     before = _revision(settings, fqrn)
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: s3.put_object(Bucket=DEMO_BUCKET, Key=k, Body=k.encode()), keys))
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=k.encode()), keys))
     puts_done = time.monotonic() - started
     paths = ["/" + k.removeprefix("cvmfs/") for k in keys]
     revision = _wait_visible(settings, fqrn, paths, 600)
@@ -312,13 +313,13 @@ def _wait_run(settings: Settings, run_id: str, timeout_s: float) -> FlowRun:
             time.sleep(0.05)
 
 
-def seed_reconcile(settings: Settings, fqrn: str, count: int) -> None:
+def seed_reconcile(settings: Settings, fqrn: str, bucket: str, count: int) -> None:
     """`count` one-byte objects under cvmfs/bench/reconcile/, published (not measured)."""
     s3 = demo_s3(settings)
     prefix = f"cvmfs/{RECONCILE_PREFIX}/"
     existing = {
         item["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=DEMO_BUCKET, Prefix=prefix)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for item in page.get("Contents", [])
     }
     keys = [f"{prefix}{i // 1000:02d}/r{i:05d}" for i in range(count)]
@@ -327,7 +328,7 @@ def seed_reconcile(settings: Settings, fqrn: str, count: int) -> None:
         started = time.monotonic()
         # 8 at a time: at 32 the local RGW 16.2.15 segfaulted (messenger thread) after 15,000.
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda k: s3.put_object(Bucket=DEMO_BUCKET, Key=k, Body=b"r"), missing))
+            list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"r"), missing))
         print(f"seed: {len(missing)} objects put in {time.monotonic() - started:.1f} s")
     # The PUTs' events start sync runs too; one backfill makes sure all are published even
     # if an event was lost (non-persistent topics), then wait until every run is done.
@@ -499,10 +500,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_API_URL", settings.prefect.api_url)
     from service.demo import demo_request
 
-    fqrn = demo_request(settings).fqrn
+    demo = demo_request(settings)
+    fqrn, bucket = demo.fqrn, demo.bucket
     if args.uploads:
         wait_quiet(settings)
-        uploads = single_uploads(settings, fqrn, args.uploads)
+        uploads = single_uploads(settings, fqrn, bucket, args.uploads)
         lat = [u.latency for u in uploads]
         print(
             f"upload-to-visible over {len(lat)} uploads: p50 {statistics.median(lat):.2f} s, "
@@ -521,13 +523,13 @@ def main() -> None:
             print(f"    {'sum of the medians':<60} {total:6.2f}")
     if args.burst:
         wait_quiet(settings)
-        elapsed, puts_s, revisions = burst(settings, fqrn, args.burst)
+        elapsed, puts_s, revisions = burst(settings, fqrn, bucket, args.burst)
         print(
             f"burst of {args.burst} files: PUTs done after {puts_s:.1f} s, all visible after "
             f"{elapsed:.1f} s, {revisions} revisions"
         )
     if args.reconcile:
-        seed_reconcile(settings, fqrn, args.reconcile)
+        seed_reconcile(settings, fqrn, bucket, args.reconcile)
         figures = reconcile_deployed(settings, fqrn)
         kinds = ", ".join(f"{k} {n}" for k, n in figures.rgw_kinds.most_common())
         print(
