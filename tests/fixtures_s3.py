@@ -23,7 +23,12 @@ def bucket(ceph: Settings) -> Iterator[tuple[Any, str]]:
     try:
         yield client, name
     finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=obj["Key"])
-        client.delete_bucket(Bucket=name)
+        empty_and_delete(client, name)
+
+
+def empty_and_delete(s3: Any, bucket: str) -> None:
+    """Delete every object of `bucket`, then the bucket (and with it its notifications)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    s3.delete_bucket(Bucket=bucket)

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from service.settings import Settings
 from stack import procs
 from stack.ceph import SERVICE_USER, Ceph
+from tests.fixtures_s3 import empty_and_delete
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -78,13 +79,6 @@ def service_sns(settings: Settings) -> SNSClient:
         aws_secret_access_key=c.service_secret_key.get_secret_value(),
         region_name=c.region,
     )
-
-
-def empty_and_delete(s3: S3Client, bucket: str) -> None:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            s3.delete_object(Bucket=bucket, Key=obj["Key"])
-    s3.delete_bucket(Bucket=bucket)
 
 
 def unique(prefix: str) -> str:

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
-import hvac
+from typing import Any
+
 from pydantic import SecretStr
 
+from service.keystore import vault_client
 from service.settings import Settings
 from tasks.unpack import ROBOT_SECRET_PATH, registry_access, robot_credentials
 
 
 def test_robot_account_from_vault_then_settings(vault: Settings) -> None:
-    client = hvac.Client(url=vault.vault.addr, token=vault.vault.token.get_secret_value())  # type: ignore[union-attr]
-    client.secrets.kv.v2.delete_metadata_and_all_versions(
-        path=ROBOT_SECRET_PATH, mount_point=vault.vault.kv_mount
-    )
+    kv = vault_client(vault.vault).secrets.kv.v2
+    kv.delete_metadata_and_all_versions(path=ROBOT_SECRET_PATH, mount_point=vault.vault.kv_mount)
     assert robot_credentials(vault) is None  # nothing stored: anonymous pulls
-    client.secrets.kv.v2.create_or_update_secret(
+    try:
+        _check_vault_then_settings(vault, kv)
+    finally:  # later unpack tests pull anonymously, as with no robot account configured
+        kv.delete_metadata_and_all_versions(
+            path=ROBOT_SECRET_PATH, mount_point=vault.vault.kv_mount
+        )
+
+
+def _check_vault_then_settings(vault: Settings, kv: Any) -> None:
+    kv.create_or_update_secret(
         path=ROBOT_SECRET_PATH,
         secret={"username": "robot$unpack", "password": "vault-s3cr3t"},
         mount_point=vault.vault.kv_mount,
