@@ -50,8 +50,10 @@ from stack.rabbitmq import RabbitMQ
 from stack.registry import Registry
 from stack.stratum0_http import Stratum0Http
 
-TEST_PORT_OFFSET = 100
-DATA_DIR_PREFIX = "cvmfs-svc-test-"
+# CVMFS_SVC_TEST_PORT_OFFSET lets several checkouts (or helpers) each run a test stack at once;
+# pick offsets whose differences are not a difference of two base ports (100, 130, 160, 230).
+TEST_PORT_OFFSET = int(os.environ.get("CVMFS_SVC_TEST_PORT_OFFSET", "100"))
+DATA_DIR_PREFIX = f"cvmfs-svc-test-{TEST_PORT_OFFSET}-"
 PREFECT_HOME_PREFIX = "cvmfs-svc-prefect-home-"
 # A session takes the machine-wide test-stack lock at the end of collection when a selected
 # test needs the stack: waiting there is outside pytest-timeout's per-test budget.
