@@ -15,6 +15,7 @@ from flows.maintenance import deprovision, purge_expired_keys, resign_whitelists
 from flows.provision import provision
 from flows.rollback import rollback
 from flows.sync import reconcile, sync
+from flows.tag import tag
 from flows.unpack import unpack, unpack_delete, unpack_gc, unpack_wishlist
 from service.settings import Settings
 
@@ -37,6 +38,7 @@ def deployments(settings: Settings) -> list[RunnerDeployment]:
         _deployment(sync),
         _deployment(reconcile, cron=RECONCILE_CRON),
         _deployment(rollback),
+        _deployment(tag),
         _deployment(resign_whitelists, cron=DAILY_CRON),
         _deployment(purge_expired_keys, cron=DAILY_CRON),
         _deployment(unpack),

@@ -16,6 +16,7 @@ from cvmfs.errors import NotFoundError
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage
 from flows.rollback import RollbackRequest, roll_back, rollback
+from flows.tag import TagRequest, tag
 from service.settings import Settings
 from tasks.locks import create_publish_lock
 from tests.conftest import settings_env
@@ -88,3 +89,35 @@ def test_a_rollback_to_a_missing_tag_fails_and_is_recorded(world: ApiWorld) -> N
         roll_back(world.settings, request)
     last_error = world.registry.require(world.bob_repo).last_error
     assert last_error is not None and "never-tagged" in last_error
+
+
+def test_a_tag_requested_through_the_api_names_the_current_revision(
+    world: ApiWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in settings_env(world.settings).items():
+        monkeypatch.setenv(name, value)
+    create_publish_lock(world.bob_repo)
+    with world.client(world.bob()) as client:
+        refused = client.post(f"/repositories/{world.bob_repo}/tag", json={"tag": "bad tag"})
+        started = client.post(
+            f"/repositories/{world.bob_repo}/tag", json={"tag": "first", "description": "mine"}
+        )
+    with world.client(world.alice()) as client:
+        foreign = client.post(f"/repositories/{world.bob_repo}/tag", json={"tag": "x"})
+    assert refused.status_code == 400, refused.text
+    assert "invalid tag name" in refused.json()["reason"]
+    assert foreign.status_code == 403, foreign.text
+    assert started.status_code == 202, started.text
+    assert started.json()["deployment"] == "tag/tag"
+    with get_client(sync_client=True) as prefect:
+        run = prefect.read_flow_run(uuid.UUID(started.json()["flow_run_id"]))
+    request = TagRequest.model_validate(run.parameters["req"])
+
+    result = tag(request)
+    assert (result.revision, result.already_done) == (1, False)
+    assert tag(request).already_done
+    storage = LocalStorage(world.settings.absolute_data_dir / "stratum0" / world.bob_repo)
+    public_key = world.keys[world.bob_repo].master_public_pem
+    with RepositoryReader(storage, world.bob_repo, [public_key]) as reader:
+        found = reader.find_tag("first")
+        assert (found.revision, found.description) == (1, "mine")

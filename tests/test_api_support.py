@@ -28,6 +28,7 @@ from cvmfs.writer import create_repository
 from flows.rollback import rollback as rollback_flow
 from flows.sync import reconcile as reconcile_flow
 from flows.sync import sync as sync_flow
+from flows.tag import tag as tag_flow
 from service.api import ApiServices, create_app
 from service.auth import TokenVerifier
 from service.keystore import KeyOwner, KeyStore
@@ -263,6 +264,7 @@ def api_world(rabbitmq: Settings, vault: Settings) -> Iterator[ApiWorld]:
             (sync_flow, iso.config.sync_deployment),
             (reconcile_flow, reconcile_deployment),
             (rollback_flow, "rollback/rollback"),
+            (tag_flow, "tag/tag"),
         ]
         for served_flow, name in flows:
             # to_deployment/apply are sync here (no event loop); Any hides their async variant.

@@ -200,6 +200,13 @@ class RollbackRequest(BaseModel):
     tag: Annotated[str, Field(min_length=1, max_length=255)]
 
 
+class TagRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: Annotated[str, Field(min_length=1, max_length=255)]
+    description: Annotated[str, Field(max_length=1024)] = ""
+
+
 class RunStarted(BaseModel):
     fqrn: str
     deployment: str

@@ -19,6 +19,7 @@ class DeploymentNames(BaseModel):
     sync: str = "sync/sync"
     reconcile: str = "reconcile/reconcile"
     rollback: str = "rollback/rollback"
+    tag: str = "tag/tag"
 
 
 def sync_run(
@@ -37,6 +38,20 @@ def rollback_run(repository: Repository, tag: str, request_id: str, subject: str
         "req": {
             "repo": repository.fqrn,
             "tag": tag,
+            "request_id": request_id,
+            "requested_by": subject,
+        }
+    }
+
+
+def tag_run(
+    repository: Repository, tag: str, description: str, request_id: str, subject: str
+) -> Parameters:
+    return {
+        "req": {
+            "repo": repository.fqrn,
+            "tag": tag,
+            "description": description,
             "request_id": request_id,
             "requested_by": subject,
         }
