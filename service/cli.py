@@ -84,6 +84,21 @@ def api() -> None:
     uvicorn.run(create_app(settings), host=LOOPBACK, port=settings.api.port)
 
 
+@app.command()
+def gateway() -> None:
+    """Serve the repository gateway (stock publishers) on 127.0.0.1:<gateway.port> (uvicorn)."""
+    import logging
+
+    import uvicorn
+
+    from gateway.app import create_app
+    from service.runtime import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = load_settings()  # with the local stack's OpenBao token when none is set
+    uvicorn.run(create_app(settings), host=LOOPBACK, port=settings.gateway.port)
+
+
 @app.command("serve-deployments")
 def serve_deployments() -> None:
     """Serve every flow as a deployment (with schedules) against the Prefect server."""

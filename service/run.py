@@ -1,4 +1,5 @@
-"""Runs the service in the foreground: the deployments runner, the bridge and the HTTP API.
+"""Runs the service in the foreground: the deployments runner, the bridge, the HTTP API and
+the repository gateway.
 
 Each is its own process (`cvmfs-svc serve-deployments | bridge | api`), so each can also be
 run, scaled and restarted alone on any host; this supervisor is the one-machine convenience.
@@ -21,7 +22,7 @@ from service.settings import Settings
 
 RESTART_DELAY_S = 3.0
 STOP_GRACE_S = 15.0
-SERVICE_COMMANDS = ("serve-deployments", "bridge", "api")
+SERVICE_COMMANDS = ("serve-deployments", "bridge", "api", "gateway")
 
 
 def child_environment(settings: Settings) -> dict[str, str]:

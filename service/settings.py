@@ -202,6 +202,24 @@ class SyncSettings(BaseModel):
     max_object_bytes: int = Field(default=64 * 2**30, gt=0)
 
 
+class GatewaySettings(BaseModel):
+    """The repository gateway that stock `cvmfs_server` publishers talk to (gateway/)."""
+
+    # The port of CERN's cvmfs-gateway, so a publisher's `-u gw,...,http://<host>:4929/api/v1`
+    # line needs no change.
+    port: int = 4929
+    # How long a lease lasts without a commit: the stock gateway's max_lease_time (7200 s).
+    lease_time_s: int = Field(default=7200, gt=0)
+    # One payload request (one object pack). The stock publisher cuts packs at 200 MiB
+    # (ObjectPack::kDefaultLimit) but makes a larger one for a single larger object, so the
+    # limit is the largest object a publisher may send, plus the pack header.
+    max_payload_bytes: int = Field(default=1 << 30, gt=0)
+    # A key read from Vault is used this long before it is read again; an unknown key id or a
+    # failed HMAC re-reads it at once (at most every key_refresh_min_s), so rotation is seen.
+    key_cache_ttl_s: float = Field(default=300.0, ge=0)
+    key_refresh_min_s: float = Field(default=1.0, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CVMFS_SVC_",
@@ -223,6 +241,7 @@ class Settings(BaseSettings):
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @classmethod
     def load(cls) -> Settings:
@@ -267,6 +286,7 @@ class Settings(BaseSettings):
                     update={"http_port": self.stratum0.http_port + offset}
                 ),
                 "api": self.api.model_copy(update={"port": self.api.port + offset}),
+                "gateway": self.gateway.model_copy(update={"port": self.gateway.port + offset}),
             }
         )
 

@@ -1,0 +1,286 @@
+"""The gateway's HTTP API v1, as the stock `cvmfs_server` publisher (2.11) speaks it.
+
+Routes and replies follow gateway/internal/gateway/frontend/ (frontend.go, leases.go,
+payloads.go, repos.go, admin_leases.go); every reply is JSON with HTTP 200 unless the request
+cannot be read at all, and a refusal is `{"status": "error", "reason": ...}`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.auth import check_hmac, parse_authorization
+from gateway.errors import GatewayError, PathBusy
+from gateway.keys import GatewayKey
+from gateway.leases import Lease
+from gateway.paths import parse_lease_path
+from gateway.services import GatewayServices
+from service.settings import Settings
+
+log = logging.getLogger("cvmfs.gateway")
+
+API_ROOT = "/api/v1"
+# version.go: the newest protocol this gateway speaks and the oldest publisher it accepts.
+API_PROTOCOL_VERSION = 3
+MIN_API_PROTOCOL_VERSION = 2
+MAX_JSON_BODY = 64 << 10  # lease and commit bodies are a few hundred bytes
+
+
+def ok(**fields: Any) -> JSONResponse:
+    return JSONResponse({"status": "ok", **fields})
+
+
+def refused(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "reason": reason})
+
+
+def bad_request(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "reason": reason}, status_code=400)
+
+
+async def read_small_body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise GatewayError(f"request body larger than {MAX_JSON_BODY} bytes")
+    return body
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise GatewayError("invalid request body: not JSON") from None
+    if not isinstance(value, dict):
+        raise GatewayError("invalid request body: a JSON object is expected")
+    return value
+
+
+def lease_view(lease: Lease) -> dict[str, str]:
+    expires = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat()
+    return {
+        "key_id": lease.key_id,
+        "path": str(lease.lease_path),
+        "expires": expires,
+        "hostname": lease.hostname,
+    }
+
+
+class Gateway:
+    """The handlers; blocking work (database, Vault, storage) runs in the thread pool."""
+
+    def __init__(self, services: GatewayServices) -> None:
+        self.svc = services
+
+    # ------------------------------------------------------------------------- auth
+    def authenticate(self, fqrn: str, header: str | None, message: bytes) -> GatewayKey:
+        """The repository key that signed `message`; a failed HMAC re-reads the key once."""
+        auth = parse_authorization(header)
+        key = self.svc.keys.gateway_key(fqrn, auth.key_id)
+        try:
+            check_hmac(auth, key.secret, message)
+        except GatewayError:
+            key = self.svc.keys.gateway_key(fqrn, auth.key_id, refresh=True)
+            check_hmac(auth, key.secret, message)
+        return key
+
+    def lease_for_token(self, token: str, header: str | None) -> tuple[Lease, GatewayKey]:
+        lease = self.svc.leases.find(token)
+        key = self.authenticate(lease.fqrn, header, token.encode())
+        return lease, key
+
+    # ------------------------------------------------------------------------ routes
+    async def root(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "welcome": "CernVM-FS repository gateway of the CVMFS distribution service",
+                "api_version": API_PROTOCOL_VERSION,
+            }
+        )
+
+    async def repos(self, request: Request) -> JSONResponse:
+        name = request.path_params.get("name")
+        return await run_in_threadpool(self._repos, name)
+
+    def _repos(self, name: str | None) -> JSONResponse:
+        def config(fqrn: str) -> dict[str, Any] | None:
+            try:
+                keys = self.svc.keys.signing_keys(fqrn)
+            except GatewayError:
+                return None
+            from cvmfs.keys import parse_gateway_key
+
+            key_ids = {parse_gateway_key(keys.gateway_key)[0]: "/"} if keys.gateway_key else {}
+            return {"keys": key_ids, "enabled": True}
+
+        if name is not None:
+            found = config(name) if self.svc.registry.get(name) else None
+            if found is None:
+                return refused("invalid_repo")
+            return ok(data=found)
+        data = {}
+        for repository in self.svc.registry.repositories("ready"):
+            entry = config(repository.fqrn)
+            if entry is not None:
+                data[repository.fqrn] = entry
+        return ok(data=data)
+
+    async def get_leases(self, request: Request) -> JSONResponse:
+        token = request.path_params.get("token")
+        if token is None:
+            leases = await run_in_threadpool(self.svc.leases.active)
+            return ok(data={str(lease.lease_path): lease_view(lease) for lease in leases})
+        lease = await run_in_threadpool(self.svc.leases.find, token)
+        return ok(data=lease_view(lease))
+
+    async def new_lease(self, request: Request) -> JSONResponse:
+        body = await read_small_body(request)
+        header = request.headers.get("authorization")
+        client = request.client.host if request.client else ""
+        return await run_in_threadpool(self._new_lease, body, header, client)
+
+    def _new_lease(self, body: bytes, header: str | None, client: str) -> JSONResponse:
+        message = parse_json_object(body)
+        try:
+            version = int(str(message.get("api_version", "")))
+        except ValueError:
+            raise GatewayError("invalid request body: api_version is not a number") from None
+        if version < MIN_API_PROTOCOL_VERSION:
+            return refused(
+                f"incompatible request version: {version}, min version: {MIN_API_PROTOCOL_VERSION}"
+            )
+        path = message.get("path")
+        if not isinstance(path, str):
+            raise GatewayError("invalid request body: path is missing")
+        lease_path = parse_lease_path(path)
+        key = self.authenticate(lease_path.fqrn, header, body)
+        hostname = message.get("hostname")
+        hostname = hostname if isinstance(hostname, str) and hostname else client
+        manifest = self.svc.current_manifest(lease_path.fqrn)
+        protocol = min(version, API_PROTOCOL_VERSION)
+        try:
+            lease = self.svc.leases.acquire(
+                lease_path,
+                key_id=key.key_id,
+                hostname=hostname,
+                protocol_version=protocol,
+                base_root_hash=manifest.root_catalog_hash.hex,
+                base_revision=manifest.revision,
+                lease_time_s=self.svc.settings.gateway.lease_time_s,
+            )
+        except PathBusy as busy:
+            # The stock publisher reads time_remaining as a JSON integer (seconds) and only
+            # then reports "path busy" (swissknife_lease_json.cc); an int is what it parses.
+            return JSONResponse(
+                {"status": "path_busy", "time_remaining": max(1, round(busy.remaining_s))}
+            )
+        log.info(
+            "event=lease_granted repo=%s path=%s key_id=%s host=%s revision=%d",
+            lease_path.fqrn,
+            lease_path.path,
+            key.key_id,
+            hostname,
+            manifest.revision,
+        )
+        return ok(session_token=lease.token, max_api_version=protocol)
+
+    async def cancel_lease(self, request: Request) -> JSONResponse:
+        token = request.path_params["token"]
+        header = request.headers.get("authorization")
+        return await run_in_threadpool(self._cancel_lease, token, header)
+
+    def _cancel_lease(self, token: str, header: str | None) -> JSONResponse:
+        lease, _key = self.lease_for_token(token, header)
+        self.svc.leases.release(token)
+        log.info("event=lease_cancelled repo=%s path=%s", lease.fqrn, lease.lease_path.path)
+        return ok()
+
+    async def drop_leases_by_path(self, request: Request) -> JSONResponse:
+        raw_path = request.path_params["path"]
+        header = request.headers.get("authorization")
+        # admin_leases.go / authz.go: the HMAC of a DELETE covers the URL path.
+        return await run_in_threadpool(
+            self._drop_leases_by_path, raw_path, header, request.url.path.encode()
+        )
+
+    def _drop_leases_by_path(
+        self, raw_path: str, header: str | None, signed: bytes
+    ) -> JSONResponse:
+        lease_path = parse_lease_path(raw_path.lstrip("/"))
+        self.authenticate(lease_path.fqrn, header, signed)
+        dropped = self.svc.leases.release_under(lease_path)
+        log.info(
+            "event=leases_dropped repo=%s path=%s count=%d",
+            lease_path.fqrn,
+            lease_path.path,
+            dropped,
+        )
+        return ok()
+
+
+def handle_refusals(
+    handler: Callable[[Request], Awaitable[JSONResponse]],
+) -> Callable[[Request], Awaitable[JSONResponse]]:
+    async def wrapped(request: Request) -> JSONResponse:
+        started = time.monotonic()
+        try:
+            response = await handler(request)
+        except GatewayError as error:
+            response = refused(error.reason)
+            log.info(
+                "event=refused method=%s path=%s reason=%r",
+                request.method,
+                request.url.path[:200],
+                error.reason,
+            )
+        log.debug("event=request method=%s dt_s=%.3f", request.method, time.monotonic() - started)
+        return response
+
+    return wrapped
+
+
+def routes(gateway: Gateway) -> list[Route]:
+    def route(
+        path: str, handler: Callable[[Request], Awaitable[JSONResponse]], method: str
+    ) -> Route:
+        return Route(API_ROOT + path, handle_refusals(handler), methods=[method])
+
+    return [
+        route("", gateway.root, "GET"),
+        route("/repos", gateway.repos, "GET"),
+        route("/repos/{name}", gateway.repos, "GET"),
+        route("/leases", gateway.get_leases, "GET"),
+        route("/leases/{token}", gateway.get_leases, "GET"),
+        route("/leases", gateway.new_lease, "POST"),
+        route("/leases/{token}", gateway.cancel_lease, "DELETE"),
+        route("/leases-by-path/{path:path}", gateway.drop_leases_by_path, "DELETE"),
+    ]
+
+
+def create_app(settings: Settings, services: GatewayServices | None = None) -> Starlette:
+    """The gateway application; `services` default to `GatewayServices.from_settings`."""
+    svc = services or GatewayServices.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            svc.close()
+
+    app = Starlette(routes=routes(Gateway(svc)), lifespan=lifespan)
+    app.state.services = svc
+    return app

@@ -1,0 +1,145 @@
+"""The gateway's leases over real HTTP: grant, busy, disjoint paths, cancel, drop, refusals.
+
+The publisher is written from the protocol (tests/gateway_support.py); keys come from the
+test stack's OpenBao, leases live in the registry database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from gateway.auth import authorization_header
+from service.settings import Settings
+from tests.gateway_support import GatewayWorld, Publisher, gateway_world
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def world(vault: Settings) -> Iterator[GatewayWorld]:
+    with gateway_world(vault, ("alpha", "beta")) as w:
+        yield w
+
+
+def error_reason(reply: dict[str, object]) -> str:
+    assert reply["status"] == "error", reply
+    assert isinstance(reply["reason"], str)
+    return reply["reason"]
+
+
+def test_root_and_repository_listing(world: GatewayWorld) -> None:
+    root = httpx.get(world.api_url).json()
+    assert root["api_version"] == 3
+    listing = httpx.get(f"{world.api_url}/repos").json()
+    assert listing["status"] == "ok"
+    alpha = world.repos["alpha"]
+    assert listing["data"][alpha] == {"keys": {alpha: "/"}, "enabled": True}
+    one = httpx.get(f"{world.api_url}/repos/{alpha}").json()
+    assert one == {"status": "ok", "data": {"keys": {alpha: "/"}, "enabled": True}}
+    unknown = httpx.get(f"{world.api_url}/repos/nope.example.org").json()
+    assert unknown == {"status": "error", "reason": "invalid_repo"}
+
+
+def test_overlapping_lease_is_busy_and_disjoint_paths_lease_in_parallel(
+    world: GatewayWorld,
+) -> None:
+    publisher = world.publisher("alpha")
+    fqrn = world.repos["alpha"]
+    token = publisher.acquire_token(f"{fqrn}/sw/v1")
+    try:
+        for overlapping in (f"{fqrn}/sw/v1", f"{fqrn}/sw", f"{fqrn}/", f"{fqrn}/sw/v1/lib"):
+            reply = publisher.acquire(overlapping)
+            assert reply["status"] == "path_busy", (overlapping, reply)
+            # an integer, as the stock publisher parses it; the stock lease time is 2 h
+            assert isinstance(reply["time_remaining"], int)
+            assert 7000 < reply["time_remaining"] <= 7200
+        other = publisher.acquire_token(f"{fqrn}/sw/v2")  # a sibling: disjoint
+        prefix_only = publisher.acquire_token(f"{fqrn}/sw/v10")  # /sw/v1 is not a prefix
+        leases = httpx.get(f"{world.api_url}/leases").json()["data"]
+        assert {f"{fqrn}/sw/v1", f"{fqrn}/sw/v2", f"{fqrn}/sw/v10"} <= set(leases)
+        assert leases[f"{fqrn}/sw/v1"]["hostname"] == "publisher.example.org"
+        one = httpx.get(f"{world.api_url}/leases/{token}").json()
+        assert one["data"]["path"] == f"{fqrn}/sw/v1"
+        assert one["data"]["key_id"] == fqrn
+        for held in (other, prefix_only):
+            assert publisher.drop(held) == {"status": "ok"}
+    finally:
+        publisher.drop(token)
+
+
+def test_cancel_frees_the_path_and_the_token_is_gone(world: GatewayWorld) -> None:
+    publisher = world.publisher("alpha")
+    fqrn = world.repos["alpha"]
+    token = publisher.acquire_token(f"{fqrn}/cancel")
+    assert publisher.drop(token) == {"status": "ok"}
+    assert "invalid lease" in error_reason(publisher.drop(token))
+    assert "invalid lease" in error_reason(httpx.get(f"{world.api_url}/leases/{token}").json())
+    again = publisher.acquire_token(f"{fqrn}/cancel")
+    assert publisher.drop(again) == {"status": "ok"}
+
+
+def test_drop_by_path_removes_the_leases_below_it(world: GatewayWorld) -> None:
+    publisher = world.publisher("alpha")
+    fqrn = world.repos["alpha"]
+    below = publisher.acquire_token(f"{fqrn}/admin/a")
+    beside = publisher.acquire_token(f"{fqrn}/adminx")
+    assert publisher.drop_by_path(f"{fqrn}/admin") == {"status": "ok"}
+    assert "invalid lease" in error_reason(publisher.drop(below))
+    assert publisher.drop(beside) == {"status": "ok"}
+    other = world.publisher("beta")  # another repository's key may not drop alpha's leases
+    assert "invalid_key" in error_reason(other.drop_by_path(f"{fqrn}/admin"))
+
+
+def test_refusals_of_bad_lease_requests(world: GatewayWorld) -> None:
+    publisher = world.publisher("alpha")
+    fqrn = world.repos["alpha"]
+    beta = world.repos["beta"]
+    # unknown key id
+    stranger = Publisher(world.api_url, "no-such-key", publisher.secret)
+    assert "invalid_key" in error_reason(stranger.acquire(f"{fqrn}/x"))
+    # a key of another repository
+    assert "invalid_key" in error_reason(world.publisher("beta").acquire(f"{fqrn}/x"))
+    # a bad HMAC (the right key id, a wrong secret)
+    forger = Publisher(world.api_url, publisher.key_id, "not-the-secret")
+    assert "invalid_hmac" in error_reason(forger.acquire(f"{fqrn}/x"))
+    # no or garbled Authorization header
+    body = publisher.lease_body(f"{fqrn}/x")
+    reply = httpx.post(f"{world.api_url}/leases", content=body).json()
+    assert "invalid_hmac" in error_reason(reply)
+    # the HMAC of another body
+    header = authorization_header(publisher.key_id, publisher.secret, b"{}")
+    reply = httpx.post(f"{world.api_url}/leases", content=body, headers={"Authorization": header})
+    assert "invalid_hmac" in error_reason(reply.json())
+    # paths: '..', '.', empty segment, absolute, no sub path, foreign repository
+    for bad in (f"{fqrn}/a/../b", f"{fqrn}/..", f"{fqrn}/./a", f"{fqrn}/a//b", f"/{fqrn}/a", fqrn):
+        assert "invalid lease path" in error_reason(publisher.acquire(bad)), bad
+    assert "invalid_repo" in error_reason(publisher.acquire("elsewhere.example.org/a"))
+    assert "invalid_key" in error_reason(publisher.acquire(f"{beta}/a"))
+    # an old protocol version
+    assert "incompatible request version" in error_reason(publisher.acquire(f"{fqrn}/x", 1))
+    # not JSON
+    header = authorization_header(publisher.key_id, publisher.secret, b"nope")
+    reply = httpx.post(
+        f"{world.api_url}/leases", content=b"nope", headers={"Authorization": header}
+    )
+    assert "not JSON" in error_reason(reply.json())
+    # an unknown token
+    assert "invalid lease" in error_reason(publisher.drop("NOSUCHTOKEN"))
+    # none of these left a lease behind
+    assert httpx.get(f"{world.api_url}/leases").json()["data"] == {}
+
+
+def test_an_expired_lease_is_invalid_and_frees_its_path(vault: Settings) -> None:
+    with gateway_world(vault, ("short",), lease_time_s=1) as world:
+        publisher = world.publisher("short")
+        fqrn = world.repos["short"]
+        token = publisher.acquire_token(f"{fqrn}/sw")
+        time.sleep(1.5)
+        assert "expired" in error_reason(httpx.get(f"{world.api_url}/leases/{token}").json())
+        assert "expired" in error_reason(publisher.drop(token))
+        again = publisher.acquire_token(f"{fqrn}/sw")
+        assert publisher.drop(again) == {"status": "ok"}
