@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cvmfs.errors import CvmfsError
 from cvmfs.writer import RepositoryWriter
 from service.api.stratum0 import key_owner, repository_storage
+from service.faults import retry_if_transient
 from service.keystore import KeyStore
 from service.messages import RequestId
 from service.repositories import RepositoryRegistry
@@ -70,7 +71,12 @@ def roll_back(settings: Settings, req: RollbackRequest) -> RollbackResult:
         registry.close()
 
 
-@task(name="roll back to tag", retries=2, retry_delay_seconds=[5, 30])
+@task(
+    name="roll back to tag",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_if_transient,
+)
 def roll_back_to_tag(req: RollbackRequest) -> RollbackResult:
     return roll_back(load_settings(), req)
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from prefect import get_client, task
 from prefect.concurrency.sync import concurrency
 
+from service.faults import retry_if_transient
+
 # The shortest lease the server accepts; renewed in the background while the holder lives
 # (prefect-notes §4), so a crashed publisher blocks its repository for about a minute.
 LEASE_S = 60
@@ -28,7 +30,12 @@ def create_publish_lock(fqrn: str) -> None:
         client.upsert_global_concurrency_limit_by_name(publish_lock_name(fqrn), limit=1)
 
 
-@task(name="create publish lock", retries=3, retry_delay_seconds=[1, 5, 15])
+@task(
+    name="create publish lock",
+    retries=3,
+    retry_delay_seconds=[1, 5, 15],
+    retry_condition_fn=retry_if_transient,
+)
 def ensure_publish_lock(fqrn: str) -> str:
     create_publish_lock(fqrn)
     return publish_lock_name(fqrn)

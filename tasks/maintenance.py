@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from cvmfs.whitelist import SignedWhitelist
 from cvmfs.writer import WHITELIST_KEY, resign_whitelist
 from service.bucket_wiring import topic_name_for, unwire_bucket
+from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.policies import PublisherAccess
 from service.repositories import Repository, RepositoryRegistry
@@ -25,7 +26,13 @@ R = TypeVar("R")
 
 
 def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
-    return task(name=name, retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[2, 10, 30],
+        retry_condition_fn=retry_if_transient,
+        cache_policy=NO_CACHE,
+    )
 
 
 def key_owner(repository: Repository) -> KeyOwner:

@@ -19,6 +19,7 @@ from cvmfs.keys import generate_keyset
 from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
 from service.bucket_wiring import BucketWiring, wire_bucket
 from service.client_config import ClientConfigBundle, build_client_config
+from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.policies import PublisherAccess
@@ -34,7 +35,13 @@ R = TypeVar("R")
 
 def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     """A provisioning step: retried with backoff, never cached (each run re-checks state)."""
-    return task(name=name, retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[2, 10, 30],
+        retry_condition_fn=retry_if_transient,
+        cache_policy=NO_CACHE,
+    )
 
 
 def key_owner(request: AuthorizedProvisionRequest) -> KeyOwner:

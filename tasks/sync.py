@@ -34,6 +34,7 @@ from service.bucket_sync import (
     target_of,
     with_metadata,
 )
+from service.faults import BadInput, retry_if_transient
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import FileProvenance, Repository, RepositoryRegistry
 from service.s3_clients import bucket_agent_s3
@@ -67,7 +68,14 @@ class SyncOutcome:
 
 
 def step(name: str, retries: int = 3) -> Callable[[Callable[P, R]], Task[P, R]]:
-    return task(name=name, retries=retries, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+    """A sync step: retried only for transient faults (`service.faults`), never cached."""
+    return task(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=[2, 10, 30],
+        retry_condition_fn=retry_if_transient,
+        cache_policy=NO_CACHE,
+    )
 
 
 @step("look up repository", retries=1)
@@ -78,7 +86,7 @@ def look_up_repository(settings: Settings, req: SyncRequest) -> Repository:
     finally:
         registry.close()
     if req.bucket is not None and req.bucket != repository.bucket:
-        raise ValueError(
+        raise BadInput(
             f"repository {req.repo} is fed by bucket {repository.bucket!r}, not {req.bucket!r}"
         )
     return repository

@@ -16,7 +16,6 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from requests import RequestException
 
-from cvmfs.errors import ConflictError, StorageError
 from cvmfs.keys import KeySet, generate_keyset
 from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
 from images.errors import RegistryError
@@ -38,6 +37,7 @@ from images.unpacker import (
     unpack_image,
 )
 from images.wishlist import expand, parse_wishlist
+from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.settings import Settings
 from tasks.locks import repository_lease
@@ -45,7 +45,6 @@ from tasks.storage import repository_storage
 
 P = ParamSpec("P")
 R = TypeVar("R")
-TRANSIENT = (RegistryError, ConflictError, StorageError, TimeoutError, ConnectionError)
 FQRN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$"
 ROBOT_SECRET_PATH = "registry/robot"  # KV v2, below settings.vault.kv_mount
 
@@ -98,23 +97,12 @@ def target_fqrn(settings: Settings, request: UnpackRequest) -> str:
     return request.fqrn or f"unpacked.{settings.repository_domain}"
 
 
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry registry/network/storage hiccups and publish conflicts; never refusals."""
-    try:
-        state.result()
-    except TRANSIENT:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     return task(
         name=name,
         retries=3,
         retry_delay_seconds=[2, 10, 30],
-        retry_condition_fn=_retry_transient,
+        retry_condition_fn=retry_if_transient,
         cache_policy=NO_CACHE,
     )
 
