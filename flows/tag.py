@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cvmfs.errors import CvmfsError
 from cvmfs.writer import RepositoryWriter
 from service.api.stratum0 import key_owner, repository_storage
+from service.faults import retry_if_transient
 from service.keystore import KeyStore
 from service.messages import RequestId
 from service.repositories import RepositoryRegistry
@@ -66,7 +67,12 @@ def add_tag(settings: Settings, req: TagRequest) -> TagResult:
         registry.close()
 
 
-@task(name="tag the current revision", retries=2, retry_delay_seconds=[5, 30])
+@task(
+    name="tag the current revision",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_if_transient,
+)
 def tag_current_revision(req: TagRequest) -> TagResult:
     return add_tag(load_settings(), req)
 
