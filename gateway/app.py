@@ -7,7 +7,10 @@ cannot be read at all, and a refusal is `{"status": "error", "reason": ...}`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -22,10 +25,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth import check_hmac, parse_authorization
+from gateway.body import BodyStream, BodyTooLarge, feed_worker
 from gateway.errors import GatewayError, PathBusy
 from gateway.keys import GatewayKey
 from gateway.leases import Lease
 from gateway.paths import parse_lease_path
+from gateway.payloads import store_payload
 from gateway.services import GatewayServices
 from service.settings import Settings
 
@@ -97,9 +102,12 @@ class Gateway:
             check_hmac(auth, key.secret, message)
         return key
 
-    def lease_for_token(self, token: str, header: str | None) -> tuple[Lease, GatewayKey]:
+    def lease_for_token(
+        self, token: str, header: str | None, signed: bytes | None = None
+    ) -> tuple[Lease, GatewayKey]:
+        """The lease of `token` and the key that signed `signed` (default: the token)."""
         lease = self.svc.leases.find(token)
-        key = self.authenticate(lease.fqrn, header, token.encode())
+        key = self.authenticate(lease.fqrn, header, token.encode() if signed is None else signed)
         return lease, key
 
     # ------------------------------------------------------------------------ routes
@@ -230,6 +238,82 @@ class Gateway:
         )
         return ok()
 
+    async def payloads(self, request: Request) -> JSONResponse:
+        """An object pack, legacy form (`/payloads`, token in the JSON head, HMAC over the
+        head) or per-token form (`/payloads/<token>`, HMAC over the token); payloads.go."""
+        url_token = request.path_params.get("token")
+        size_text = request.headers.get("message-size", "")
+        if not size_text.isdigit() or not 0 < int(size_text) <= MAX_JSON_BODY:
+            return bad_request("missing message-size header")
+        head_size = int(size_text)
+        limit = self.svc.settings.gateway.max_payload_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(
+                f"payload of {declared} bytes is larger than the gateway's limit of {limit} "
+                "bytes (gateway.max_payload_bytes)"
+            )
+        chunks = request.stream().__aiter__()
+        head, rest = await read_prefix(chunks, head_size)
+        message = parse_json_object(head)
+        token = url_token or message.get("session_token")
+        if not isinstance(token, str) or not token:
+            raise GatewayError("invalid request body: session_token is missing")
+        digest = message.get("payload_digest")
+        header_size_text = str(message.get("header_size", ""))
+        if not isinstance(digest, str) or not header_size_text.isdigit():
+            raise GatewayError("invalid header_size or payload_digest")
+        signed = token.encode() if url_token else head
+        header = request.headers.get("authorization")
+        lease, _key = await run_in_threadpool(self.lease_for_token, token, header, signed)
+        storage = await run_in_threadpool(self.svc.storage, lease.fqrn)
+        stream = BodyStream()
+        loop = asyncio.get_running_loop()
+        worker = loop.run_in_executor(
+            None,
+            functools.partial(
+                store_payload,
+                stream,
+                storage,
+                payload_digest=digest,
+                header_size=int(header_size_text),
+            ),
+        )
+        try:
+            report = await feed_worker(
+                prepend(rest, chunks), stream, worker, max_bytes=limit - head_size
+            )
+        except BodyTooLarge:
+            with contextlib.suppress(GatewayError):
+                await worker
+            raise
+        log.info(
+            "event=payload_stored repo=%s path=%s objects=%d bytes=%d",
+            lease.fqrn,
+            lease.lease_path.path,
+            report.objects,
+            report.bytes,
+        )
+        return ok()
+
+
+async def read_prefix(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, bytes]:
+    """The first `size` bytes of the body and what the last chunk held beyond them."""
+    data = b""
+    while len(data) < size:
+        try:
+            data += await chunks.__anext__()
+        except StopAsyncIteration:
+            raise GatewayError("invalid request body: shorter than message-size") from None
+    return data[:size], data[size:]
+
+
+async def prepend(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in chunks:
+        yield chunk
+
 
 def handle_refusals(
     handler: Callable[[Request], Awaitable[JSONResponse]],
@@ -267,6 +351,8 @@ def routes(gateway: Gateway) -> list[Route]:
         route("/leases", gateway.new_lease, "POST"),
         route("/leases/{token}", gateway.cancel_lease, "DELETE"),
         route("/leases-by-path/{path:path}", gateway.drop_leases_by_path, "DELETE"),
+        route("/payloads", gateway.payloads, "POST"),
+        route("/payloads/{token}", gateway.payloads, "POST"),
     ]
 
 
