@@ -8,11 +8,11 @@ from __future__ import annotations
 import typer
 
 from cvmfs.cli import repo_app
-from service.client_config import stratum0_url
 from service.run import serve_forever
 from service.settings import LOOPBACK, Settings
 from stack.cli import bring_up, install_missing, stack_app
 from stack.errors import StackError
+from stack.idp_users import DEMO_USERS
 from stack.manager import Stack
 
 app = typer.Typer(no_args_is_help=True, help="CVMFS distribution service: operator commands.")
@@ -41,17 +41,33 @@ def up() -> None:
     except StackError as exc:
         typer.echo(f"up: {exc}", err=True)
         raise typer.Exit(2) from exc
+    typer.echo(welcome_text(settings))
+    serve_forever(settings, after_start=lambda: _run_demo(settings))
+
+
+def welcome_text(settings: Settings) -> str:
+    """What `up` prints: the dashboard and its logins first, then every endpoint."""
     ceph = settings.ceph
-    typer.echo(
+    logins = "\n".join(
+        f"  {user.username:<6} {user.password.get_secret_value():<16} {user.role:<17} "
+        f"S3 access key {user.s3_access_key}  secret key {user.s3_secret_key.get_secret_value()}"
+        for user in DEMO_USERS
+    )
+    return (
         "\n"
-        f"Prefect UI      http://127.0.0.1:{settings.prefect.port}\n"
-        f"S3 endpoint     {ceph.s3_endpoint}  (region {ceph.region})\n"
+        f"Dashboard       {settings.api.dashboard_url}\n"
+        f"  log in at the local identity provider ({settings.idp.issuer_url}) as:\n"
+        f"  {'user':<6} {'password':<16} {'who':<17} S3 account (uid = user)\n"
+        f"{logins}\n"
+        f"S3 endpoint     {settings.s3_public_url}  (region {ceph.region})\n"
         f"demo S3 user    {ceph.demo_user}: access key {ceph.demo_access_key}, "
         f"secret key {ceph.demo_secret_key.get_secret_value()}\n"
+        f"user API        {settings.api.base_url}  (docs {settings.api.base_url}/docs)\n"
+        f"OIDC issuer     {settings.oidc.issuer_url}  (client {settings.oidc.client_id})\n"
+        f"Prefect UI      http://127.0.0.1:{settings.prefect.port}\n"
         f"OCI registry    {settings.registry.url}\n"
-        f"stratum-0       {stratum0_url(settings, '<fqrn>')}/\n"
+        f"stratum-0       {settings.stratum0_public_url}/<fqrn>/\n"
     )
-    serve_forever(settings, after_start=lambda: _run_demo(settings))
 
 
 def _run_demo(settings: Settings) -> None:

@@ -20,7 +20,7 @@ class ClientConfigBundle(BaseModel):
 
 
 def stratum0_url(settings: Settings, fqrn: str) -> str:
-    """Where clients (and stratum 1s) fetch the repository from."""
+    """Where the service itself reads the repository (the local server, not the public URL)."""
     if settings.stratum0.backend == "s3":
         return f"{settings.ceph.s3_endpoint}/{settings.stratum0.bucket}/{fqrn}"
     return f"http://127.0.0.1:{settings.stratum0.http_port}/cvmfs/{fqrn}"
@@ -29,7 +29,8 @@ def stratum0_url(settings: Settings, fqrn: str) -> str:
 def build_client_config(settings: Settings, fqrn: str, public_key_pem: str) -> ClientConfigBundle:
     key_path = f"/etc/cvmfs/keys/{settings.repository_domain}/{fqrn}.pub"
     config_path = f"/etc/cvmfs/config.d/{fqrn}.conf"
-    server_url = stratum0_url(settings, fqrn)
+    # Clients elsewhere read through the public URL (stratum0.public_url when set).
+    server_url = f"{settings.stratum0_public_url}/{fqrn}"
     config = (
         f"# CernVM-FS client configuration for {fqrn}\n"
         f"CVMFS_SERVER_URL={server_url}\n"

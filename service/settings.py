@@ -125,6 +125,23 @@ class Stratum0Settings(BaseModel):
     http_port: int = 8080
     # S3 backend: repositories live in this RGW bucket under <fqrn>/, served by RGW itself.
     bucket: str = "cvmfs-stratum0"
+    # The base URL clients elsewhere reach the repositories at, as written into client
+    # configurations: `<public_url>/<fqrn>` (a stratum 1 or a proxy in front of this host).
+    # None: the local server (http://127.0.0.1:<http_port>/cvmfs, or the RGW bucket).
+    public_url: str | None = None
+
+
+class S3Settings(BaseModel):
+    """What users are told about the S3 service their buckets live in."""
+
+    # The S3 endpoint users upload to, as named in instructions (None: the local RGW).
+    public_url: str | None = None
+    # How a user gets S3 credentials, shown beside the endpoint. Locally the stack creates an
+    # RGW user per demo identity (stack/idp_users.py) and `./svc up` prints their keys.
+    credentials_help: str = (
+        "Use the S3 access key and secret key of your account; on the local stack "
+        "`./svc up` prints each demo user's keys."
+    )
 
 
 class ApiSettings(BaseModel):
@@ -139,6 +156,39 @@ class ApiSettings(BaseModel):
     # A member of `<group>/<manager_subgroup>` manages the group's repositories (may read
     # their keys).
     manager_subgroup: str = "managers"
+    # The URL users' browsers reach this application at (a reverse proxy's https URL in
+    # production). The dashboard is `<public_url>/dashboard/`, its OIDC redirect URI
+    # `<public_url>/dashboard/callback`. None: http://127.0.0.1:<port>.
+    public_url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The effective public URL, without a trailing slash."""
+        return (self.public_url or f"http://{LOOPBACK}:{self.port}").rstrip("/")
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"{self.base_url}/dashboard/"
+
+    @property
+    def dashboard_redirect_uri(self) -> str:
+        return f"{self.base_url}/dashboard/callback"
+
+
+class IdpSettings(BaseModel):
+    """The local OIDC identity provider of the stack (oidc-provider on Node.js, stack/idp/).
+
+    Only for development and tests: production points `oidc.*` at INDIGO IAM or Keycloak.
+    """
+
+    port: int = 9000
+    # One hour, like INDIGO IAM's default access-token lifetime.
+    access_token_ttl_s: int = Field(default=3600, ge=60)
+
+    @property
+    def issuer_url(self) -> str:
+        # With the trailing slash, as INDIGO IAM writes its issuer.
+        return f"http://{LOOPBACK}:{self.port}/"
 
 
 class OidcSettings(BaseModel):
@@ -146,8 +196,15 @@ class OidcSettings(BaseModel):
 
     # Compared exactly with the token's `iss` (OIDC Core §3.1.3.7): keep the trailing slash
     # if the issuer has one. Must be https unless the host is loopback (checked by the verifier).
-    issuer_url: str = "https://iam.example.org/"
+    # Default: the stack's local provider (IdpSettings.issuer_url); production sets IAM's.
+    issuer_url: str = IdpSettings().issuer_url
     audience: str = "cvmfs-distribution-service"
+    # The dashboard's client at the issuer: a confidential client (authorization code + PKCE
+    # S256). The local provider registers it with this secret; with IAM, the secret IAM gave.
+    # None: a public client (PKCE only).
+    client_id: str = "cvmfs-dashboard"
+    client_secret: SecretStr | None = SecretStr("cvmfs-dashboard-local-secret")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
     # None: discovered from <issuer_url>/.well-known/openid-configuration.
     jwks_url: str | None = None
     jwks_cache_ttl_s: int = 300
@@ -238,6 +295,8 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     stratum0: Stratum0Settings = Field(default_factory=Stratum0Settings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    idp: IdpSettings = Field(default_factory=IdpSettings)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
@@ -254,8 +313,13 @@ class Settings(BaseSettings):
     def with_port_offset(self, offset: int, data_dir: Path) -> Settings:
         """The same settings shifted to other ports and another data directory.
 
-        The test suite runs its own stack this way, beside a running development stack.
+        The test suite runs its own stack this way, beside a running development stack. An
+        issuer that is the local provider moves with it; any other issuer stays.
         """
+        idp = self.idp.model_copy(update={"port": self.idp.port + offset})
+        oidc = self.oidc
+        if oidc.issuer_url == self.idp.issuer_url:
+            oidc = oidc.model_copy(update={"issuer_url": idp.issuer_url})
         return self.model_copy(
             update={
                 "data_dir": data_dir,
@@ -287,9 +351,25 @@ class Settings(BaseSettings):
                 ),
                 "api": self.api.model_copy(update={"port": self.api.port + offset}),
                 "gateway": self.gateway.model_copy(update={"port": self.gateway.port + offset}),
+                "idp": idp,
+                "oidc": oidc,
             }
         )
 
     @property
     def absolute_data_dir(self) -> Path:
         return self.data_dir.resolve()
+
+    @property
+    def s3_public_url(self) -> str:
+        """The S3 endpoint named to users (s3.public_url, else the local RGW)."""
+        return (self.s3.public_url or self.ceph.s3_endpoint).rstrip("/")
+
+    @property
+    def stratum0_public_url(self) -> str:
+        """The base URL of the repositories for clients: `<this>/<fqrn>`."""
+        if self.stratum0.public_url is not None:
+            return self.stratum0.public_url.rstrip("/")
+        if self.stratum0.backend == "s3":
+            return f"{self.s3_public_url}/{self.stratum0.bucket}"
+        return f"http://{LOOPBACK}:{self.stratum0.http_port}/cvmfs"

@@ -28,6 +28,7 @@ from service.settings import LOOPBACK, Settings
 from stack import packages, probe, procs
 from stack.component import Health
 from stack.errors import PackageError, PortInUseError, StackError, StartError
+from stack.idp_users import DEMO_USERS
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +516,19 @@ class Ceph:
         self._ensure_user(
             c.demo_user, "Demo user", c.demo_access_key, c.demo_secret_key.get_secret_value()
         )
+        # One RGW user per identity of the local identity provider (uid = username), so each
+        # demo user owns their buckets as themselves, with keys that do not expire (what
+        # aws cli, s3cmd and rclone users are used to). Not RGW's STS
+        # AssumeRoleWithWebIdentity: on 16.2 it needs the STS key, an OIDC provider entity
+        # with the issuer's TLS thumbprint, roles and role policies, and gives credentials
+        # that expire with the token, so every upload tool would need refreshing.
+        for user in DEMO_USERS:
+            self._ensure_user(
+                user.s3_uid,
+                f"{user.name} (demo identity)",
+                user.s3_access_key,
+                user.s3_secret_key.get_secret_value(),
+            )
 
     def _ensure_user(self, uid: str, display_name: str, access_key: str, secret: str) -> None:
         if self._s3_keys_work(access_key, secret):

@@ -15,6 +15,7 @@ from stack import locks, packages, procs
 from stack.ceph import Ceph
 from stack.component import Component, Health
 from stack.errors import StackError
+from stack.idp import IdentityProvider
 from stack.openbao import OpenBao
 from stack.prefect_server import PrefectServer
 from stack.rabbitmq import RabbitMQ
@@ -27,7 +28,7 @@ LOCK_WAIT_S = 600.0
 
 def component_classes() -> list[type[Component]]:
     """Every component class, in start order."""
-    return [RabbitMQ, Ceph, OpenBao, Registry, PrefectServer, Stratum0Http]
+    return [RabbitMQ, Ceph, OpenBao, Registry, PrefectServer, Stratum0Http, IdentityProvider]
 
 
 class Stack:

@@ -1,19 +1,23 @@
 """Which system (Debian) and Python packages the stack needs, and installing the missing ones.
 
-Components name Debian packages plainly and Python distributions as ``pypi:<name>``.
+Components name Debian packages plainly, Python distributions as ``pypi:<name>``, and a
+directory whose package-lock.json `npm ci` installs as ``npm-ci:<directory>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterable
 from importlib import metadata
+from pathlib import Path
 
 from stack.errors import PackageError
 
 PYPI_PREFIX = "pypi:"
+NPM_CI_PREFIX = "npm-ci:"
 
 
 def missing_debian(packages: Iterable[str]) -> list[str]:
@@ -43,14 +47,16 @@ def missing_python(distributions: Iterable[str]) -> list[str]:
 
 
 def install(packages: Iterable[str]) -> list[str]:
-    """Install the given Debian packages (apt) and ``pypi:`` distributions (pip).
+    """Install Debian packages (apt), ``pypi:`` distributions (pip), ``npm-ci:`` directories.
 
-    Runs `apt-get update` once before installing anything from Debian. Returns what it
-    installed.
+    Runs `apt-get update` once before installing anything from Debian; npm runs after apt (it
+    may come from there). Returns what it installed.
     """
     wanted = sorted(set(packages))
-    debs = [p for p in wanted if not p.startswith(PYPI_PREFIX)]
+    prefixed = (PYPI_PREFIX, NPM_CI_PREFIX)
+    debs = [p for p in wanted if not p.startswith(prefixed)]
     pypi = [p.removeprefix(PYPI_PREFIX) for p in wanted if p.startswith(PYPI_PREFIX)]
+    npm_dirs = [p.removeprefix(NPM_CI_PREFIX) for p in wanted if p.startswith(NPM_CI_PREFIX)]
     if debs:
         if os.geteuid() != 0:
             raise PackageError(
@@ -70,7 +76,25 @@ def install(packages: Iterable[str]) -> list[str]:
             dict(os.environ),
             f"pip install {' '.join(pypi)}",
         )
-    return [*debs, *(PYPI_PREFIX + p for p in pypi)]
+    for directory in npm_dirs:
+        npm_ci(Path(directory))
+    return [*debs, *(PYPI_PREFIX + p for p in pypi), *(NPM_CI_PREFIX + d for d in npm_dirs)]
+
+
+def npm_ci(directory: Path) -> None:
+    """`npm ci` in `directory` (exactly its package-lock.json), then a stamp naming that lock.
+
+    The stamp is `node_modules/.cvmfs-svc-npm-ci-<sha256 of the lock, 16 hex>`; a component
+    checks for it to know whether it is installed.
+    """
+    lock = directory / "package-lock.json"
+    _run(
+        ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--prefix", str(directory)],
+        dict(os.environ),
+        f"npm ci in {directory}",
+    )
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    (directory / "node_modules" / f".cvmfs-svc-npm-ci-{digest}").touch()
 
 
 def _run(argv: list[str], env: dict[str, str], what: str) -> None:

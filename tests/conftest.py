@@ -4,9 +4,10 @@ Fixtures (all session-scoped; each component starts on first use and stops at se
 whether tests pass or fail):
 
 * ``stack_settings``: the test stack's Settings (fresh temp data dir, OpenBao in dev mode).
-* ``rabbitmq``, ``ceph``, ``vault``, ``registry``, ``prefect_server``, ``stratum0_http``: each
-  starts its component and yields the Settings to talk to it; ``vault`` yields them with
-  ``vault.token`` set.
+* ``rabbitmq``, ``ceph``, ``vault``, ``registry``, ``prefect_server``, ``stratum0_http``,
+  ``idp``: each starts its component and yields the Settings to talk to it; ``vault`` yields
+  them with ``vault.token`` set. ``idp`` is the local OIDC provider: its settings' ``oidc.*``
+  name it, and ``tests/idp_login.py`` logs its demo users in (``stack/idp_users.py``).
 * ``stack_env``: environment variables that make ``Settings.load()`` in a subprocess (the CLI)
   return ``stack_settings``.
 
@@ -42,6 +43,7 @@ from service.settings import Settings
 from stack import procs
 from stack.ceph import Ceph
 from stack.component import Component
+from stack.idp import IdentityProvider
 from stack.locks import exclusive, lock_path_for_test_stack
 from stack.manager import Stack
 from stack.openbao import OpenBao, root_token
@@ -248,6 +250,17 @@ def prefect_server(stack_settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def stratum0_http(stack_settings: Settings) -> Iterator[Settings]:
     yield from _run_component(_component(Stratum0Http, stack_settings), stack_settings)
+
+
+@pytest.fixture(scope="session")
+def idp(stack_settings: Settings) -> Iterator[Settings]:
+    """The local OIDC provider; the settings' oidc.issuer_url is the provider (the default)."""
+    if stack_settings.oidc.issuer_url != stack_settings.idp.issuer_url:
+        pytest.fail(
+            f"oidc.issuer_url is {stack_settings.oidc.issuer_url!r}, not the test stack's "
+            f"provider {stack_settings.idp.issuer_url}: unset CVMFS_SVC_OIDC__ISSUER_URL."
+        )
+    yield from _run_component(_component(IdentityProvider, stack_settings), stack_settings)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -19,3 +19,29 @@ def test_s3_backend_serves_from_the_bucket() -> None:
     settings.stratum0.backend = "s3"
     bundle = build_client_config(settings, "g.sw.example.org", "K")
     assert bundle.server_url == "http://127.0.0.1:8000/cvmfs-stratum0/g.sw.example.org"
+
+
+def test_clients_elsewhere_get_the_public_urls() -> None:
+    settings = Settings(data_dir=Path("/tmp/x"))
+    settings.stratum0.public_url = "https://cvmfs.example.org/cvmfs/"
+    settings.s3.public_url = "https://s3.example.org"
+    bundle = build_client_config(settings, "alice.sw.example.org", "K")
+    assert bundle.server_url == "https://cvmfs.example.org/cvmfs/alice.sw.example.org"
+    assert settings.s3_public_url == "https://s3.example.org"
+    settings.stratum0.public_url = None
+    settings.stratum0.backend = "s3"
+    assert build_client_config(settings, "g.sw.example.org", "K").server_url == (
+        "https://s3.example.org/cvmfs-stratum0/g.sw.example.org"
+    )
+
+
+def test_the_local_issuer_moves_with_the_test_ports_and_another_issuer_stays() -> None:
+    settings = Settings(data_dir=Path("/tmp/x"))
+    assert settings.oidc.issuer_url == "http://127.0.0.1:9000/" == settings.idp.issuer_url
+    shifted = settings.with_port_offset(130, Path("/tmp/y"))
+    assert shifted.oidc.issuer_url == "http://127.0.0.1:9130/" == shifted.idp.issuer_url
+    settings.oidc.issuer_url = "https://iam.example.org/"
+    assert settings.with_port_offset(130, Path("/tmp/y")).oidc.issuer_url == (
+        "https://iam.example.org/"
+    )
+    assert shifted.api.dashboard_redirect_uri == "http://127.0.0.1:8220/dashboard/callback"

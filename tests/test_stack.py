@@ -20,6 +20,7 @@ import yaml
 from service.settings import Settings
 from stack import packages, probe, procs
 from stack.errors import StartError
+from stack.idp_users import DEMO_USERS
 from stack.manager import Stack, component_classes
 from stack.openbao import OpenBao, root_token, secrets_file
 
@@ -37,6 +38,7 @@ def stack(
     registry: Settings,
     prefect_server: Settings,
     stratum0_http: Settings,
+    idp: Settings,
     stack_settings: Settings,
 ) -> Stack:
     """The whole test stack, started through the session fixtures."""
@@ -52,6 +54,7 @@ def expected_ports(settings: Settings) -> dict[str, list[int]]:
         "registry": [settings.registry.port],
         "prefect": [settings.prefect.port],
         "stratum0-http": [settings.stratum0.http_port],
+        "idp": [settings.idp.port],
     }
 
 
@@ -60,7 +63,7 @@ def stack_pids(stack: Stack) -> dict[str, list[int]]:
 
 
 def test_the_stack_has_every_component_in_start_order() -> None:
-    assert ALL == ["rabbitmq", "ceph", "openbao", "registry", "prefect", "stratum0-http"]
+    assert ALL == ["rabbitmq", "ceph", "openbao", "registry", "prefect", "stratum0-http", "idp"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -83,6 +86,7 @@ def test_status_reports_every_component_with_its_url(stack: Stack) -> None:
     assert urls["registry"] == f"http://127.0.0.1:{s.registry.port}"
     assert urls["prefect"] == f"http://127.0.0.1:{s.prefect.port}"
     assert urls["stratum0-http"] == f"http://127.0.0.1:{s.stratum0.http_port}/cvmfs"
+    assert urls["idp"] == f"http://127.0.0.1:{s.idp.port}/"
 
 
 def test_up_again_is_a_no_op(stack: Stack) -> None:
@@ -168,6 +172,12 @@ def test_cli_up_prints_the_endpoints_and_ctrl_c_leaves_the_stack_running(
     assert s.ceph.demo_access_key in output
     assert s.ceph.demo_secret_key.get_secret_value() in output
     assert f"OCI registry    {s.registry.url}" in output
+    assert f"Dashboard       http://127.0.0.1:{s.api.port}/dashboard/" in output
+    assert f"OIDC issuer     http://127.0.0.1:{s.idp.port}/" in output
+    for user in DEMO_USERS:
+        assert user.password.get_secret_value() in output
+        assert f"S3 access key {user.s3_access_key}" in output
+        assert user.s3_secret_key.get_secret_value() in output
     assert f"stratum-0       http://127.0.0.1:{s.stratum0.http_port}/cvmfs/" in output
     assert "service: stopped" in output
     assert all(h.healthy for h in stack.status())

@@ -1,0 +1,226 @@
+// The local OIDC identity provider of the cvmfs-svc stack: panva's oidc-provider (OpenID
+// Certified) configured from one JSON file written by stack/idp.py, plus our login page.
+//
+// Usage: node server.mjs <config.json>. Everything it keeps (signing keys, cookie keys) lives
+// beside the config file, so tokens stay valid over restarts. Sessions and grants are in memory:
+// after a restart users log in again, and access tokens already issued keep verifying.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import Provider, { errors } from 'oidc-provider';
+
+const configPath = process.argv[2];
+if (!configPath) {
+  console.error('usage: node server.mjs <config.json>');
+  process.exit(2);
+}
+const config = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+const stateDir = path.dirname(path.resolve(configPath));
+
+function log(event, fields = {}) {
+  const pairs = Object.entries(fields).map(([k, v]) => `${k}=${v}`);
+  console.log([`event=${event}`, ...pairs].join(' '));
+}
+
+// Secrets made once and kept (0600), so a restart keeps tokens and cookies valid.
+function persisted(name, make) {
+  const file = path.join(stateDir, name);
+  if (fs.existsSync(file)) return JSON.parse(fs.readFileSync(file, 'utf8'));
+  const value = make();
+  fs.writeFileSync(file, JSON.stringify(value), { mode: 0o600 });
+  return value;
+}
+
+const jwks = persisted('jwks.json', () => {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = privateKey.export({ format: 'jwk' });
+  return { keys: [{ ...jwk, kid: `rsa-${crypto.randomBytes(6).toString('hex')}`, use: 'sig', alg: 'RS256' }] };
+});
+const cookieKeys = persisted('cookie-keys.json', () => [crypto.randomBytes(32).toString('base64url')]);
+
+const users = new Map(config.users.map((user) => [user.username, user]));
+// Accounts are keyed by subject (a stable UUID, like IAM's `sub`); the login form by username.
+const accounts = new Map(config.users.map((user) => [user.subject, user]));
+
+function passwordMatches(user, password) {
+  // scrypt with the parameters hashlib.scrypt used in stack/idp.py (n=2**14, r=8, p=1).
+  const salt = Buffer.from(user.password_salt, 'hex');
+  const expected = Buffer.from(user.password_scrypt, 'hex');
+  const actual = crypto.scryptSync(password, salt, expected.length, { N: 16384, r: 8, p: 1 });
+  return crypto.timingSafeEqual(actual, expected);
+}
+
+// Claims as INDIGO IAM sends them: `groups` is a list of group paths ("atlas", "atlas/managers").
+function accountClaims(user) {
+  return {
+    sub: user.subject,
+    preferred_username: user.username,
+    name: user.name,
+    email: user.email,
+    email_verified: true,
+    groups: user.groups,
+  };
+}
+
+const resource = config.resource_indicator;
+const provider = new Provider(config.issuer, {
+  clients: config.clients,
+  jwks,
+  cookies: { keys: cookieKeys },
+  claims: {
+    openid: ['sub'],
+    profile: ['preferred_username', 'name', 'groups'],
+    email: ['email', 'email_verified'],
+  },
+  scopes: ['openid', 'profile', 'email', 'offline_access'],
+  // ID tokens carry the profile claims even when an access token is issued (as IAM's do).
+  conformIdTokenClaims: false,
+  pkce: { required: () => true },
+  features: {
+    devInteractions: { enabled: false },
+    rpInitiatedLogout: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // Every authorization is for the service's API: its access tokens are JWTs with the
+      // service's audience, which the service verifies against this provider's JWKS.
+      defaultResource: async (_ctx, _client, oneOf) => oneOf ?? resource,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, indicator) => {
+        if (indicator !== resource) throw new errors.InvalidTarget();
+        return {
+          scope: config.resource_scope,
+          audience: config.audience,
+          accessTokenTTL: config.access_token_ttl_s,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
+  },
+  extraTokenClaims: async (_ctx, token) => {
+    const user = accounts.get(token.accountId);
+    if (!user) return undefined;
+    return { preferred_username: user.username, groups: user.groups };
+  },
+  findAccount: async (_ctx, id) => {
+    const user = accounts.get(id);
+    if (!user) return undefined;
+    return { accountId: id, claims: async () => accountClaims(user) };
+  },
+  ttl: {
+    AccessToken: config.access_token_ttl_s,
+    IdToken: config.access_token_ttl_s,
+    Session: 8 * 3600,
+    Interaction: 3600,
+    Grant: 8 * 3600,
+    AuthorizationCode: 60,
+    RefreshToken: 8 * 3600,
+  },
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  renderError: async (ctx, out) => {
+    ctx.type = 'html';
+    ctx.body = page('Sign-in error', `<p class="error">${escape(out.error)}: ${escape(out.error_description ?? '')}</p>`);
+  },
+});
+provider.proxy = config.behind_proxy;
+
+function escape(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function page(title, body) {
+  return `<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>${escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font-family:sans-serif;max-width:26em;margin:3em auto}label{display:block;margin-top:1em}
+input{width:100%;padding:.4em}button{margin-top:1.5em;padding:.5em 2em}.error{color:#a00}</style>
+</head><body><h1>${escape(title)}</h1>${body}</body></html>`;
+}
+
+function loginForm(uid, clientName, username = '', error = '') {
+  return page('Sign in', `
+<p>to ${escape(clientName)} (local identity provider of the cvmfs-svc stack)</p>
+${error ? `<p class="error" role="alert">${escape(error)}</p>` : ''}
+<form method="post" action="/interaction/${escape(uid)}/login" autocomplete="off">
+<label for="username">Username</label>
+<input id="username" name="username" value="${escape(username)}" required autofocus>
+<label for="password">Password</label>
+<input id="password" name="password" type="password" required>
+<button type="submit">Sign in</button>
+</form>`);
+}
+
+async function readForm(req, limit = 16 * 1024) {
+  let size = 0;
+  const chunks = [];
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > limit) throw new errors.InvalidRequest('form too large');
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+// The consent step is skipped for the registered (first-party) clients: everything they ask
+// for is granted, as IAM does for clients an administrator registered.
+async function grantEverything(details) {
+  const { prompt: { details: missing }, params, session } = details;
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  return grant.save();
+}
+
+provider.use(async (ctx, next) => {
+  const match = ctx.path.match(/^\/interaction\/([\w-]+)(\/login)?$/);
+  if (!match) return next();
+  ctx.set('Cache-Control', 'no-store');
+  ctx.set('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'");
+  const details = await provider.interactionDetails(ctx.req, ctx.res);
+  if (details.uid !== match[1]) throw new errors.InvalidRequest('interaction mismatch');
+  const client = await provider.Client.find(details.params.client_id);
+  const clientName = client?.clientName ?? details.params.client_id;
+  if (details.prompt.name === 'consent') {
+    const grantId = await grantEverything(details);
+    ctx.respond = false;
+    return provider.interactionFinished(ctx.req, ctx.res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+  }
+  if (!match[2]) {
+    ctx.type = 'html';
+    ctx.body = loginForm(details.uid, clientName);
+    return undefined;
+  }
+  if (ctx.method !== 'POST') throw new errors.InvalidRequest('the login form is sent with POST');
+  const form = await readForm(ctx.req);
+  const username = form.get('username') ?? '';
+  const user = users.get(username);
+  if (!user || !passwordMatches(user, form.get('password') ?? '')) {
+    log('login_refused', { username: JSON.stringify(username.slice(0, 64)) });
+    ctx.status = 401;
+    ctx.type = 'html';
+    ctx.body = loginForm(details.uid, clientName, username, 'Wrong username or password.');
+    return undefined;
+  }
+  log('login', { username });
+  ctx.respond = false;
+  return provider.interactionFinished(
+    ctx.req,
+    ctx.res,
+    { login: { accountId: user.subject } },
+    { mergeWithLastSubmission: false },
+  );
+});
+
+const server = provider.listen(config.port, '127.0.0.1', () => {
+  log('listening', { issuer: config.issuer, port: config.port });
+});
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}
