@@ -93,6 +93,32 @@ def test_each_demo_user_logs_in_and_the_service_accepts_the_token(
     assert id_claims["email"] == user.email
 
 
+def test_the_login_page_policy_lets_the_form_end_at_the_dashboard(idp: Settings) -> None:
+    # Chromium applies form-action to every redirect after the POST (measured: with
+    # `form-action 'self'` alone it blocked the login), so the dashboard's origin is allowed.
+    with httpx.Client(timeout=10) as http:
+        config = discovery(idp, http)
+        query = {
+            "client_id": idp.oidc.client_id,
+            "redirect_uri": idp.api.dashboard_redirect_uri,
+            "response_type": "code",
+            "scope": "openid",
+            "code_challenge": "x" * 43,
+            "code_challenge_method": "S256",
+        }
+        page = http.get(
+            f"{config['authorization_endpoint']}?{urlencode(query)}", follow_redirects=True
+        )
+    assert page.status_code == 200 and 'name="password"' in page.text
+    policy = dict(
+        directive.strip().split(" ", 1)
+        for directive in page.headers["content-security-policy"].split(";")
+    )
+    assert policy["form-action"].split() == ["'self'", idp.api.base_url]
+    assert policy["default-src"] == "'none'"
+    assert page.headers["cache-control"] == "no-store"
+
+
 @pytest.mark.parametrize(
     ("username", "password"),
     [("alice", "bob-password"), ("alice", ""), ("nobody", "nobody-password")],

@@ -64,6 +64,16 @@ function accountClaims(user) {
 }
 
 const resource = config.resource_indicator;
+// The login form posts here, and the browser then follows redirects to the clients: Chromium
+// applies form-action to every hop, so the clients' origins are allowed too.
+const clientOrigins = [...new Set(config.clients.flatMap((client) => client.redirect_uris.map((uri) => new URL(uri).origin)))];
+const loginPagePolicy = [
+  "default-src 'none'",
+  "style-src 'unsafe-inline'",
+  `form-action 'self' ${clientOrigins.join(' ')}`,
+  "frame-ancestors 'none'",
+  "base-uri 'none'",
+].join('; ');
 const provider = new Provider(config.issuer, {
   clients: config.clients,
   jwks,
@@ -79,7 +89,18 @@ const provider = new Provider(config.issuer, {
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: false },
-    rpInitiatedLogout: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // Our own pages: the packaged ones load web fonts from the internet.
+      logoutSource: async (ctx, form) => {
+        ctx.body = page('Sign out', `${form}<p>Sign out of the local identity provider?</p>
+<button autofocus type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+<button type="submit" form="op.logoutForm">No, stay signed in</button>`);
+      },
+      postLogoutSuccessSource: async (ctx) => {
+        ctx.body = page('Signed out', '<p>You are signed out of the local identity provider.</p>');
+      },
+    },
     revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -182,7 +203,7 @@ provider.use(async (ctx, next) => {
   const match = ctx.path.match(/^\/interaction\/([\w-]+)(\/login)?$/);
   if (!match) return next();
   ctx.set('Cache-Control', 'no-store');
-  ctx.set('Content-Security-Policy', "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'");
+  ctx.set('Content-Security-Policy', loginPagePolicy);
   const details = await provider.interactionDetails(ctx.req, ctx.res);
   if (details.uid !== match[1]) throw new errors.InvalidRequest('interaction mismatch');
   const client = await provider.Client.find(details.params.client_id);
