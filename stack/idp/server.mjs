@@ -1,14 +1,17 @@
 // The local OIDC identity provider of the cvmfs-svc stack: panva's oidc-provider (OpenID
 // Certified) configured from one JSON file written by stack/idp.py, plus our login page.
 //
-// Usage: node server.mjs <config.json>. Everything it keeps (signing keys, cookie keys) lives
-// beside the config file, so tokens stay valid over restarts. Sessions and grants are in memory:
-// after a restart users log in again, and access tokens already issued keep verifying.
+// Usage: node server.mjs <config.json>. Everything it keeps lives beside the config file: signing
+// and cookie keys, and (state/) sessions, grants and refresh tokens, so a restart loses nothing.
+// oidc-provider 9 prefers Node 22 and warns on Node 20 (Debian 12's machines here have 20); every
+// test of tests/test_idp.py passes on 20.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
 import Provider, { errors } from 'oidc-provider';
+
+import { fileAdapterFor } from './file_adapter.mjs';
 
 const configPath = process.argv[2];
 if (!configPath) {
@@ -75,6 +78,7 @@ const loginPagePolicy = [
   "base-uri 'none'",
 ].join('; ');
 const provider = new Provider(config.issuer, {
+  adapter: fileAdapterFor(path.join(stateDir, 'state')),
   clients: config.clients,
   jwks,
   cookies: { keys: cookieKeys },
