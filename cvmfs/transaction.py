@@ -33,7 +33,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -663,6 +663,55 @@ class Transaction:
         self._pending.append(pending)
         self.files_added += 1
         self._drain(block=False)
+
+    @_guarded
+    def add_stored_file(
+        self,
+        path: str,
+        *,
+        size: int,
+        content_hash: ContentHash | None,
+        chunks: Sequence[tuple[int, int, ContentHash]] = (),
+        compressed: bool = True,
+        mode: int = 0o644,
+        mtime: int | None = None,
+        mtimens: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        xattrs: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        """Add or replace a regular file whose objects are already stored (a gateway commit,
+        where the publisher uploaded them); `chunks` are (offset, size, hash of the P object).
+
+        Nothing is read or uploaded: the caller checks that the objects exist.
+        """
+        self._check_open()
+        self._drain(block=True)
+        path = repository_path(path)
+        if path == "":
+            raise InvalidPathError("the repository root is a directory, not a file")
+        if content_hash is None and not chunks:
+            raise TransactionError(f"{path}: a file needs a content hash or chunks")
+        algorithm = content_hash.algorithm if content_hash is not None else chunks[0][2].algorithm
+        flags = FLAG_FILE | (algorithm.flags_value << FLAG_HASH_ALGORITHM_SHIFT)
+        if not compressed:
+            flags |= COMPRESSION_NONE << FLAG_COMPRESSION_SHIFT
+        if chunks:
+            flags |= FLAG_FILE_CHUNK
+        row = Row(
+            path=path,
+            mode=stat.S_IFREG | sanitize_mode(mode),
+            mtime=self.now if mtime is None else int(mtime),
+            flags=flags,
+            size=size,
+            content_hash=None if content_hash is None else content_hash.digest,
+            uid=self.default_uid if uid is None else uid,
+            gid=self.default_gid if gid is None else gid,
+            mtimens=mtimens,
+            xattr=encode_xattrs(xattrs or {}),
+        )
+        self._put_leaf(row, [ChunkRow(offset, length, h.digest) for offset, length, h in chunks])
+        self.files_added += 1
 
     def _store_unchunked(self, stream: BinaryIO) -> tuple[ContentHash, int]:
         """Stream one whole-file object through a spooled temp file (no size limit)."""

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from flows.gateway_commit import gateway_commit
 from gateway.auth import check_hmac, parse_authorization
 from gateway.body import BodyStream, BodyTooLarge, feed_worker
 from gateway.errors import GatewayError, PathBusy
@@ -33,6 +34,7 @@ from gateway.paths import parse_lease_path
 from gateway.payloads import store_payload
 from gateway.services import GatewayServices
 from service.settings import Settings
+from tasks.gateway_commit import GatewayCommitRequest
 
 log = logging.getLogger("cvmfs.gateway")
 
@@ -216,6 +218,45 @@ class Gateway:
         log.info("event=lease_cancelled repo=%s path=%s", lease.fqrn, lease.lease_path.path)
         return ok()
 
+    async def commit_lease(self, request: Request) -> JSONResponse:
+        token = request.path_params["token"]
+        body = await read_small_body(request)
+        header = request.headers.get("authorization")
+        return await run_in_threadpool(self._commit_lease, token, header, body)
+
+    def _commit_lease(self, token: str, header: str | None, body: bytes) -> JSONResponse:
+        """leases.go handleCommitLease; the merge runs as a `gateway-commit` flow run."""
+        lease, key = self.lease_for_token(token, header)
+        message = parse_json_object(body)
+        hashes = [message.get("old_root_hash"), message.get("new_root_hash")]
+        if not all(isinstance(h, str) and h for h in hashes):
+            raise GatewayError("invalid request body: old_root_hash and new_root_hash are needed")
+        tag_name, tag_description = message.get("tag_name", ""), message.get("tag_description", "")
+        request = GatewayCommitRequest(
+            repo=lease.fqrn,
+            path=lease.lease_path.path,
+            key_id=key.key_id,
+            hostname=lease.hostname,
+            old_root_hash=str(hashes[0]),
+            new_root_hash=str(hashes[1]),
+            lease_base_root_hash=lease.base_root_hash,
+            lease_base_revision=lease.base_revision,
+            tag_name=tag_name if isinstance(tag_name, str) else "",
+            tag_description=tag_description if isinstance(tag_description, str) else "",
+        )
+        state = gateway_commit(request, return_state=True)
+        if not state.is_completed():
+            error = state.result(raise_on_failure=False)
+            if isinstance(error, GatewayError):
+                return refused(error.reason)
+            return refused(
+                f"commit failed ({type(error).__name__}: {error}); nothing was published and "
+                "the lease is kept: run `cvmfs_server publish` again"
+            )
+        revision = state.result()
+        self.svc.leases.release(token)
+        return ok(final_revision=revision)
+
     async def drop_leases_by_path(self, request: Request) -> JSONResponse:
         raw_path = request.path_params["path"]
         header = request.headers.get("authorization")
@@ -349,6 +390,7 @@ def routes(gateway: Gateway) -> list[Route]:
         route("/leases", gateway.get_leases, "GET"),
         route("/leases/{token}", gateway.get_leases, "GET"),
         route("/leases", gateway.new_lease, "POST"),
+        route("/leases/{token}", gateway.commit_lease, "POST"),
         route("/leases/{token}", gateway.cancel_lease, "DELETE"),
         route("/leases-by-path/{path:path}", gateway.drop_leases_by_path, "DELETE"),
         route("/payloads", gateway.payloads, "POST"),

@@ -10,25 +10,33 @@ app with uvicorn on a free port.
 from __future__ import annotations
 
 import hashlib
+import io
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from cvmfs.keys import KeySet, generate_keyset, parse_gateway_key
-from cvmfs.storage import LocalStorage
+from cvmfs.storage import LocalStorage, Storage
+from cvmfs.transaction import Transaction
 from cvmfs.writer import RepositoryWriter, create_repository
 from gateway.app import create_app
 from gateway.auth import authorization_header
+from gateway.pack import build_pack
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import RepositoryClaim, RepositoryRegistry
 from service.settings import Settings
+from tasks.locks import create_publish_lock
+from tests.conftest import settings_env
 from tests.test_api_support import ServedApp, free_port
 
 HOSTNAME = "publisher.example.org"
@@ -167,8 +175,10 @@ def provision_repository(
 
 @contextmanager
 def gateway_world(
-    vault: Settings, labels: tuple[str, ...], **gateway: Any
+    vault: Settings, labels: tuple[str, ...], *, flows: bool = False, **gateway: Any
 ) -> Iterator[GatewayWorld]:
+    """With `flows`, each repository gets its publish lock on the test Prefect server and the
+    environment carries the world's settings, which the commit flow's `load_settings()` reads."""
     tmp = Path(tempfile.mkdtemp(prefix="cvmfs-gateway-test-"))
     settings = vault.model_copy(
         update={
@@ -185,7 +195,12 @@ def gateway_world(
         fqrn: provision_repository(settings, registry, key_store, fqrn) for fqrn in repos.values()
     }
     port = free_port()
-    with ServedApp(create_app(settings), port):
+    with pytest.MonkeyPatch.context() as env, ServedApp(create_app(settings), port):
+        if flows:
+            for fqrn in repos.values():
+                create_publish_lock(fqrn)
+            for key, value in settings_env(settings).items():
+                env.setenv(key, value)
         yield GatewayWorld(
             settings=settings,
             api_url=f"http://127.0.0.1:{port}/api/v1",
@@ -195,3 +210,112 @@ def gateway_world(
             keys=keys,
         )
     registry.close()
+
+
+# --- the publisher's side of a publish --------------------------------------------------------
+
+
+class CapturingStorage:
+    """The publisher's view of the repository: reads stratum-0 (as the stock publisher reads it
+    over HTTP) and keeps every object it writes, to send them to the gateway in payloads."""
+
+    def __init__(self, upstream: Storage) -> None:
+        self.upstream = upstream
+        self.written: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            if key in self.written:
+                return self.written[key]
+        return self.upstream.get(key)
+
+    def open(self, key: str) -> BinaryIO:
+        return io.BytesIO(self.get(key))
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            if key in self.written:
+                return True
+        return self.upstream.exists(key)
+
+    def put(self, key: str, data: bytes | IO[bytes]) -> None:
+        value = data if isinstance(data, bytes) else data.read()
+        with self._lock:
+            self.written[key] = bytes(value)
+
+    def put_atomic(self, key: str, data: bytes) -> None:
+        self.put(key, data)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.written.pop(key, None)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        yield from sorted(k for k in self.written if k.startswith(prefix))
+
+
+_THROWAWAY_KEYS: dict[str, KeySet] = {}
+
+
+def _publisher_keys(fqrn: str) -> KeySet:
+    """Keys of the publisher's scratch writer: NOT the repository's (a remote publisher never
+    holds them); the writer needs some to exist, and never signs with them here."""
+    if fqrn not in _THROWAWAY_KEYS:
+        _THROWAWAY_KEYS[fqrn] = generate_keyset(fqrn)
+    return _THROWAWAY_KEYS[fqrn]
+
+
+@dataclass
+class PreparedPublish:
+    old_root_hash: str
+    new_root_hash: str
+    objects: dict[str, bytes]  # storage key -> stored bytes (what the payloads carry)
+
+
+@contextmanager
+def publisher_transaction(storage: Storage, fqrn: str) -> Iterator[Transaction]:
+    """A transaction on the revision stratum-0 has now, writing only into a capture."""
+    capture = CapturingStorage(storage)
+    writer = RepositoryWriter(capture, fqrn, _publisher_keys(fqrn))
+    txn = writer.transaction()
+    try:
+        yield txn
+    finally:
+        txn.abort()
+
+
+def prepare(txn: Transaction) -> PreparedPublish:
+    """The new catalogs (written bottom-up, as the publisher's sync does) and every object."""
+    catalogs = txn.finalize_catalogs(last_modified=int(time.time()))
+    capture = txn.storage
+    assert isinstance(capture, CapturingStorage)
+    objects = dict(capture.written)
+    return PreparedPublish(txn.base_root_hash.hex, catalogs[-1].content_hash.hex, objects)
+
+
+def object_name(key: str) -> str:
+    """`data/ab/cdef…C` → `abcdef…C`, the name in a pack header."""
+    _data, prefix, rest = key.split("/")
+    return prefix + rest
+
+
+def send_objects(
+    publisher: Publisher, token: str, objects: dict[str, bytes], max_pack_bytes: int = 8 << 20
+) -> None:
+    """Payloads as the publisher dispatches them: packs up to a size, one object per pack
+    at least (a larger object gets a pack of its own)."""
+    pack: list[tuple[str, bytes]] = []
+    size = 0
+    keys = sorted(objects)
+    for key in keys:
+        data = objects[key]
+        if pack and size + len(data) > max_pack_bytes:
+            reply = publisher.submit(token, *build_pack(pack))
+            assert reply == {"status": "ok"}, reply
+            pack, size = [], 0
+        pack.append((object_name(key), data))
+        size += len(data)
+    if pack:
+        reply = publisher.submit(token, *build_pack(pack))
+        assert reply == {"status": "ok"}, reply

@@ -1,0 +1,35 @@
+"""Flow `gateway-commit`: a stock publisher's commit through the gateway, as one run.
+
+The gateway process runs it when `POST /api/v1/leases/<token>` arrives, so every commit shows
+in the Prefect UI with its repository, path, publisher host, key id and hashes.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from service.runtime import load_settings
+from tasks.gateway_commit import GatewayCommitRequest, merge_and_publish, report_commit
+from tasks.locks import repository_lease
+
+
+@flow(name="gateway-commit", flow_run_name="gateway-commit-{req.repo}")
+def gateway_commit(req: GatewayCommitRequest) -> int:
+    """Apply the publisher's changes under its leased path to the current revision; publish."""
+    settings = load_settings()
+    # The same lease every writer of the repository takes (bucket sync, rollback, unpack):
+    # the merge starts from the current revision and nothing publishes beside it.
+    with repository_lease(req.repo):
+        outcome = merge_and_publish(settings, req)
+    report_commit(req, outcome)
+    get_run_logger().info(
+        "gateway commit repo=%s path=%s key_id=%s host=%s revision=%d→%d changes=%s",
+        req.repo,
+        req.path,
+        req.key_id,
+        req.hostname,
+        outcome.old_revision,
+        outcome.revision,
+        outcome.plan.counts(),
+    )
+    return outcome.revision

@@ -1,0 +1,244 @@
+"""Commits through the gateway over real HTTP: a publisher written from the protocol builds
+catalogs and objects with the project's cvmfs/ library (on the revision stratum-0 has, writing
+only into its own capture, never holding the repository key), sends them as object packs and
+commits; the gateway merges onto the current revision in a `gateway-commit` Prefect run.
+
+Every repository is checked with the verifier (cvmfs.fsck) over its signed trust chain.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterName,
+)
+
+from cvmfs.fsck import fsck
+from cvmfs.reader import RepositoryReader
+from cvmfs.transaction import Transaction
+from service.settings import Settings
+from tests.gateway_support import (
+    GatewayWorld,
+    Publisher,
+    gateway_world,
+    prepare,
+    publisher_transaction,
+    send_objects,
+)
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def world(vault: Settings, prefect_server: Settings) -> Iterator[GatewayWorld]:
+    with gateway_world(vault, ("one", "two"), flows=True, max_payload_bytes=64 << 20) as w:
+        yield w
+
+
+def verified_reader(world: GatewayWorld, label: str) -> RepositoryReader:
+    fqrn = world.repos[label]
+    return RepositoryReader(world.storage(label), fqrn, [world.keys[fqrn].master_public_pem])
+
+
+def assert_verifies(world: GatewayWorld, label: str) -> RepositoryReader:
+    reader = verified_reader(world, label)
+    report = fsck(reader, all_revisions=True)
+    assert report.ok, report.problems
+    return reader
+
+
+def revision(world: GatewayWorld, label: str) -> int:
+    return world.writer(label).current_manifest().revision
+
+
+def publish(
+    world: GatewayWorld,
+    label: str,
+    sub_path: str,
+    change: Callable[[Transaction], None],
+    *,
+    tag: str = "",
+    publisher: Publisher | None = None,
+) -> dict[str, object]:
+    """`cvmfs_server transaction <fqrn>/<sub>`, the change, `publish [-a tag]`."""
+    publisher = publisher or world.publisher(label)
+    fqrn = world.repos[label]
+    token = publisher.acquire_token(f"{fqrn}{sub_path}")
+    with publisher_transaction(world.storage(label), fqrn) as txn:
+        change(txn)
+        prepared = prepare(txn)
+    send_objects(publisher, token, prepared.objects)
+    reply: dict[str, object] = publisher.commit(
+        token, prepared.old_root_hash, prepared.new_root_hash, tag, "from the test publisher"
+    )
+    if reply["status"] != "ok":
+        publisher.drop(token)
+    return reply
+
+
+BIG = os.urandom(40 << 20)  # chunked by the publisher's writer (8 MiB average chunks)
+
+
+def test_new_files_symlinks_nested_catalog_chunked_file_and_tag(world: GatewayWorld) -> None:
+    before = revision(world, "one")
+
+    def change(txn: Transaction) -> None:
+        txn.add_file("/sw/v1/bin/tool", b"#!/bin/sh\necho v1\n", mode=0o755, mtime=1_700_000_000)
+        txn.add_file("/sw/v1/share/data.txt", b"data\n", xattrs={b"user.kind": b"data"})
+        txn.symlink("/sw/latest", "v1", mtime=1_700_000_000)
+        txn.add_file("/sw/v1/.cvmfscatalog", b"")  # a nested catalog at /sw/v1
+        txn.add_file("/sw/v1/big.bin", BIG)
+
+    reply = publish(world, "one", "/sw", change, tag="release-1")
+    assert reply == {"status": "ok", "final_revision": before + 1}, reply
+
+    reader = assert_verifies(world, "one")
+    assert reader.revision == before + 1
+    assert reader.read("/sw/v1/bin/tool") == b"#!/bin/sh\necho v1\n"
+    assert reader.stat("/sw/v1/bin/tool").mode & 0o777 == 0o755
+    assert reader.stat("/sw/v1/bin/tool").mtime == 1_700_000_000
+    assert reader.stat("/sw/v1/share/data.txt").xattrs == {b"user.kind": b"data"}
+    assert reader.readlink("/sw/latest") == "v1"
+    big = reader.stat("/sw/v1/big.bin")
+    assert big.is_chunked and len(big.chunks) > 1
+    assert reader.read("/sw/v1/big.bin") == BIG
+    assert {c.mountpoint for c in reader.catalogs()} >= {"", "/sw/v1"}
+    assert "release-1" in {tag.name for tag in reader.tags()}
+    stats = reader.root_catalog.statistics()
+    assert stats["subtree_chunked"] + stats["self_chunked"] >= 1
+
+    # the commit is a Prefect run with the change summary as an artifact
+    fqrn = world.repos["one"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"gateway-commit-{fqrn}"]))
+        )
+        assert runs and runs[0].state is not None and runs[0].state.is_completed()
+        assert runs[0].parameters["req"]["path"] == "/sw"
+        assert runs[0].parameters["req"]["key_id"] == fqrn
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"gateway-commit-{fqrn.replace('.', '-')}"])
+            )
+        )
+        assert artifacts and "key " + fqrn in str(artifacts[0].description)
+
+
+def test_overwrite_delete_and_hard_links_merge_onto_a_moved_revision(world: GatewayWorld) -> None:
+    def first(txn: Transaction) -> None:
+        txn.add_file("/pkg/a.txt", b"a1\n")
+        txn.add_file("/pkg/b.txt", b"b1\n")
+        txn.add_file("/pkg/gone/c.txt", b"c1\n")
+
+    assert publish(world, "two", "/pkg", first)["status"] == "ok"
+    publisher = world.publisher("two")
+    fqrn = world.repos["two"]
+    token = publisher.acquire_token(f"{fqrn}/pkg")
+    with publisher_transaction(world.storage("two"), fqrn) as txn:
+        txn.add_file("/pkg/a.txt", b"a2 overwritten\n")
+        txn.remove("/pkg/gone")
+        txn.link("/pkg/b.txt", "/pkg/b-link.txt")
+        prepared = prepare(txn)
+    # meanwhile another writer (as the bucket sync does) publishes elsewhere
+    with world.writer("two").transaction() as other:
+        other.add_file("/from-bucket/readme", b"bucket file\n")
+        moved_to = other.publish().revision
+    send_objects(publisher, token, prepared.objects)
+    reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
+    assert reply == {"status": "ok", "final_revision": moved_to + 1}, reply
+
+    reader = assert_verifies(world, "two")
+    assert reader.read("/pkg/a.txt") == b"a2 overwritten\n"
+    assert not reader.exists("/pkg/gone")
+    assert reader.read("/from-bucket/readme") == b"bucket file\n"  # kept by the merge
+    b, link = reader.stat("/pkg/b.txt"), reader.stat("/pkg/b-link.txt")
+    assert b.linkcount == link.linkcount == 2 and b.hardlink_group == link.hardlink_group != 0
+    # the token is gone after the commit
+    assert "invalid lease" in str(publisher.drop(token)["reason"])
+
+
+def test_two_publishers_on_disjoint_paths_commit_concurrently(world: GatewayWorld) -> None:
+    before = revision(world, "one")
+    replies: dict[str, dict[str, object]] = {}
+
+    def run(sub: str) -> None:
+        def change(txn: Transaction) -> None:
+            txn.add_file(f"{sub}/file.txt", f"content of {sub}\n".encode())
+
+        replies[sub] = publish(world, "one", sub, change)
+
+    threads = [threading.Thread(target=run, args=(sub,)) for sub in ("/team-a", "/team-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert {r["status"] for r in replies.values()} == {"ok"}, replies
+    assert sorted(r["final_revision"] for r in replies.values()) == [before + 1, before + 2]  # type: ignore[type-var]
+    reader = assert_verifies(world, "one")
+    assert reader.read("/team-a/file.txt") == b"content of /team-a\n"
+    assert reader.read("/team-b/file.txt") == b"content of /team-b\n"
+
+
+def test_abort_publishes_nothing(world: GatewayWorld) -> None:
+    before = revision(world, "one")
+    publisher = world.publisher("one")
+    fqrn = world.repos["one"]
+    token = publisher.acquire_token(f"{fqrn}/aborted")
+    with publisher_transaction(world.storage("one"), fqrn) as txn:
+        txn.add_file("/aborted/file", b"never published\n")
+        prepared = prepare(txn)
+    send_objects(publisher, token, prepared.objects)
+    assert publisher.drop(token) == {"status": "ok"}  # cvmfs_server abort
+    reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
+    assert "invalid lease" in str(reply["reason"])
+    assert revision(world, "one") == before
+    assert not verified_reader(world, "one").exists("/aborted")
+
+
+def test_bad_commits_are_refused_and_publish_nothing(world: GatewayWorld) -> None:
+    publisher = world.publisher("one")
+    fqrn = world.repos["one"]
+    before = revision(world, "one")
+    token = publisher.acquire_token(f"{fqrn}/bad")
+    with publisher_transaction(world.storage("one"), fqrn) as txn:
+        txn.add_file("/bad/file", b"bad " + os.urandom(8))
+        prepared = prepare(txn)
+
+    def refused(reply: dict[str, object], words: str) -> None:
+        assert reply["status"] == "error" and words in str(reply["reason"]), reply
+
+    # payloads not sent: the new root catalog is missing
+    refused(publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash), "catalog")
+    # only the catalogs sent: the file's object is missing
+    catalogs = {k: v for k, v in prepared.objects.items() if k.endswith("C")}
+    send_objects(publisher, token, catalogs)
+    refused(publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash), "object")
+    send_objects(publisher, token, prepared.objects)
+    # an old root hash that is not the leased base
+    refused(publisher.commit(token, "0" * 40, prepared.new_root_hash), "not the revision")
+    refused(publisher.commit(token, "nonsense", prepared.new_root_hash), "not a root hash")
+    # a bad tag name
+    refused(
+        publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash, "bad tag"),
+        "tag",
+    )
+    # another key's HMAC, an unknown token
+    forger = Publisher(world.api_url, publisher.key_id, "wrong")
+    refused(forger.commit(token, prepared.old_root_hash, prepared.new_root_hash), "invalid_hmac")
+    refused(
+        publisher.commit("NOSUCHTOKEN", prepared.old_root_hash, prepared.new_root_hash),
+        "invalid lease",
+    )
+    assert revision(world, "one") == before
+    # the lease survived the refusals: the good commit goes through
+    reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
+    assert reply == {"status": "ok", "final_revision": before + 1}, reply
+    assert_verifies(world, "one")
