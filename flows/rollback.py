@@ -81,7 +81,7 @@ def roll_back_to_tag(req: RollbackRequest) -> RollbackResult:
     return roll_back(load_settings(), req)
 
 
-@flow(name="rollback", log_prints=True)
+@flow(name="rollback", flow_run_name="rollback-{req.repo}", log_prints=True)
 def rollback(req: RollbackRequest) -> RollbackResult:
     """Roll `req.repo` back to tag `req.tag`, holding the repository's publish lock."""
     with repository_lease(req.repo):

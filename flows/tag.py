@@ -77,7 +77,7 @@ def tag_current_revision(req: TagRequest) -> TagResult:
     return add_tag(load_settings(), req)
 
 
-@flow(name="tag", log_prints=True)
+@flow(name="tag", flow_run_name="tag-{req.repo}", log_prints=True)
 def tag(req: TagRequest) -> TagResult:
     """Tag the current revision of `req.repo` as `req.tag`, holding the publish lock."""
     with repository_lease(req.repo):

@@ -118,6 +118,11 @@ class PrefectSettings(BaseModel):
     def api_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}/api"
 
+    @property
+    def ui_url(self) -> str:
+        """The Prefect UI, where the dashboard links each flow run."""
+        return f"http://{LOOPBACK}:{self.port}"
+
 
 class Stratum0Settings(BaseModel):
     backend: Literal["local", "s3"] = "local"
@@ -277,6 +282,18 @@ class GatewaySettings(BaseModel):
     key_refresh_min_s: float = Field(default=1.0, ge=0)
 
 
+class DashboardSettings(BaseModel):
+    """The web dashboard at <api public url>/dashboard/ (dashboard/)."""
+
+    # Signs the session cookie (which holds only a random session id; the session itself is
+    # in the registry database). None: generated once into <data_dir>/dashboard/session-secret;
+    # several API hosts must share it, so set it when they do not share the data directory.
+    session_secret: SecretStr | None = None
+    # Eight hours, a working day: after that (or once the access token no longer verifies)
+    # the user logs in again.
+    session_ttl_s: int = Field(default=8 * 3600, ge=60)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CVMFS_SVC_",
@@ -301,6 +318,7 @@ class Settings(BaseSettings):
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @classmethod
     def load(cls) -> Settings:

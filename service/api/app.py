@@ -1,4 +1,4 @@
-"""The service's HTTP application: the user API (JWT) and the registry webhook, in one app.
+"""The service's HTTP application: the user API (JWT), the dashboard and the registry webhook.
 
 `create_app(settings)` builds everything from the settings; tests pass their own pieces.
 """
@@ -31,13 +31,15 @@ def create_app(
     The services are closed when the application shuts down (uvicorn's lifespan).
     """
     svc = services or ApiServices.from_settings(settings)
+    closers = [svc.close]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            svc.close()
+            for close in closers:
+                close()
 
     app = FastAPI(
         title="CVMFS distribution service",
@@ -67,4 +69,8 @@ def create_app(
         ),
         tags=["webhooks"],
     )
+    # Imported here: the dashboard is built on this package (service.api.operations).
+    from dashboard.app import install_dashboard
+
+    closers.insert(0, install_dashboard(app, settings).close)
     return app

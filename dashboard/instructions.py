@@ -1,0 +1,89 @@
+"""What the dashboard tells a user to type: client setup and uploads with aws cli, s3cmd, rclone.
+
+Each tool keeps file modes its own way (service/object_metadata.py reads them): s3cmd stores
+`x-amz-meta-s3cmd-attrs` (with --preserve, its default), rclone its mtime metadata; the aws cli
+keeps none, so executables are recognised by content (ELF, `#!`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from service.api.models import ClientConfig
+from service.settings import Settings
+
+UPLOAD_PREFIX = "cvmfs/"
+
+
+@dataclass(frozen=True)
+class UploadTool:
+    name: str
+    commands: str
+    modes: str
+
+
+def s3_endpoint(settings: Settings) -> str:
+    """The S3 endpoint users upload to (s3.public_url when set, else the local RGW)."""
+    public = getattr(getattr(settings, "s3", None), "public_url", None)
+    return str(public).rstrip("/") if public else settings.ceph.s3_endpoint
+
+
+def credentials_help(settings: Settings) -> str:
+    text = getattr(getattr(settings, "s3", None), "credentials_help", None)
+    return str(text) if text else "Use the S3 access key and secret key of your account."
+
+
+def upload_tools(settings: Settings, bucket: str) -> list[UploadTool]:
+    endpoint = s3_endpoint(settings)
+    host = endpoint.split("://", 1)[-1]
+    https = endpoint.startswith("https://")
+    target = f"s3://{bucket}/{UPLOAD_PREFIX}"
+    q = shlex.quote
+    return [
+        UploadTool(
+            name="aws cli",
+            commands=(
+                f"aws --endpoint-url {q(endpoint)} s3 mb s3://{bucket}\n"
+                f"aws --endpoint-url {q(endpoint)} s3 sync ./my-software/ {target}\n"
+                f"aws --endpoint-url {q(endpoint)} s3 ls --recursive {target}"
+            ),
+            modes="keeps no file modes: ELF binaries and #! scripts become 0755, the rest 0644",
+        ),
+        UploadTool(
+            name="s3cmd",
+            commands=(
+                f"s3cmd --host={q(host)} --host-bucket={q(host)}"
+                f"{'' if https else ' --no-ssl'} mb s3://{bucket}\n"
+                f"s3cmd --host={q(host)} --host-bucket={q(host)}"
+                f"{'' if https else ' --no-ssl'} sync --preserve ./my-software/ {target}"
+            ),
+            modes="keeps each file's mode in x-amz-meta-s3cmd-attrs (--preserve, its default)",
+        ),
+        UploadTool(
+            name="rclone",
+            commands=(
+                "rclone config create cvmfs s3 provider Ceph "
+                f"endpoint {q(endpoint)} access_key_id YOUR_KEY secret_access_key YOUR_SECRET\n"
+                f"rclone mkdir cvmfs:{bucket}\n"
+                f"rclone copy --metadata ./my-software/ cvmfs:{bucket}/{UPLOAD_PREFIX}"
+            ),
+            modes="keeps modification times (its mtime metadata); modes by content as for aws",
+        ),
+    ]
+
+
+def client_setup_commands(config: ClientConfig) -> str:
+    """Shell commands that install the two downloaded files and mount the repository."""
+    fqrn = config.fqrn
+    key_path = next(p for p in config.files if p.endswith(".pub"))
+    conf_path = next(p for p in config.files if p.endswith(".conf"))
+    key_dir = key_path.rsplit("/", 1)[0]
+    return (
+        f"sudo mkdir -p {key_dir}\n"
+        f"sudo cp {fqrn}.pub {key_path}\n"
+        f"sudo cp {fqrn}.conf {conf_path}\n"
+        f"echo 'CVMFS_REPOSITORIES={fqrn}' | sudo tee -a /etc/cvmfs/default.local\n"
+        f"cvmfs_config probe {fqrn}\n"
+        f"ls /cvmfs/{fqrn}/"
+    )

@@ -1,0 +1,22 @@
+// Polls the status of pending requests and repositories until they are done, then reloads.
+// Served as a file (the Content-Security-Policy allows no inline script); holds no token.
+"use strict";
+(function () {
+  const INTERVAL_MS = 2000;
+  function poll(element) {
+    const url = element.getAttribute("data-poll-url");
+    fetch(url, { credentials: "same-origin", cache: "no-store" })
+      .then(function (response) { return response.json(); })
+      .then(function (body) {
+        if (body.text) { element.textContent = body.text; }
+        if (body.done) { window.location.reload(); return; }
+        window.setTimeout(function () { poll(element); }, INTERVAL_MS);
+      })
+      .catch(function () { window.setTimeout(function () { poll(element); }, INTERVAL_MS * 2); });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-poll-url]").forEach(function (element) {
+      window.setTimeout(function () { poll(element); }, INTERVAL_MS);
+    });
+  });
+})();
