@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from authlib.integrations.starlette_client import OAuthError
 from fastapi import APIRouter, Form, Query, Request
@@ -177,13 +177,16 @@ def dashboard_router(oauth: Any) -> APIRouter:
             end_session = None
         if not end_session:
             return RedirectResponse(f"{BASE}/", status_code=303)
-        response: Response = await oauth.logout_redirect(
-            request,
-            post_logout_redirect_uri=settings.api.dashboard_url,
-            client_id=settings.oidc.client_id,
+        # Built here rather than by Authlib's logout_redirect, which would keep a state in the
+        # session just cleared (and so start a new one).
+        query = urlencode(
+            {
+                "client_id": settings.oidc.client_id,
+                "post_logout_redirect_uri": settings.api.dashboard_url,
+            }
         )
-        response.status_code = 303
-        return response
+        separator = "&" if "?" in str(end_session) else "?"
+        return RedirectResponse(f"{end_session}{separator}{query}", status_code=303)
 
     # -- pages -----------------------------------------------------------------------------
 
