@@ -25,13 +25,12 @@ class UploadTool:
 
 def s3_endpoint(settings: Settings) -> str:
     """The S3 endpoint users upload to (s3.public_url when set, else the local RGW)."""
-    public = getattr(getattr(settings, "s3", None), "public_url", None)
-    return str(public).rstrip("/") if public else settings.ceph.s3_endpoint
+    public = settings.s3.public_url
+    return public.rstrip("/") if public else settings.ceph.s3_endpoint
 
 
 def credentials_help(settings: Settings) -> str:
-    text = getattr(getattr(settings, "s3", None), "credentials_help", None)
-    return str(text) if text else "Use the S3 access key and secret key of your account."
+    return settings.s3.credentials_help
 
 
 def upload_tools(settings: Settings, bucket: str) -> list[UploadTool]:
