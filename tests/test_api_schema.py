@@ -44,6 +44,7 @@ OPERATIONS = [
     ("GET", "/repositories/{fqrn}/history"),
     ("POST", "/repositories/{fqrn}/sync"),
     ("POST", "/repositories/{fqrn}/rollback"),
+    ("POST", "/repositories/{fqrn}/tag"),
     ("POST", "/webhooks/registry"),
 ]
 
