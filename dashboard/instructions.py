@@ -25,8 +25,7 @@ class UploadTool:
 
 def s3_endpoint(settings: Settings) -> str:
     """The S3 endpoint users upload to (s3.public_url when set, else the local RGW)."""
-    public = settings.s3.public_url
-    return public.rstrip("/") if public else settings.ceph.s3_endpoint
+    return settings.s3_public_url
 
 
 def credentials_help(settings: Settings) -> str:

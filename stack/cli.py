@@ -40,13 +40,13 @@ def print_health(stack: Stack, healths: list[Health]) -> bool:
     return all(h.healthy for h in healths)
 
 
-def install_missing(stack: Stack) -> None:
-    missing = stack.missing_packages()
+def install_missing(stack: Stack, for_tests: bool = False) -> None:
+    missing = stack.missing_packages(for_tests)
     if not missing:
         typer.echo("stack: all packages present")
         return
     typer.echo(f"stack: installing {' '.join(missing)} (apt-get / pip) ...")
-    installed = stack.install()
+    installed = stack.install(for_tests)
     typer.echo(f"stack: installed {' '.join(installed)}")
 
 
@@ -64,10 +64,14 @@ def bring_up(stack: Stack, names: list[str] | None = None) -> None:
 
 
 @stack_app.command("install")
-def install_cmd() -> None:
+def install_cmd(
+    for_tests: Annotated[
+        bool, typer.Option("--for-tests", help="Also what the test suite needs (a browser).")
+    ] = False,
+) -> None:
     """Install the Debian and Python packages the stack needs and lacks."""
     with _errors():
-        install_missing(Stack(Settings.load()))
+        install_missing(Stack(Settings.load()), for_tests)
 
 
 @stack_app.command("up")

@@ -93,15 +93,19 @@ class Stack:
     def status(self, names: Iterable[str] | None = None) -> list[Health]:
         return [component.health() for component in self.select(names)]
 
-    def missing_packages(self) -> list[str]:
+    def missing_packages(self, for_tests: bool = False) -> list[str]:
+        """What the components need and lack; `for_tests` adds the test suite's packages."""
         missing: list[str] = []
         for component in self.components:
             missing += [p for p in component.missing_packages() if p not in missing]
+        if for_tests:
+            missing += packages.missing_debian(packages.TEST_PACKAGES)
         return missing
 
-    def install(self) -> list[str]:
-        """Install the packages the components miss; returns what was installed."""
-        missing = self.missing_packages()
+    def install(self, for_tests: bool = False) -> list[str]:
+        """Install the packages the components (and, `for_tests`, the tests) miss; returns
+        what was installed."""
+        missing = self.missing_packages(for_tests)
         return packages.install(missing) if missing else []
 
     def component_dir(self, component: Component) -> Path:

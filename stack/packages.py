@@ -17,6 +17,9 @@ from pathlib import Path
 from stack.errors import PackageError
 
 PYPI_PREFIX = "pypi:"
+# Only the test suite needs these: the dashboard's browser tests drive Debian's Chromium
+# through its chromedriver (never a downloaded browser). `./svc test` installs them.
+TEST_PACKAGES = ("chromium", "chromium-driver")
 NPM_CI_PREFIX = "npm-ci:"
 
 
