@@ -30,9 +30,10 @@ from gateway.body import BodyStream, BodyTooLarge, feed_worker
 from gateway.errors import GatewayError, PathBusy
 from gateway.keys import GatewayKey
 from gateway.leases import Lease
-from gateway.paths import parse_lease_path
+from gateway.paths import LeasePath, parse_lease_path
 from gateway.payloads import store_payload
 from gateway.services import GatewayServices
+from service.repositories import RepositoryRegistry
 from service.settings import Settings
 from tasks.gateway_commit import GatewayCommitRequest
 
@@ -177,6 +178,7 @@ class Gateway:
             raise GatewayError("invalid request body: path is missing")
         lease_path = parse_lease_path(path)
         key = self.authenticate(lease_path.fqrn, header, body)
+        refuse_bucket_fed(self.svc.registry, lease_path)
         hostname = message.get("hostname")
         hostname = hostname if isinstance(hostname, str) and hostname else client
         manifest = self.svc.current_manifest(lease_path.fqrn)
@@ -354,6 +356,30 @@ async def prepend(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[b
         yield first
     async for chunk in chunks:
         yield chunk
+
+
+def refuse_bucket_fed(registry: RepositoryRegistry, lease_path: LeasePath) -> None:
+    """Ownership between channels: the paths the bucket feeds (the registry's file provenance)
+    belong to the bucket sync, so a lease at, above or below one is refused; the bucket sync
+    and its reconcile only change what their provenance lists, so they never remove what a
+    gateway commit published."""
+    fed = [
+        record
+        for record in registry.files(lease_path.fqrn, lease_path.path.strip("/"))
+        if lease_path.contains("/" + record.path)
+    ]
+    parts = lease_path.segments
+    for depth in range(1, len(parts)):
+        record = registry.get_file(lease_path.fqrn, "/".join(parts[:depth]))
+        if record is not None:
+            fed.append(record)
+    if fed:
+        record = fed[0]
+        raise GatewayError(
+            f"path_fed_by_bucket: {lease_path} overlaps /{record.path}, which the repository's "
+            f"bucket feeds (object {record.s3_key}); change it through the bucket, or lease a "
+            "path the bucket does not feed"
+        )
 
 
 def handle_refusals(

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from gateway.auth import authorization_header
+from service.repositories import FileProvenance
 from service.settings import Settings
 from tests.gateway_support import GatewayWorld, Publisher, gateway_world
 
@@ -143,3 +144,26 @@ def test_an_expired_lease_is_invalid_and_frees_its_path(vault: Settings) -> None
         assert "expired" in error_reason(publisher.drop(token))
         again = publisher.acquire_token(f"{fqrn}/sw")
         assert publisher.drop(again) == {"status": "ok"}
+
+
+def test_a_lease_overlapping_bucket_fed_paths_is_refused(world: GatewayWorld) -> None:
+    """Ownership between channels: what the bucket feeds (file provenance, as the sync records
+    it) is the bucket's; the gateway leases only paths beside it."""
+    fqrn = world.repos["beta"]
+    world.registry.upsert_file(
+        fqrn,
+        FileProvenance(
+            path="from-bucket/tool",
+            s3_key="cvmfs/from-bucket/tool",
+            etag="etag-1",
+            version_id=None,
+            size_bytes=5,
+            revision=1,
+        ),
+    )
+    publisher = world.publisher("beta")
+    for overlapping in (f"{fqrn}/", f"{fqrn}/from-bucket", f"{fqrn}/from-bucket/tool/x"):
+        reason = error_reason(publisher.acquire(overlapping))
+        assert "path_fed_by_bucket" in reason and "cvmfs/from-bucket/tool" in reason
+    for beside in (f"{fqrn}/from-bucketx", f"{fqrn}/gateway-fed"):
+        assert publisher.drop(publisher.acquire_token(beside)) == {"status": "ok"}
