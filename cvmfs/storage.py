@@ -16,6 +16,7 @@ from typing import IO, Any, BinaryIO, Protocol, cast, runtime_checkable
 import httpx
 
 from cvmfs.errors import InvalidPathError, NotFoundError, StorageError
+from cvmfs.http_cache import content_headers
 
 OBJECT_PREFIX = "data/"  # content-addressed objects (spec §1.1)
 TXN_DIR = "data/txn"  # upload staging directory (spec §1.1, §7)
@@ -193,11 +194,17 @@ class S3Storage:
 
     def _upload(self, key: str, data: bytes | IO[bytes]) -> None:
         full_key = self._key(key)
+        # RGW serves these headers back to clients, stratum 1s and Squids as the stock
+        # stratum-0 web server would (cvmfs/http_cache.py).
+        headers = content_headers(key)
+        extra = {
+            "ACL": "public-read",
+            "ContentType": headers["Content-Type"],
+            "CacheControl": headers["Cache-Control"],
+        }
         try:
             if isinstance(data, bytes | bytearray | memoryview):
-                self.client.put_object(
-                    Bucket=self.bucket, Key=full_key, Body=bytes(data), ACL="public-read"
-                )
+                self.client.put_object(Bucket=self.bucket, Key=full_key, Body=bytes(data), **extra)
             else:
                 from boto3.s3.transfer import TransferConfig
 
@@ -205,7 +212,7 @@ class S3Storage:
                     data,
                     self.bucket,
                     full_key,
-                    ExtraArgs={"ACL": "public-read"},
+                    ExtraArgs=extra,
                     Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD),
                 )
         except Exception as exc:

@@ -6,8 +6,10 @@ hosts) may serve the same deployments: the Prefect server hands each run to exac
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
+import httpx
 from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 
@@ -23,6 +25,8 @@ RECONCILE_CRON = "*/30 * * * *"
 DAILY_CRON = "17 3 * * *"
 GC_CRON = "47 3 * * *"
 CONCURRENT_RUNS = 4
+# A runner started with the stack (or after a server restart) waits this long for the server.
+PREFECT_WAIT_S = 30.0
 
 
 def _deployment(flow: Flow[Any, Any], **options: Any) -> RunnerDeployment:
@@ -48,8 +52,36 @@ def deployments(settings: Settings) -> list[RunnerDeployment]:
     ]
 
 
+class PrefectUnreachable(SystemExit):
+    """The settings' Prefect server does not answer: the runner refuses to serve nothing."""
+
+
+def require_prefect_server(api_url: str, wait_s: float = PREFECT_WAIT_S) -> None:
+    """Wait (bounded) until the Prefect server named by the settings answers its health check.
+
+    Runs must be served from the server every bridge and API process uses: a runner that
+    cannot reach it exits with the reason instead of serving deployments nobody sees.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=5).is_success:
+                return
+            problem = "it answers, but not healthy"
+        except httpx.HTTPError as error:
+            problem = f"{type(error).__name__}: {error}"
+        if time.monotonic() >= deadline:
+            raise PrefectUnreachable(
+                f"serve-deployments: the Prefect server {api_url} (settings prefect.*) did not "
+                f"answer within {wait_s:.0f} s ({problem}); start it (`./svc stack up prefect`) "
+                "or point CVMFS_SVC_PREFECT__* at the service's server"
+            )
+        time.sleep(1.0)
+
+
 def main() -> None:
     settings = Settings.load()
+    require_prefect_server(settings.prefect.api_url)
     # pause_on_shutdown=False: stopping one runner must not pause the schedules (prefect-notes §2).
     # query_seconds: Prefect's own setting takes whole seconds; a sub-second poll picks up a
     # bridge's run sooner (bench/README.md, sync latency).

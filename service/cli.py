@@ -118,6 +118,9 @@ def gateway() -> None:
 @app.command("serve-deployments")
 def serve_deployments() -> None:
     """Serve every flow as a deployment (with schedules) against the Prefect server."""
+    from service.prefect_env import apply_prefect_environment
+
+    apply_prefect_environment(Settings.load())  # before prefect is imported
     from deployments.serve import main as serve_main
 
     serve_main()

@@ -8,7 +8,6 @@ A child that dies is restarted after a pause; SIGINT or SIGTERM stops all of the
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from service.prefect_env import prefect_environment
 from service.settings import Settings
 
 RESTART_DELAY_S = 3.0
@@ -27,15 +27,7 @@ SERVICE_COMMANDS = ("serve-deployments", "bridge", "api", "gateway")
 
 def child_environment(settings: Settings) -> dict[str, str]:
     """Prefect clients talk to the stack's server; runs poll often and send heartbeats."""
-    return {
-        **os.environ,
-        "PREFECT_API_URL": settings.prefect.api_url,
-        # Whole seconds only; deployments/serve.py hands the runner the exact interval.
-        "PREFECT_RUNNER_POLL_FREQUENCY": str(max(1, math.ceil(settings.prefect.runner_poll_s))),
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "cvmfs",
-        "DO_NOT_TRACK": "1",
-    }
+    return {**os.environ, **prefect_environment(settings)}
 
 
 def _start(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -12,11 +12,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-CVMFS_CONTENT_TYPE = "application/x-cvmfs"
-# As in the stock stratum-0 web server configuration: the signed entry points expire quickly,
-# content-addressed objects never change.
-MANIFEST_MAX_AGE_S = 61
-OBJECT_MAX_AGE_S = 259200
+from cvmfs.http_cache import content_headers
+
 HEALTH_PATH = "/healthz"
 
 
@@ -39,18 +36,6 @@ def resolve(root: Path, url_path: str) -> Path | None:
     if not real.is_relative_to(root.resolve()) or not real.is_file():
         return None
     return real
-
-
-def content_headers(path: Path) -> dict[str, str]:
-    if path.name.startswith(".cvmfs"):
-        return {
-            "Content-Type": CVMFS_CONTENT_TYPE,
-            "Cache-Control": f"max-age={MANIFEST_MAX_AGE_S}",
-        }
-    return {
-        "Content-Type": "application/octet-stream",
-        "Cache-Control": f"max-age={OBJECT_MAX_AGE_S}",
-    }
 
 
 def make_handler(root: Path) -> type[BaseHTTPRequestHandler]:
@@ -88,7 +73,7 @@ def make_handler(root: Path) -> type[BaseHTTPRequestHandler]:
             with handle:
                 size = path.stat().st_size
                 self.send_response(HTTPStatus.OK)
-                for key, value in content_headers(path).items():
+                for key, value in content_headers(path.name).items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(size))
                 self.end_headers()

@@ -27,7 +27,7 @@ from service.replies import publish_reply
 from service.repositories import Repository, RepositoryClaim, RepositoryRegistry
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
-from tasks.storage import repository_storage
+from tasks.storage import ensure_stratum0_storage, repository_storage
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -83,6 +83,7 @@ def store_keys(settings: Settings, request: AuthorizedProvisionRequest) -> str:
 def create_stratum0(settings: Settings, request: AuthorizedProvisionRequest) -> int:
     """mkfs unless the repository exists; an existing one must verify with the stored keys."""
     keys = KeyStore.from_settings(settings.vault).read(key_owner(request), request.fqrn)
+    ensure_stratum0_storage(settings)
     storage = repository_storage(settings, request.fqrn)
     if storage.exists(MANIFEST_KEY):
         writer = RepositoryWriter.open(storage, request.fqrn, keys)

@@ -6,7 +6,9 @@ the RGW bucket `settings.stratum0.bucket` under the prefix `<fqrn>/`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from cvmfs.paths import validate_repository_name
 from cvmfs.storage import LocalStorage, S3Storage, Storage
@@ -24,13 +26,62 @@ def repository_storage(settings: Settings, fqrn: str) -> Storage:
         directory = local_stratum0_dir(settings, fqrn)
         directory.mkdir(parents=True, exist_ok=True)
         return LocalStorage(directory)
+    return S3Storage(_service_s3(settings), settings.stratum0.bucket, prefix=fqrn)
+
+
+def _service_s3(settings: Settings) -> Any:
     import boto3  # imported here: only the S3 backend needs it
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=settings.ceph.s3_endpoint,
         aws_access_key_id=settings.ceph.service_access_key,
         aws_secret_access_key=settings.ceph.service_secret_key.get_secret_value(),
         region_name=settings.ceph.region,
     )
-    return S3Storage(client, settings.stratum0.bucket, prefix=fqrn)
+
+
+def public_read_policy(bucket: str) -> dict[str, Any]:
+    """Anyone may GET objects (clients, stratum 1s, Squids).
+
+    s3:ListBucket is granted too: without it S3 answers 403 instead of 404 for a missing
+    object, and replicas and clients tell "not there" from "refused" by that status. The
+    listing shows only what anyone may read anyway (content-addressed names of public files).
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "cvmfs-stratum0-public-read",
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            },
+            {
+                "Sid": "cvmfs-stratum0-public-404",
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+            },
+        ],
+    }
+
+
+def ensure_stratum0_storage(settings: Settings) -> None:
+    """Make the stratum-0 storage exist: nothing for the local backend; for S3 the bucket with
+    its public-read policy (idempotent: an existing bucket of the service is kept as it is).
+    """
+    if settings.stratum0.backend == "local":
+        return
+    from botocore.exceptions import ClientError
+
+    s3 = _service_s3(settings)
+    bucket = settings.stratum0.bucket
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+            raise
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(public_read_policy(bucket)))

@@ -41,7 +41,7 @@ from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.settings import Settings
 from tasks.locks import repository_lease
-from tasks.storage import repository_storage
+from tasks.storage import ensure_stratum0_storage, repository_storage
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,6 +126,7 @@ def open_unpacked_repository(settings: Settings, fqrn: str) -> RepositoryWriter:
     storage = repository_storage(settings, fqrn)
     keys = unpacked_repository_keys(settings, fqrn)
     if not storage.exists(MANIFEST_KEY):
+        ensure_stratum0_storage(settings)
         writer, _ = create_repository(storage, fqrn, keys, meta_info={"kind": "unpacked"})
         return writer
     return RepositoryWriter.open(storage, fqrn, keys)

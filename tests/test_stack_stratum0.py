@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cvmfs.http_cache import CVMFS_CONTENT_TYPE
 from service.settings import Settings
-from stack.stratum0_server import CVMFS_CONTENT_TYPE, resolve
+from stack.stratum0_server import resolve
 
 pytestmark = pytest.mark.stack
 
