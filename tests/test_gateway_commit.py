@@ -24,15 +24,9 @@ from prefect.client.schemas.filters import (
 from cvmfs.fsck import fsck
 from cvmfs.reader import RepositoryReader
 from cvmfs.transaction import Transaction
+from gateway.publisher import Publisher, prepare, publisher_transaction, send_objects
 from service.settings import Settings
-from tests.gateway_support import (
-    GatewayWorld,
-    Publisher,
-    gateway_world,
-    prepare,
-    publisher_transaction,
-    send_objects,
-)
+from tests.gateway_support import GatewayWorld, gateway_world
 
 pytestmark = pytest.mark.stack
 
@@ -75,7 +69,7 @@ def publish(
     with publisher_transaction(world.storage(label), fqrn) as txn:
         change(txn)
         prepared = prepare(txn)
-    send_objects(publisher, token, prepared.objects)
+    send_objects(publisher, token, prepared.capture, max_pack_bytes=8 << 20)
     reply: dict[str, object] = publisher.commit(
         token, prepared.old_root_hash, prepared.new_root_hash, tag, "from the test publisher"
     )
@@ -151,7 +145,7 @@ def test_overwrite_delete_and_hard_links_merge_onto_a_moved_revision(world: Gate
     with world.writer("two").transaction() as other:
         other.add_file("/from-bucket/readme", b"bucket file\n")
         moved_to = other.publish().revision
-    send_objects(publisher, token, prepared.objects)
+    send_objects(publisher, token, prepared.capture, max_pack_bytes=8 << 20)
     reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
     assert reply == {"status": "ok", "final_revision": moved_to + 1}, reply
 
@@ -195,7 +189,7 @@ def test_abort_publishes_nothing(world: GatewayWorld) -> None:
     with publisher_transaction(world.storage("one"), fqrn) as txn:
         txn.add_file("/aborted/file", b"never published\n")
         prepared = prepare(txn)
-    send_objects(publisher, token, prepared.objects)
+    send_objects(publisher, token, prepared.capture, max_pack_bytes=8 << 20)
     assert publisher.drop(token) == {"status": "ok"}  # cvmfs_server abort
     reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
     assert "invalid lease" in str(reply["reason"])
@@ -218,10 +212,10 @@ def test_bad_commits_are_refused_and_publish_nothing(world: GatewayWorld) -> Non
     # payloads not sent: the new root catalog is missing
     refused(publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash), "catalog")
     # only the catalogs sent: the file's object is missing
-    catalogs = {k: v for k, v in prepared.objects.items() if k.endswith("C")}
-    send_objects(publisher, token, catalogs)
+    catalogs = [key for key in prepared.object_keys if key.endswith("C")]
+    send_objects(publisher, token, prepared.capture, catalogs)
     refused(publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash), "object")
-    send_objects(publisher, token, prepared.objects)
+    send_objects(publisher, token, prepared.capture, max_pack_bytes=8 << 20)
     # an old root hash that is not the leased base
     refused(publisher.commit(token, "0" * 40, prepared.new_root_hash), "not the revision")
     refused(publisher.commit(token, "nonsense", prepared.new_root_hash), "not a root hash")

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from gateway.auth import authorization_header
+from gateway.publisher import Publisher
 from service.repositories import FileProvenance
 from service.settings import Settings
-from tests.gateway_support import GatewayWorld, Publisher, gateway_world
+from tests.gateway_support import GatewayWorld, gateway_world
 
 pytestmark = pytest.mark.stack
 

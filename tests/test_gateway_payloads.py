@@ -16,8 +16,9 @@ import pytest
 from cvmfs.objects import ObjectSuffix, compress_and_hash, object_path
 from gateway.auth import authorization_header
 from gateway.pack import build_pack
+from gateway.publisher import Publisher
 from service.settings import Settings
-from tests.gateway_support import GatewayWorld, Publisher, gateway_world
+from tests.gateway_support import GatewayWorld, gateway_world
 
 pytestmark = pytest.mark.stack
 
