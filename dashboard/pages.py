@@ -428,7 +428,7 @@ _SHOWN_FIELDS = frozenset(
     {
         "fqrn", "kind", "group", "owner_username", "owner_subject", "bucket", "status",
         "created_at", "updated_at", "current_revision", "last_publish_at", "last_error",
-        "pending_events", "access",
+        "pending_events", "access", "bucket_state", "refusals",
     }
 )  # fmt: skip
 
@@ -438,14 +438,11 @@ def _extra_fields(detail: RepositoryDetail) -> dict[str, Any]:
 
 
 def _status_text(detail: RepositoryDetail) -> str:
+    """The status, the last error of a failed one, and what the bucket's state says (when the
+    status carries one: "waiting for bucket X", "bucket X belongs to another user")."""
     dumped = detail.model_dump()
-    message = None
-    for key in ("bucket_message", "status_message", "message"):
-        if dumped.get(key):
-            message = str(dumped[key])
-            break
-    if message is None and isinstance(dumped.get("bucket"), dict):
-        message = dumped["bucket"].get("message")
+    bucket_state = dumped.get("bucket_state")
+    message = bucket_state.get("message") if isinstance(bucket_state, dict) else None
     text: str = detail.status
     if detail.status == "failed" and detail.last_error:
         text += f": {detail.last_error}"

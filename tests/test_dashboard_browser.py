@@ -1,0 +1,296 @@
+"""The user's journey in a real headless Chromium, against the whole service as `./svc up` runs it.
+
+The deployments runner, the bridge and the API run as processes on the test stack; each demo
+user logs in through the stack's OIDC provider's own login page, and the only other actor is
+boto3 with that user's own S3 keys. Screenshots of every page: test-output/screenshots/.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+from mypy_boto3_s3 import S3Client
+
+from service.run import SERVICE_COMMANDS, child_environment
+from service.settings import Settings
+from stack.idp_users import DemoUser, demo_user
+from tests.browser import Browser, screenshots_dir
+from tests.conftest import settings_env
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+WAIT_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def service(
+    vault: Settings,
+    ceph: Settings,
+    rabbitmq: Settings,
+    registry: Settings,
+    prefect_server: Settings,
+    stratum0_http: Settings,
+    idp: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Settings]:
+    """The whole service, its OIDC issuer the stack's provider (the default settings)."""
+    settings = vault
+    env = {**child_environment(settings), **settings_env(settings)}
+    logs = tmp_path_factory.mktemp("dashboard-service-logs")
+    children = []
+    for command in SERVICE_COMMANDS:
+        with (logs / f"{command}.log").open("wb") as log:
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", command],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        _wait_for_service(settings)
+        yield settings
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        print(f"\nservice logs: {logs}")
+
+
+def _wait_for_service(settings: Settings) -> None:
+    urls = [
+        f"{settings.api.base_url}/dashboard/",
+        *(
+            f"{settings.prefect.api_url}/deployments/name/{name}"
+            for name in ("provision/provision", "sync/sync", "rollback/rollback", "tag/tag")
+        ),
+    ]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if all(httpx.get(url).is_success for url in urls):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the API or the deployments did not come up")
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    path = screenshots_dir()
+    print(f"\nscreenshots: {path}")
+    return path
+
+
+@pytest.fixture
+def browsers(shots: Path) -> Iterator[dict[str, Browser]]:
+    opened: dict[str, Browser] = {}
+    yield opened
+    for browser in opened.values():
+        browser.close()
+
+
+def _open(browsers: dict[str, Browser], shots: Path, name: str) -> Browser:
+    browsers[name] = Browser(shots, name)
+    return browsers[name]
+
+
+def s3_as(settings: Settings, user: DemoUser) -> S3Client:
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_public_url,
+        aws_access_key_id=user.s3_access_key,
+        aws_secret_access_key=user.s3_secret_key.get_secret_value(),
+        region_name=settings.ceph.region,
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def log_in(browser: Browser, settings: Settings, username: str) -> None:
+    """Through the provider's login page, as a person would."""
+    browser.visit(f"{settings.api.base_url}/", "dashboard-anonymous")
+    browser.click("#login", "provider-login-page")
+    assert browser.driver.current_url.startswith(settings.oidc.issuer_url.rstrip("/"))
+    user = demo_user(username)
+    browser.find("#username").send_keys(username)
+    browser.find("#password").send_keys(user.password.get_secret_value())
+    browser.click("button[type=submit]", "after-login")
+    browser.wait(lambda: browser.find("#username").text == username, f"{username} logged in")
+    assert browser.driver.current_url == settings.api.dashboard_url
+    # The session cookie is HttpOnly: page scripts cannot read it, and nothing is stored.
+    assert browser.driver.execute_script("return document.cookie") == ""
+    assert browser.driver.execute_script("return window.localStorage.length") == 0
+
+
+def log_out(browser: Browser, settings: Settings) -> None:
+    browser.click("#logout", "provider-logout")
+    # The provider asks whether to end its session too (no id_token_hint is sent).
+    confirm = browser.finds("button[value=yes], button[name=logout]")
+    if confirm:
+        confirm[0].click()
+        browser.wait_loaded()
+    browser.wait(
+        lambda: (
+            browser.driver.current_url == settings.api.dashboard_url
+            and bool(browser.finds("#login"))
+        ),
+        "back at the dashboard, logged out",
+        30,
+    )
+    browser.shot("logged-out")
+    browser.visit(settings.api.dashboard_url, "after-logout")
+    assert browser.finds("#login") and not browser.finds("#logout")
+
+
+def _file_row(browser: Browser, name: str) -> str | None:
+    for row in browser.finds("#files tbody tr"):
+        cells = row.find_elements("css selector", "td")
+        if cells and cells[0].text == name:
+            return str(row.text)
+    return None
+
+
+def test_a_researcher_requests_uploads_mounts_tags_and_rolls_back(
+    service: Settings, browsers: dict[str, Browser], shots: Path
+) -> None:
+    settings = service
+    alice = demo_user("alice")
+    fqrn = f"alice-personal.{settings.repository_domain}"
+    bucket = "alice-personal"
+    browser = _open(browsers, shots, "alice")
+    log_in(browser, settings, "alice")
+
+    s3 = s3_as(settings, alice)
+    s3.create_bucket(Bucket=bucket)  # first, until provisioning can wait for the bucket
+    browser.click("#request-personal", "requested")
+    assert f"Requested {fqrn}" in browser.text()
+    # The page polls by itself and reloads when the repository is ready.
+    browser.wait(
+        lambda: any(
+            fqrn in r.text and "ready" in r.text for r in browser.finds("#repositories tbody tr")
+        ),
+        "the repository ready on the list",
+        WAIT_S,
+    )
+    browser.shot("ready")
+
+    browser.click(f'a[href="/dashboard/repositories/{fqrn}"]', "repository")
+    assert browser.find("#bucket").text == bucket
+    assert browser.find("#endpoint").text == settings.s3_public_url
+    s3.put_object(Bucket=bucket, Key="cvmfs/hello.txt", Body=b"hello v1\n")
+    browser.reload_until(
+        lambda: _file_row(browser, "hello.txt") is not None,
+        "hello.txt in the file browser",
+        "file-listed",
+        WAIT_S,
+    )
+    assert "9" in (_file_row(browser, "hello.txt") or "").split()
+
+    browser.find("#download-conf").click()
+    browser.find("#download-pub").click()
+    conf = browser.downloaded(f"{fqrn}.conf")
+    pub = browser.downloaded(f"{fqrn}.pub")
+    assert f"CVMFS_SERVER_URL={settings.stratum0_public_url}/{fqrn}\n" in conf
+    key_path = f"/etc/cvmfs/keys/{settings.repository_domain}/{fqrn}.pub"
+    assert f"CVMFS_PUBLIC_KEY={key_path}\n" in conf
+    assert pub.startswith("-----BEGIN PUBLIC KEY-----")
+    # The key and URL are what a client needs: the published manifest is signed by that key.
+    manifest = httpx.get(f"{settings.stratum0_public_url}/{fqrn}/.cvmfspublished")
+    assert manifest.status_code == 200
+
+    browser.find("#tag-name").send_keys("v1")
+    browser.click("#tag-submit", "tag-started")
+    run_link = browser.find(".flash.ok a.run-link").get_attribute("href") or ""
+    assert run_link.startswith(f"{settings.prefect.ui_url}/runs/flow-run/")
+    browser.reload_until(
+        lambda: any(o.text.startswith("v1 ") for o in browser.finds("#rollback-tag option")),
+        "tag v1 offered for rollback",
+        "tagged",
+        WAIT_S,
+    )
+
+    s3.put_object(Bucket=bucket, Key="cvmfs/hello.txt", Body=b"hello version 2\n")
+    browser.reload_until(
+        lambda: "16" in (_file_row(browser, "hello.txt") or "").split(),
+        "hello.txt version 2 published",
+        "version-2",
+        WAIT_S,
+    )
+    revision_before = int(browser.find("#revision").text)
+
+    browser.click("#rollback-submit", "rollback-started")
+    browser.reload_until(
+        lambda: (
+            int(browser.find("#revision").text) > revision_before
+            and "9" in (_file_row(browser, "hello.txt") or "").split()
+        ),
+        "the rollback to v1 published",
+        "rolled-back",
+        WAIT_S,
+    )
+    assert "rollback to v1" in browser.find("#history").text
+    runs = browser.finds("#runs a")
+    assert any(a.text.startswith(f"rollback-{fqrn}") for a in runs)
+    assert all(
+        (a.get_attribute("href") or "").startswith(f"{settings.prefect.ui_url}/runs/flow-run/")
+        for a in runs
+    )
+    log_out(browser, settings)
+
+
+def test_group_repositories_for_members_managers_and_nobody_else(
+    service: Settings, browsers: dict[str, Browser], shots: Path
+) -> None:
+    settings = service
+    fqrn = f"atlas.{settings.repository_domain}"
+
+    dave = _open(browsers, shots, "dave")
+    log_in(dave, settings, "dave")
+    dave.find("#group").send_keys("atlas")
+    dave.click("#request-group", "group-refused")
+    refusal = dave.find(".flash.error").text
+    assert "atlas" in refusal and "member" in refusal, refusal
+    assert not dave.finds("#repositories")
+    log_out(dave, settings)
+
+    bob = _open(browsers, shots, "bob")
+    log_in(bob, settings, "bob")
+    s3_as(settings, demo_user("bob")).create_bucket(Bucket="atlas")
+    bob.find("#group").send_keys("atlas")
+    bob.click("#request-group", "group-requested")
+    assert f"Requested {fqrn}" in bob.text()
+    bob.wait(
+        lambda: any(
+            fqrn in r.text and "ready" in r.text for r in bob.finds("#repositories tbody tr")
+        ),
+        "the group repository ready",
+        WAIT_S,
+    )
+    bob.shot("group-ready")
+    bob.click(f'a[href="/dashboard/repositories/{fqrn}"]', "group-repository-member")
+    # bob requested it, so he owns it: keys, sync and rollback are his.
+    assert bob.finds("#download-keys") and bob.finds("#sync-now")
+    log_out(bob, settings)
+
+    carol = _open(browsers, shots, "carol")
+    log_in(carol, settings, "carol")
+    carol.click(f'a[href="/dashboard/repositories/{fqrn}"]', "group-repository-manager")
+    # carol manages the group: she gets the keys, but runs nothing on bob's repository.
+    assert carol.finds("#download-keys") and not carol.finds("#sync-now")
+    carol.find("#download-keys").click()
+    keys = carol.downloaded(f"{fqrn}.keys.json")
+    assert '"masterKey": "-----BEGIN' in keys
+    log_out(carol, settings)
