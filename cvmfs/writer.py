@@ -3,8 +3,9 @@
 `create_repository` = `cvmfs_server mkfs`; `RepositoryWriter` opens transactions, tags, rolls back.
 
 Publish order (spec §7): content objects (uploaded while files are added), catalogs bottom-up,
-history, reflog, and the signed manifest LAST (`put_atomic`), so a crash at any point leaves the
-previous manifest pointing at a complete previous revision. Revisions strictly increase and
+history, reflog, one `storage.sync()` that makes all of them durable, and the signed manifest
+LAST (`put_atomic`), so a crash at any point leaves the previous manifest pointing at a complete
+previous revision. Revisions strictly increase and
 manifest timestamps never go backwards. A publish re-reads the current manifest right before
 writing its own; if it is no longer the transaction's base, it raises `ConflictError` and writes
 no manifest. (On S3 the final check-then-PUT is not atomic: two writers racing within that
@@ -395,8 +396,7 @@ class RepositoryWriter:
             reflog_hash=reflog_hash,
         )
         self._check_base(base)
-        signed = sign_manifest(manifest, self.keys.require_repository_key())
-        self.storage.put_atomic(MANIFEST_KEY, signed)
+        self._write_manifest(manifest)
         return PublishResult(
             revision=revision,
             root_hash=root_hash,
@@ -409,6 +409,16 @@ class RepositoryWriter:
             objects_uploaded=objects_uploaded,
             bytes_uploaded=bytes_uploaded,
         )
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        """Sign and write the manifest, after making every object it may name durable.
+
+        Objects, catalogs and the history are `put` without fsync; this one `sync()` per
+        publish is the only point where they become durable, and it comes before the manifest.
+        """
+        signed = sign_manifest(manifest, self.keys.require_repository_key())
+        self.storage.sync()
+        self.storage.put_atomic(MANIFEST_KEY, signed)
 
     def _write_history(
         self, base: Manifest | None, new_tags: list[Tag], trunk: Tag | None
@@ -517,9 +527,7 @@ class RepositoryWriter:
             history_hash=history_hash, publish_timestamp=timestamp, reflog_hash=reflog_hash
         )
         self._check_base(base)
-        self.storage.put_atomic(
-            MANIFEST_KEY, sign_manifest(manifest, self.keys.require_repository_key())
-        )
+        self._write_manifest(manifest)
         return PublishResult(
             revision=manifest.revision,
             root_hash=manifest.root_catalog_hash,

@@ -38,4 +38,10 @@ def store_payload(
     entries = read_pack(
         stream, payload_digest=payload_digest, header_size=header_size, on_object=store
     )
+    # Objects are `put` without fsync; the payload is acknowledged only once they are durable,
+    # since the commit that names them may run on another storage instance.
+    try:
+        storage.sync()
+    except CvmfsError as error:
+        raise GatewayError(f"storing the payload failed ({error}): submit it again") from error
     return PayloadReport(objects=len(entries), bytes=sum(e.size for e in entries))
