@@ -162,6 +162,10 @@ class CapturingStorage:
     def put_atomic(self, key: str, data: bytes) -> None:
         self.put(key, data)
 
+    def sync(self) -> None:
+        """Nothing to make durable here: captured objects go to the gateway, which makes each
+        payload durable before it acknowledges it (`gateway.payloads.store_payload`)."""
+
     def delete(self, key: str) -> None:
         with self._lock:
             self.keys.discard(key)
