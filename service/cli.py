@@ -9,7 +9,7 @@ import typer
 
 from cvmfs.cli import repo_app
 from service.run import serve_forever
-from service.settings import LOOPBACK, Settings
+from service.settings import Settings
 from stack.cli import bring_up, install_missing, stack_app
 from stack.errors import StackError
 from stack.idp_users import DEMO_USERS
@@ -64,7 +64,7 @@ def welcome_text(settings: Settings) -> str:
         f"secret key {ceph.demo_secret_key.get_secret_value()}\n"
         f"user API        {settings.api.base_url}  (docs {settings.api.base_url}/docs)\n"
         f"OIDC issuer     {settings.oidc.issuer_url}  (client {settings.oidc.client_id})\n"
-        f"Prefect UI      http://127.0.0.1:{settings.prefect.port}\n"
+        f"Prefect UI      {settings.prefect.ui_url}\n"
         f"OCI registry    {settings.registry.url}\n"
         f"stratum-0       {settings.stratum0_public_url}/<fqrn>/\n"
     )
@@ -90,29 +90,31 @@ def _run_demo(settings: Settings) -> None:
 
 @app.command()
 def api() -> None:
-    """Serve the user API and the registry webhook on 127.0.0.1:<api.port> (uvicorn)."""
+    """Serve the user API and the registry webhook on <api.bind_host>:<api.port> (uvicorn)."""
+    from service.runtime import load_service_settings
+
+    settings = load_service_settings()  # before prefect is imported
     import uvicorn
 
     from service.api import create_app
-    from service.runtime import load_settings
 
-    settings = load_settings()  # with the local stack's OpenBao token when none is set
-    uvicorn.run(create_app(settings), host=LOOPBACK, port=settings.api.port)
+    uvicorn.run(create_app(settings), host=settings.api.bind_host, port=settings.api.port)
 
 
 @app.command()
 def gateway() -> None:
-    """Serve the repository gateway (stock publishers) on 127.0.0.1:<gateway.port> (uvicorn)."""
+    """Serve the repository gateway (stock publishers) on <gateway.bind_host>:<gateway.port>."""
     import logging
 
+    from service.runtime import load_service_settings
+
+    settings = load_service_settings()  # before prefect is imported
     import uvicorn
 
     from gateway.app import create_app
-    from service.runtime import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = load_settings()  # with the local stack's OpenBao token when none is set
-    uvicorn.run(create_app(settings), host=LOOPBACK, port=settings.gateway.port)
+    uvicorn.run(create_app(settings), host=settings.gateway.bind_host, port=settings.gateway.port)
 
 
 @app.command("serve-deployments")
@@ -131,10 +133,14 @@ def bridge() -> None:
     """Consume RabbitMQ (bucket events, repository requests, registry events) into flow runs."""
     import logging
 
+    from service.prefect_env import apply_prefect_environment
+
+    settings = Settings.load()  # the bridge needs no Vault token
+    apply_prefect_environment(settings)  # before prefect is imported
     from bridge.assembly import serve_bridge
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve_bridge(Settings.load())  # the bridge needs no Vault token
+    serve_bridge(settings)
 
 
 @app.command()
@@ -170,7 +176,7 @@ def _start_run(deployment: str, parameters: dict[str, object]) -> None:
     starter = PrefectFlowStarter(settings.prefect.api_url, tags=("cli",))
     run_id = starter(deployment, parameters, f"cli-{uuid.uuid4()}")
     typer.echo(f"{deployment}: flow run {run_id}")
-    typer.echo(f"  http://127.0.0.1:{settings.prefect.port}/runs/flow-run/{run_id}")
+    typer.echo(f"  {settings.prefect.ui_url}/runs/flow-run/{run_id}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
         "PREFECT_HOME": str(data_dir / "prefect-client"),
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(data_dir / "prefect-results"),
+        # No task or flow of the service persists its result (tests/test_host_local_state.py):
+        # every task re-reads the state it acts on and is idempotent, so a retry on any host
+        # redoes the step instead of loading a result another host wrote.
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
         # Whole seconds only; deployments/serve.py hands the runner the exact interval.
         "PREFECT_RUNNER_POLL_FREQUENCY": str(max(1, math.ceil(settings.prefect.runner_poll_s))),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),

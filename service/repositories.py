@@ -238,9 +238,10 @@ class KeyAccess(_Record):
 
 
 def database_url(settings: Settings) -> str:
-    """settings.database_url, or the SQLite file under the data directory."""
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
+    """settings.database_url, the stack's PostgreSQL, or the SQLite file in the data dir."""
+    configured = settings.registry_database_url
+    if configured is not None:
+        return configured
     return f"sqlite:///{settings.absolute_data_dir / SQLITE_FILE}"
 
 

@@ -17,3 +17,16 @@ def load_settings() -> Settings:
         vault = settings.vault.model_copy(update={"token": root_token(settings)})
         settings = settings.model_copy(update={"vault": vault})
     return settings
+
+
+def load_service_settings() -> Settings:
+    """`load_settings()` for a long-running service process (API, gateway).
+
+    Also applies the Prefect client environment from the settings (API URL, no temporary
+    server, Prefect's files under the data directory), so this runs before prefect is imported.
+    """
+    from service.prefect_env import apply_prefect_environment
+
+    settings = load_settings()
+    apply_prefect_environment(settings)
+    return settings

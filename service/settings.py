@@ -41,6 +41,8 @@ class RabbitMQSettings(BaseModel):
 
 
 class CephSettings(BaseModel):
+    # Where the service's processes reach RGW (S3); the stack itself binds 127.0.0.1.
+    host: str = LOOPBACK
     mon_port_v2: int = 3300
     mon_port_v1: int = 6789
     rgw_port: int = 8000
@@ -72,10 +74,12 @@ class CephSettings(BaseModel):
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.rgw_port}"
+        return f"http://{self.host}:{self.rgw_port}"
 
 
 class VaultSettings(BaseModel):
+    # Where the service's processes reach OpenBao; the stack itself binds 127.0.0.1.
+    host: str = LOOPBACK
     port: int = 8200
     cluster_port: int = 8201
     # "raft" for the persistent development stack; "dev" (in-memory) is fine inside tests.
@@ -85,10 +89,12 @@ class VaultSettings(BaseModel):
 
     @property
     def addr(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 class RegistrySettings(BaseModel):
+    # Where the service's processes reach the OCI registry; the stack itself binds 127.0.0.1.
+    host: str = LOOPBACK
     port: int = 5000
     # Shared secret the registry (or Harbor) sends in the Authorization header of webhooks.
     webhook_secret: SecretStr = SecretStr("dev-webhook-secret")
@@ -101,13 +107,16 @@ class RegistrySettings(BaseModel):
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 class PrefectSettings(BaseModel):
+    # Where every service process reaches the Prefect API (and the UI links point); the
+    # stack's server binds 127.0.0.1.
+    host: str = LOOPBACK
     port: int = 4200
-    # SQLite under the data directory by default; PostgreSQL when set
-    # (postgresql+asyncpg://user@host:port/db).
+    # The Prefect server's database: SQLite under the data directory by default; the stack's
+    # PostgreSQL when postgres.enabled; this URL when set (postgresql+asyncpg://user@host/db).
     database_url: SecretStr | None = None
     # How often the deployments runner asks for new flow runs (it passes this to Prefect's
     # Runner as is; PREFECT_RUNNER_POLL_FREQUENCY only takes whole seconds).
@@ -116,12 +125,35 @@ class PrefectSettings(BaseModel):
 
     @property
     def api_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/api"
+        return f"http://{self.host}:{self.port}/api"
 
     @property
     def ui_url(self) -> str:
         """The Prefect UI, where the dashboard links each flow run."""
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+
+class PostgresSettings(BaseModel):
+    """The stack's PostgreSQL (Debian's `postgresql`), for the multi-host layout.
+
+    Off by default: SQLite files under the data directory are the embedded default. When
+    enabled, the stack runs one server under `<data_dir>/postgres/` and the registry of
+    repositories and the Prefect server use it (unless database_url / prefect.database_url
+    name another server, e.g. a managed PostgreSQL in production).
+    """
+
+    enabled: bool = False
+    # Where service processes reach it; the stack's server binds 127.0.0.1 only.
+    host: str = LOOPBACK
+    port: int = 5432
+    user: str = "cvmfs"
+    password: SecretStr = SecretStr("cvmfs-dev-postgres-password")
+    registry_database: str = "cvmfs_registry"
+    prefect_database: str = "prefect"
+
+    def url(self, driver: str, database: str) -> str:
+        password = self.password.get_secret_value()
+        return f"postgresql+{driver}://{self.user}:{password}@{self.host}:{self.port}/{database}"
 
 
 class Stratum0Settings(BaseModel):
@@ -152,6 +184,9 @@ class S3Settings(BaseModel):
 class ApiSettings(BaseModel):
     """The service's HTTP application: user API and registry webhook receiver."""
 
+    # The address `./svc api` listens on: loopback behind a reverse proxy on the same host;
+    # a host's own address (or 0.0.0.0) when a load balancer elsewhere spreads the calls.
+    bind_host: str = LOOPBACK
     port: int = 8090
     # Mutating calls (request, sync, rollback) per token subject: a token bucket of this many
     # calls, refilled at rate_limit_per_minute; its state is in the registry database, so
@@ -267,6 +302,8 @@ class SyncSettings(BaseModel):
 class GatewaySettings(BaseModel):
     """The repository gateway that stock `cvmfs_server` publishers talk to (gateway/)."""
 
+    # The address `./svc gateway` listens on (see api.bind_host).
+    bind_host: str = LOOPBACK
     # The port of CERN's cvmfs-gateway, so a publisher's `-u gw,...,http://<host>:4929/api/v1`
     # line needs no change.
     port: int = 4929
@@ -303,13 +340,16 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".data/dev")
     repository_domain: str = "sw.example.org"
-    database_url: SecretStr | None = None  # registry of repositories; SQLite in data_dir if None
+    # The registry of repositories: this URL when set, else the stack's PostgreSQL when
+    # postgres.enabled, else SQLite in data_dir.
+    database_url: SecretStr | None = None
 
     rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
     ceph: CephSettings = Field(default_factory=CephSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     stratum0: Stratum0Settings = Field(default_factory=Stratum0Settings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -364,6 +404,7 @@ class Settings(BaseSettings):
                 ),
                 "registry": self.registry.model_copy(update={"port": self.registry.port + offset}),
                 "prefect": self.prefect.model_copy(update={"port": self.prefect.port + offset}),
+                "postgres": self.postgres.model_copy(update={"port": self.postgres.port + offset}),
                 "stratum0": self.stratum0.model_copy(
                     update={"http_port": self.stratum0.http_port + offset}
                 ),
@@ -377,6 +418,24 @@ class Settings(BaseSettings):
     @property
     def absolute_data_dir(self) -> Path:
         return self.data_dir.resolve()
+
+    @property
+    def registry_database_url(self) -> str | None:
+        """The registry's database URL; None: the SQLite file under the data directory."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        if self.postgres.enabled:
+            return self.postgres.url("psycopg", self.postgres.registry_database)
+        return None
+
+    @property
+    def prefect_database_url(self) -> str | None:
+        """The Prefect server's database URL; None: its SQLite file under the data directory."""
+        if self.prefect.database_url is not None:
+            return self.prefect.database_url.get_secret_value()
+        if self.postgres.enabled:
+            return self.postgres.url("asyncpg", self.postgres.prefect_database)
+        return None
 
     @property
     def s3_public_url(self) -> str:

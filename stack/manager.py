@@ -17,6 +17,7 @@ from stack.component import Component, Health
 from stack.errors import StackError
 from stack.idp import IdentityProvider
 from stack.openbao import OpenBao
+from stack.postgres import Postgres
 from stack.prefect_server import PrefectServer
 from stack.rabbitmq import RabbitMQ
 from stack.registry import Registry
@@ -27,8 +28,21 @@ LOCK_WAIT_S = 600.0
 
 
 def component_classes() -> list[type[Component]]:
-    """Every component class, in start order."""
+    """Every component class the stack always runs, in start order."""
     return [RabbitMQ, Ceph, OpenBao, Registry, PrefectServer, Stratum0Http, IdentityProvider]
+
+
+def stack_component_classes(settings: Settings) -> list[type[Component]]:
+    """The stack's components for these settings, in start order.
+
+    PostgreSQL comes first (Prefect's server needs it) when postgres.enabled, and also when
+    one started earlier still has its pid file, so that `down` stops it after the setting
+    changed.
+    """
+    postgres_pid_file = settings.absolute_data_dir / Postgres.name / f"{Postgres.name}.pid"
+    if settings.postgres.enabled or postgres_pid_file.exists():
+        return [Postgres, *component_classes()]
+    return component_classes()
 
 
 class Stack:
@@ -38,7 +52,7 @@ class Stack:
         self.settings = settings
         base = settings.absolute_data_dir
         self.components: list[Component] = [
-            cls(settings, base / cls.name) for cls in component_classes()
+            cls(settings, base / cls.name) for cls in stack_component_classes(settings)
         ]
 
     @property

@@ -1,6 +1,7 @@
 """The Prefect server of the local stack: `prefect server start` from the project's venv.
 
-SQLite under its own PREFECT_HOME by default, PostgreSQL when settings.prefect.database_url is set.
+SQLite under its own PREFECT_HOME by default; PostgreSQL (settings.prefect_database_url) when
+postgres.enabled or prefect.database_url is set.
 """
 
 from __future__ import annotations
@@ -46,10 +47,9 @@ class PrefectServer(Daemon):
             # (Prefect's floor for a lease is 60 s; its default sweep is every 15 s).
             "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
         }
-        if self.settings.prefect.database_url is not None:
-            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
-                self.settings.prefect.database_url.get_secret_value()
-            )
+        database_url = self.settings.prefect_database_url
+        if database_url is not None:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
         return env
 
     def prepare(self) -> None:
