@@ -6,6 +6,8 @@ in the Prefect UI with its repository, path, publisher host, key id and hashes.
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger
 
 from service.runtime import load_settings
@@ -16,14 +18,18 @@ from tasks.locks import repository_lease
 @flow(name="gateway-commit", flow_run_name="gateway-commit-{req.repo}")
 def gateway_commit(req: GatewayCommitRequest) -> int:
     """Apply the publisher's changes under its leased path to the current revision; publish."""
+    started = time.perf_counter()
     settings = load_settings()
     # The same lease every writer of the repository takes (bucket sync, rollback, unpack):
     # the merge starts from the current revision and nothing publishes beside it.
     with repository_lease(req.repo):
+        locked = time.perf_counter()
         outcome = merge_and_publish(settings, req)
+    merged = time.perf_counter()
     report_commit(req, outcome)
     get_run_logger().info(
-        "gateway commit repo=%s path=%s key_id=%s host=%s revision=%d→%d changes=%s",
+        "gateway commit repo=%s path=%s key_id=%s host=%s revision=%d→%d changes=%s "
+        "lock_s=%.3f task_s=%.3f report_s=%.3f",
         req.repo,
         req.path,
         req.key_id,
@@ -31,5 +37,8 @@ def gateway_commit(req: GatewayCommitRequest) -> int:
         outcome.old_revision,
         outcome.revision,
         outcome.plan.counts(),
+        locked - started,
+        merged - locked,
+        time.perf_counter() - merged,
     )
     return outcome.revision

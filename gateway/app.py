@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -330,6 +330,13 @@ class Gateway:
             with contextlib.suppress(GatewayError):
                 await worker
             raise
+        except ClientDisconnect:
+            # The publisher died mid-payload: the worker saw the body end and refused the
+            # truncated pack; what it verified before stays stored, unreferenced.
+            with contextlib.suppress(GatewayError):
+                await worker
+            log.info("event=publisher_gone repo=%s path=%s", lease.fqrn, lease.lease_path.path)
+            return refused("the publisher disconnected before the payload was complete")
         log.info(
             "event=payload_stored repo=%s path=%s objects=%d bytes=%d",
             lease.fqrn,

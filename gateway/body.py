@@ -1,8 +1,8 @@
 """A request body handed from the event loop to a worker thread as a blocking stream.
 
-The loop reads the body chunk by chunk and puts each chunk in a small bounded queue; the worker
-reads it as a file. Memory holds at most `max_chunks` chunks, whatever the body's size, and
-the body never touches the disk as a whole.
+The loop reads the body and hands it over in pieces of about 1 MiB through a small bounded
+queue; the worker reads it as a file. Memory holds at most `max_chunks` pieces, whatever the
+body's size, and the body never touches the disk as a whole.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from gateway.errors import GatewayError
 T = TypeVar("T")
 _END = b""
 _POLL_S = 0.05
+HAND_OVER_BYTES = 1 << 20
 
 
 class BodyTooLarge(GatewayError):
@@ -27,7 +28,7 @@ class BodyTooLarge(GatewayError):
 class BodyStream:
     """The worker side: `read(n)` blocks until the loop supplied the bytes or the body ended."""
 
-    def __init__(self, max_chunks: int = 16) -> None:
+    def __init__(self, max_chunks: int = 8) -> None:
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_chunks)
         self._buffer = b""
         self._ended = False
@@ -72,6 +73,15 @@ async def feed_worker(
     loop = asyncio.get_running_loop()
     received = 0
     feeding = True
+    batch: list[bytes] = []
+    batched = 0
+
+    async def hand_over() -> bool:
+        nonlocal batch, batched
+        data, batch, batched = b"".join(batch), [], 0
+        put = functools.partial(stream.put, data, worker_done=worker.done)
+        return await loop.run_in_executor(None, put)
+
     try:
         async for chunk in chunks:
             received += len(chunk)
@@ -81,8 +91,13 @@ async def feed_worker(
                     "(gateway.max_payload_bytes): publish it in smaller packs"
                 )
             if feeding and chunk:
-                put = functools.partial(stream.put, chunk, worker_done=worker.done)
-                feeding = await loop.run_in_executor(None, put)
+                # uvicorn hands over ~64 KiB at a time; one thread hop per MiB, not per chunk
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= HAND_OVER_BYTES:
+                    feeding = await hand_over()
+        if feeding and batch:
+            feeding = await hand_over()
     finally:
         if feeding:
             end = functools.partial(stream.put, _END, worker_done=worker.done)

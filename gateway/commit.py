@@ -7,6 +7,7 @@ transaction starts from cannot move under it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from cvmfs.errors import ConflictError, CvmfsError, FormatError
@@ -50,6 +51,7 @@ def commit_merge(
 ) -> CommitOutcome:
     """Publish what changed from `old_root_hash` to `new_root_hash` under `lease_path` on top
     of the repository's current revision; refusals raise `GatewayError` and publish nothing."""
+    started = time.perf_counter()
     old_hash = _content_hash(old_root_hash, "old_root_hash")
     new_hash = _content_hash(new_root_hash, "new_root_hash")
     writer = RepositoryWriter.open(storage, lease_path.fqrn, keys)
@@ -85,11 +87,12 @@ def commit_merge(
     finally:
         reader.close()
     log.info(
-        "event=gateway_commit repo=%s path=%s revision=%d changes=%s",
+        "event=gateway_commit repo=%s path=%s revision=%d changes=%s merge_s=%.3f",
         lease_path.fqrn,
         lease_path.path,
         result.revision,
         plan.counts(),
+        time.perf_counter() - started,
     )
     return CommitOutcome(
         revision=result.revision,

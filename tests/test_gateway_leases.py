@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from cvmfs.keys import generate_gateway_key, parse_gateway_key
 from gateway.auth import authorization_header
 from gateway.publisher import Publisher
+from service.keystore import KeyOwner, secret_path, vault_client
 from service.repositories import FileProvenance
 from service.settings import Settings
 from tests.gateway_support import GatewayWorld, gateway_world
@@ -168,3 +170,30 @@ def test_a_lease_overlapping_bucket_fed_paths_is_refused(world: GatewayWorld) ->
         assert "path_fed_by_bucket" in reason and "cvmfs/from-bucket/tool" in reason
     for beside in (f"{fqrn}/from-bucketx", f"{fqrn}/gateway-fed"):
         assert publisher.drop(publisher.acquire_token(beside)) == {"status": "ok"}
+
+
+def test_a_rotated_key_works_at_once_and_the_old_one_is_refused(world: GatewayWorld) -> None:
+    """Rotation without downtime: the gateway re-reads Vault on an unknown key id or a failed
+    HMAC (at most every gateway.key_refresh_min_s), so no restart is needed."""
+    fqrn = world.repos["beta"]
+    old = world.publisher("beta")
+    assert old.drop(old.acquire_token(f"{fqrn}/rotation")) == {"status": "ok"}  # cached now
+    new_line = generate_gateway_key("rotated-key")
+    repository = world.registry.require(fqrn)
+    owner = KeyOwner.personal(repository.owner_subject)
+    client = vault_client(world.settings.vault)
+    fields = client.secrets.kv.v2.read_secret_version(
+        path=secret_path(owner, fqrn),
+        mount_point=world.settings.vault.kv_mount,
+        raise_on_deleted_version=True,
+    )["data"]["data"]
+    client.secrets.kv.v2.create_or_update_secret(
+        path=secret_path(owner, fqrn),
+        secret={**fields, "gatewayKey": new_line},
+        mount_point=world.settings.vault.kv_mount,
+    )
+    time.sleep(world.settings.gateway.key_refresh_min_s + 0.1)
+    key_id, secret = parse_gateway_key(new_line)
+    new = Publisher(world.api_url, key_id, secret)
+    assert new.drop(new.acquire_token(f"{fqrn}/rotation")) == {"status": "ok"}
+    assert "invalid_key" in error_reason(old.acquire(f"{fqrn}/rotation"))

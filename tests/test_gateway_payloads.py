@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -149,3 +151,35 @@ def test_a_payload_above_the_limit_is_refused_declared_or_streamed(vault: Settin
         header, body = build_pack([(small_name, small_data)])
         assert publisher.submit(token, header, body) == {"status": "ok"}
         assert world.storage("small").get(small_key) == small_data
+
+
+def test_a_publisher_killed_mid_payload_leaves_nothing_and_its_lease_expires(
+    vault: Settings,
+) -> None:
+    with gateway_world(vault, ("killed",), lease_time_s=2) as world:
+        publisher = world.publisher("killed")
+        fqrn = world.repos["killed"]
+        before = world.writer("killed").current_manifest().revision
+        token = publisher.acquire_token(f"{fqrn}/sw")
+        name, data, key = stored_object(os.urandom(3 << 20))
+        header, body = build_pack([(name, data)])
+        head = publisher.payload_head(token, header)
+        payload = head + header + body
+        url = httpx.URL(f"{world.api_url}/payloads")
+        auth = authorization_header(publisher.key_id, publisher.secret, head)
+        request = (
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+            f"Authorization: {auth}\r\nMessage-Size: {len(head)}\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection((url.host, url.port or 80)) as sock:
+            sock.sendall(request + payload[: len(payload) // 2])
+        # the publisher is gone; the gateway stored nothing of the half-sent object
+        time.sleep(1.0)
+        assert not world.storage("killed").exists(key)
+        # its lease expires; another publish of the path can start; nothing was published
+        time.sleep(1.5)
+        again = publisher.acquire_token(f"{fqrn}/sw")
+        assert publisher.submit(again, header, body) == {"status": "ok"}  # the gateway is fine
+        assert publisher.drop(again) == {"status": "ok"}
+        assert world.writer("killed").current_manifest().revision == before
