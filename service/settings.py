@@ -317,6 +317,13 @@ class GatewaySettings(BaseModel):
     # failed HMAC re-reads it at once (at most every key_refresh_min_s), so rotation is seen.
     key_cache_ttl_s: float = Field(default=300.0, ge=0)
     key_refresh_min_s: float = Field(default=1.0, ge=0)
+    # The URL remote publishers reach the gateway at (their `cvmfs_server mkfs -u gw,...,<url>`);
+    # None: http://127.0.0.1:<port>/api/v1.
+    public_url: str | None = None
+
+    @property
+    def api_url(self) -> str:
+        return (self.public_url or f"http://{LOOPBACK}:{self.port}/api/v1").rstrip("/")
 
 
 class DashboardSettings(BaseModel):

@@ -317,6 +317,36 @@ def test_client_config_is_public_material_that_mounts_the_repository(world: ApiW
         assert reader.read("/software/tool") == b"#!/bin/sh\necho v2 here\n"
 
 
+def test_publisher_setup_holds_what_a_remote_publisher_needs_and_no_private_key(
+    world: ApiWorld,
+) -> None:
+    w = world
+    with w.client(w.alice()) as client:
+        mine = client.get(f"/repositories/{w.alice_repo}/publisher")
+    with w.client(w.bob()) as client:
+        stranger = client.get(f"/repositories/{w.alice_repo}/publisher")
+    assert mine.status_code == 200, mine.text
+    assert mine.headers["Cache-Control"] == "no-store"
+    body = mine.json()
+    keys = w.keys[w.alice_repo]
+    repo = w.alice_repo
+    assert body["files"] == {
+        f"{repo}.pub": keys.master_public_pem,
+        f"{repo}.crt": keys.certificate_pem,
+        f"{repo}.gw": keys.gateway_key,
+    }
+    assert "PRIVATE KEY" not in mine.text
+    assert body["gateway_url"] == w.settings.gateway.api_url
+    assert body["mkfs_command"] == (
+        f"cvmfs_server mkfs -w {body['stratum0_url']} -u gw,/srv/cvmfs/{repo}/data/txn,"
+        f"{body['gateway_url']} -k /etc/cvmfs/keys -o $USER {repo}"
+    )
+    assert stranger.status_code == 403
+    audit = [(a.subject, a.action, a.allowed) for a in w.registry.key_accesses(repo)]
+    assert (ALICE_SUB, "read_publisher", True) in audit
+    assert (BOB_SUB, "read_publisher", False) in audit
+
+
 def test_keys_for_the_owner_and_a_group_manager_each_access_audited(
     world: ApiWorld, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -40,6 +40,7 @@ OPERATIONS = [
     ("GET", "/repositories/{fqrn}"),
     ("GET", "/repositories/{fqrn}/client-config"),
     ("GET", "/repositories/{fqrn}/keys"),
+    ("GET", "/repositories/{fqrn}/publisher"),
     ("GET", "/repositories/{fqrn}/files"),
     ("GET", "/repositories/{fqrn}/history"),
     ("POST", "/repositories/{fqrn}/sync"),

@@ -145,7 +145,9 @@ def publish_test_repository(
         if claim.kind == "group" and claim.group
         else KeyOwner.personal(claim.owner_subject)
     )
-    keys, _ = key_store.store_if_absent(owner, claim.fqrn, generate_keyset(claim.fqrn))
+    # as provisioning does: with a gateway key whose id is the fqrn
+    keyset = generate_keyset(claim.fqrn, gateway_key_id=claim.fqrn)
+    keys, _ = key_store.store_if_absent(owner, claim.fqrn, keyset)
     storage = LocalStorage(settings.absolute_data_dir / "stratum0" / claim.fqrn)
     writer, result = create_repository(storage, claim.fqrn, keys)
     if revisions:

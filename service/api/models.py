@@ -112,6 +112,17 @@ class KeySetResponse(BaseModel):
     gatewayKey: str | None
 
 
+class PublisherSetup(BaseModel):
+    """What a remote publisher (stock `cvmfs_server` through the gateway) needs, and nothing
+    more: the public key, certificate and gateway key, never the master or repository key."""
+
+    fqrn: str
+    files: dict[str, str]  # /etc/cvmfs/keys/<name> -> content: <fqrn>.pub, .crt, .gw
+    stratum0_url: str
+    gateway_url: str
+    mkfs_command: str
+
+
 class Entry(BaseModel):
     name: str
     path: str

@@ -39,6 +39,7 @@ from service.api.models import (
     KeySetResponse,
     Listing,
     PendingEvents,
+    PublisherSetup,
     RepositoryDetail,
     RepositoryList,
     RepositorySummary,
@@ -266,6 +267,40 @@ def repository_keys(svc: ApiServices, caller: Caller, fqrn: str) -> KeySetRespon
         masterKey=keys.master_private_pem,
         repositoryKey=keys.repository_private_pem,
         gatewayKey=keys.gateway_key,
+    )
+
+
+def publisher_setup(svc: ApiServices, caller: Caller, fqrn: str) -> PublisherSetup:
+    """What an expert needs to publish with the stock `cvmfs_server` through the gateway; for
+    the owner or a group manager, audited like the key set (no private key is in it)."""
+    repo = repository(svc, fqrn)
+    try:
+        caller.require(repo, "keys")
+    except Forbidden as denied:
+        svc.registry.record_key_access(fqrn, caller.subject, "read_publisher", False, denied.reason)
+        raise
+    keys = keyset(svc, repo)
+    if keys.gateway_key is None:
+        raise Conflict(
+            f"{fqrn} has no gateway key (provisioned before the gateway existed): ask an "
+            "operator to add one to its key set in Vault"
+        )
+    svc.registry.record_key_access(fqrn, caller.subject, "read_publisher", True, "")
+    stratum0_url = f"{svc.settings.stratum0_public_url}/{fqrn}"
+    gateway_url = svc.settings.gateway.api_url
+    return PublisherSetup(
+        fqrn=fqrn,
+        files={
+            f"{fqrn}.pub": keys.master_public_pem,
+            f"{fqrn}.crt": keys.certificate_pem,
+            f"{fqrn}.gw": keys.gateway_key,
+        },
+        stratum0_url=stratum0_url,
+        gateway_url=gateway_url,
+        mkfs_command=(
+            f"cvmfs_server mkfs -w {stratum0_url} -u gw,/srv/cvmfs/{fqrn}/data/txn,{gateway_url} "
+            f"-k /etc/cvmfs/keys -o $USER {fqrn}"
+        ),
     )
 
 

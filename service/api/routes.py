@@ -21,6 +21,7 @@ from service.api.models import (
     History,
     KeySetResponse,
     Listing,
+    PublisherSetup,
     RepositoryDetail,
     RepositoryList,
     RequestAccepted,
@@ -154,6 +155,20 @@ def repositories_router() -> APIRouter:
         keys = operations.repository_keys(svc, caller, fqrn)
         response.headers["Cache-Control"] = "no-store"
         return keys
+
+    @router.get(
+        "/repositories/{fqrn}/publisher",
+        response_model=PublisherSetup,
+        responses=_REPO_ERRORS
+        | {409: {"model": ErrorBody, "description": "the repository has no gateway key"}},
+    )
+    def publisher_setup(
+        fqrn: Fqrn, svc: Services, caller: CurrentCaller, response: Response
+    ) -> PublisherSetup:
+        """Key files, URLs and the `cvmfs_server mkfs` line of a remote publisher (gateway)."""
+        setup = operations.publisher_setup(svc, caller, fqrn)
+        response.headers["Cache-Control"] = "no-store"
+        return setup
 
     @router.get(
         "/repositories/{fqrn}/files",
