@@ -66,6 +66,7 @@ def _caller(request: Request) -> Caller:
     except AuthError as error:
         log.info("event=dashboard-session-ended reason=%s", error.reason)
         request.session.clear()
+        _flash(request, "error", f"Your login is no longer valid ({error.reason}); log in again.")
         raise LoginRequired() from None
     return Caller(identity, str(token), svc.settings.api.manager_subgroup)
 

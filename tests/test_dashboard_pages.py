@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -217,3 +218,15 @@ def test_a_personal_request_shows_its_progress_until_it_is_done(world: ApiWorld)
     # (provisioned, then ready) is in tests/test_dashboard_browser.py.
     other = Browser(world, world.bob()).get(poll.group(1))
     assert other.status_code == 403
+
+
+def test_a_session_whose_token_expired_asks_to_log_in_again(world: ApiWorld) -> None:
+    now = int(time.time())
+    expired = world.issuer.mint(iat=now - 7200, nbf=now - 7200, exp=now - 3600)
+    browser = Browser(world, expired)
+    page = browser.get("/dashboard/")
+    assert 'href="/dashboard/login"' in page.text and world.alice_repo not in page.text
+    assert "log in again" in page.text and "expired" in page.text
+    # The stale session is gone: the next visit is a plain anonymous one.
+    again = browser.get("/dashboard/")
+    assert "log in again" not in again.text
