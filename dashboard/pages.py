@@ -29,6 +29,7 @@ from service.api.errors import ApiError, NotFound
 from service.api.models import (
     CreateRepository,
     RepositoryDetail,
+    RepositorySummary,
     RollbackRequest,
     RunStarted,
     SyncRequest,
@@ -209,6 +210,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             "index.html",
             user=caller,
             repositories=repositories,
+            settling={r.fqrn for r in repositories if _settling(r)},
             pending=[p for p in pending if p.status == "pending"],
             failed=[p for p in pending if p.status in ("refused", "failed")],
             groups=operations.visible_groups(svc, caller),
@@ -283,7 +285,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             {
                 "status": detail.status,
                 "current_revision": detail.current_revision,
-                "done": detail.status != "requested",
+                "done": not _settling(detail),
                 "text": _status_text(detail),
             },
             headers={"Cache-Control": "no-store"},
@@ -327,6 +329,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             "repository.html",
             user=caller,
             repo=detail,
+            settling=_settling(detail),
             extra=_extra_fields(detail),
             status_text=_status_text(detail),
             setup_commands=instructions.client_setup_commands(client) if client else None,
@@ -436,6 +439,15 @@ _SHOWN_FIELDS = frozenset(
 
 def _extra_fields(detail: RepositoryDetail) -> dict[str, Any]:
     return {k: v for k, v in detail.model_dump().items() if k not in _SHOWN_FIELDS}
+
+
+def _settling(repo: RepositorySummary) -> bool:
+    """Still on its way: provisioning, or ready but waiting for its bucket (the page polls)."""
+    bucket_state = getattr(repo, "bucket_state", None)
+    return repo.status == "requested" or getattr(bucket_state, "state", None) in (
+        "unchecked",
+        "waiting",
+    )
 
 
 def _status_text(detail: RepositoryDetail) -> str:
