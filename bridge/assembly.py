@@ -9,6 +9,7 @@ from bridge.config import BridgeConfig
 from bridge.main import run_bridge
 from bridge.provision_requests import ProvisionRequestParameters
 from bridge.registry_lookup import RegistryRepositoryLookup
+from metrics.bridge import serve_bridge_metrics
 from service.auth import TokenVerifier
 from service.messages import ProvisionReply, RequestParser
 from service.replies import publish_reply
@@ -31,6 +32,7 @@ def serve_bridge(settings: Settings, config: BridgeConfig | None = None) -> None
                 RegistryRepositoryLookup(registry),
                 config,
                 request_params=requests,
+                metrics=serve_bridge_metrics(settings),
             )
     finally:
         registry.close()

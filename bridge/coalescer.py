@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from bridge.repositories import RepositoryTarget
@@ -50,6 +51,16 @@ class SyncBatch:
     def keys(self) -> list[str]:
         """The changed object keys, sorted, each once: the sync flow reads their current state."""
         return sorted({event.key for event in self.events})
+
+    @property
+    def earliest_event_times(self) -> dict[str, datetime]:
+        """When S3 first reported a change of each key in this batch (its eventTime)."""
+        earliest: dict[str, datetime] = {}
+        for event in self.events:
+            seen = earliest.get(event.key)
+            if seen is None or event.event_time < seen:
+                earliest[event.key] = event.event_time
+        return earliest
 
     @property
     def idempotency_key(self) -> str:

@@ -66,11 +66,13 @@ from bridge.run_requests import (
 )
 from bridge.s3_events import parse_s3_notification
 from bridge.topology import REASON_HEADER, declare_topology
+from metrics.bridge import BridgeMetrics
 from service.settings import RabbitMQSettings
 
 log = logging.getLogger("cvmfs.bridge")
 
 ATTEMPTS_HEADER = "x-cvmfs-attempts"
+REASON_KIND_HEADER = "x-cvmfs-reason-kind"
 ROUTING_KEY_HEADER = "x-cvmfs-routing-key"
 # Broker-added headers that describe a past hop; copying them onto a new publish would lie.
 _HOP_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
@@ -98,8 +100,10 @@ class BridgeConsumer:
         unpack_params: UnpackParameters = unpack_parameters,
         request_params: RequestParameters = repository_request_parameters,
         clock: Callable[[], float] = time.monotonic,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self.mq = mq
+        self.metrics = metrics or BridgeMetrics()
         self.config = config
         self.lookup = lookup
         self.starter = starter
@@ -139,6 +143,7 @@ class BridgeConsumer:
                 return
             except pika.exceptions.AMQPError as error:
                 self._broker_lost = True
+                self.metrics.broker_reconnects.inc()
                 log.warning(
                     "event=broker-lost error=%r unacked=%d retry_in_s=%.1f",
                     error,
@@ -172,6 +177,7 @@ class BridgeConsumer:
             for batch in self._coalescer.due(self.clock()):
                 self._start_sync(batch)
             self._catch_up.tick(self.starter)
+            self.metrics.open_messages.set(len(self))
         log.info("event=stopping open_messages=%d (left unacked for redelivery)", len(self))
 
     def _forget_unacked(self) -> None:
@@ -206,6 +212,7 @@ class BridgeConsumer:
         body: bytes,
     ) -> None:
         # Only record it: handling (which publishes and acks) runs outside pika's dispatch.
+        self.metrics.messages_received.labels(queue).inc()
         headers = dict(properties.headers or {})
         self._inbox.append(
             InboundMessage(
@@ -228,7 +235,7 @@ class BridgeConsumer:
             try:
                 self._handlers[message.queue](message)
             except RejectedMessage as refused:
-                self._dead_letter(message, refused.reason)
+                self._dead_letter(message, refused.reason, refused.kind)
             except pika.exceptions.AMQPError:
                 raise  # the connection is gone: reconnect, the broker redelivers
             except Exception as error:  # a dependency failed (issuer, registry): retry later
@@ -237,6 +244,7 @@ class BridgeConsumer:
 
     def _handle_s3(self, message: InboundMessage) -> None:
         events = parse_s3_notification(message.body)
+        self.metrics.events_received.inc(len(events))
         if not events:
             self._ack(message)
             return
@@ -245,7 +253,7 @@ class BridgeConsumer:
             raise RejectedMessage(f"one notification names several buckets: {buckets}")
         target = self.lookup.repository_for_bucket(buckets[0])
         if target is None:
-            raise RejectedMessage(f"bucket {buckets[0]!r} feeds no repository")
+            raise RejectedMessage(f"bucket {buckets[0]!r} feeds no repository", "unknown_bucket")
         for event in events:
             if event.owner_id is None:
                 raise RejectedMessage(
@@ -254,7 +262,8 @@ class BridgeConsumer:
             if event.owner_id != target.owner_id:
                 raise RejectedMessage(
                     f"bucket {event.bucket!r} is owned by {event.owner_id!r} in the event, but "
-                    f"repository {target.fqrn} belongs to {target.owner_id!r}"
+                    f"repository {target.fqrn} belongs to {target.owner_id!r}",
+                    "owner_mismatch",
                 )
         self._coalescer.add(target, message, events, self.clock())
         if len(self._coalescer) >= self.config.prefetch_count:
@@ -285,6 +294,8 @@ class BridgeConsumer:
             len(batch.keys),
             batch.idempotency_key,
         )
+        self.metrics.batch_events.observe(len(batch.events))
+        self.metrics.events_coalesced.inc(len(batch.events) - 1)
         self._start(
             batch.messages,
             self.config.sync_deployment,
@@ -303,7 +314,9 @@ class BridgeConsumer:
             run_id = self.starter(deployment, parameters, idempotency_key)
         except PermanentStartError as refused:
             for message in messages:
-                self._dead_letter(message, f"flow run for {deployment} refused: {refused}")
+                self._dead_letter(
+                    message, f"flow run for {deployment} refused: {refused}", "run_refused"
+                )
             return
         except Exception as error:  # anything else may pass: bounded delayed retries
             log.warning("event=start-failed deployment=%s error=%r", deployment, error)
@@ -313,6 +326,7 @@ class BridgeConsumer:
         log.info(
             "event=run-started deployment=%s run=%s key=%s", deployment, run_id, idempotency_key
         )
+        self.metrics.runs_started.labels(deployment).inc()
         for message in messages:
             self._ack(message)
 
@@ -345,26 +359,31 @@ class BridgeConsumer:
             mandatory=True,
         )
 
-    def _dead_letter(self, message: InboundMessage, reason: str) -> None:
+    def _dead_letter(self, message: InboundMessage, reason: str, kind: str) -> None:
         log.warning(
-            "event=dead-letter queue=%s routing_key=%s reason=%r",
+            "event=dead-letter queue=%s routing_key=%s kind=%s reason=%r",
             message.queue,
             message.routing_key,
+            kind,
             reason,
         )
         headers = _clean_headers(message.headers) | {
             REASON_HEADER: reason[:_MAX_HEADER_TEXT],
+            REASON_KIND_HEADER: kind,
             "x-cvmfs-queue": message.queue,
             ROUTING_KEY_HEADER: message.routing_key,
             "x-cvmfs-dead-lettered-at": datetime.now(UTC).isoformat(),
         }
         self._publish(self.mq.dead_letter_exchange, message.queue, message, headers)
         self._ack(message)
+        self.metrics.dead_lettered.labels(message.queue, kind).inc()
 
     def _retry_or_dead_letter(self, message: InboundMessage, error: BaseException) -> None:
         attempts = message.attempts + 1
         if attempts >= self.config.max_attempts:
-            self._dead_letter(message, f"still failing after {attempts} attempts: {error!r}")
+            self._dead_letter(
+                message, f"still failing after {attempts} attempts: {error!r}", "retries_exhausted"
+            )
             return
         delay_s = self.config.retry_delay_s(attempts)
         headers = _clean_headers(message.headers) | {
@@ -376,3 +395,4 @@ class BridgeConsumer:
         log.info("event=retry queue=%s attempt=%d delay_s=%.1f", message.queue, attempts, delay_s)
         self._publish("", retry_queue, message, headers, expiration_ms=int(delay_s * 1000))
         self._ack(message)
+        self.metrics.retried.labels(message.queue).inc()

@@ -12,11 +12,17 @@ class BridgeError(Exception):
 
 
 class RejectedMessage(BridgeError):
-    """A message that can never be processed (malformed, forged, not ours): dead-letter it."""
+    """A message that can never be processed (malformed, forged, not ours): dead-letter it.
 
-    def __init__(self, reason: str) -> None:
+    `kind` is a short, fixed word for the reason (`invalid`, `unsafe_key`, `unknown_bucket`,
+    `owner_mismatch`): the dead-letter metric's label and header, where the free text of
+    `reason` would make a new series per message.
+    """
+
+    def __init__(self, reason: str, kind: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 class PermanentStartError(BridgeError):

@@ -12,6 +12,7 @@ from bridge.config import BridgeConfig
 from bridge.consumer import BridgeConsumer
 from bridge.repositories import RepositoryLookup
 from bridge.run_requests import FlowStarter, RequestParameters, repository_request_parameters
+from metrics.bridge import BridgeMetrics
 from service.settings import Settings
 
 
@@ -21,6 +22,7 @@ def run_bridge(
     config: BridgeConfig | None = None,
     starter: FlowStarter | None = None,
     request_params: RequestParameters = repository_request_parameters,
+    metrics: BridgeMetrics | None = None,
 ) -> None:
     """Consume until SIGTERM or SIGINT, then finish the batch in hand and close."""
     if starter is None:
@@ -33,6 +35,7 @@ def run_bridge(
         lookup,
         starter,
         request_params=request_params,
+        metrics=metrics,
     )
 
     def stop(_signum: int, _frame: FrameType | None) -> None:

@@ -29,12 +29,19 @@ class FlowStarter(Protocol):
 
 
 def sync_parameters(batch: SyncBatch) -> Parameters:
-    """`sync(req: SyncRequest)` of tasks/sync.py: the flow reads each key's current state."""
+    """`sync(req: SyncRequest)` of tasks/sync.py: the flow reads each key's current state.
+
+    `event_times` (the earliest S3 event time of each key) lets the run measure upload to
+    visible; the idempotency key does not depend on it.
+    """
     return {
         "req": {
             "repo": batch.target.fqrn,
             "bucket": batch.target.bucket,
             "changed_keys": batch.keys,
+            "event_times": {
+                key: moment.isoformat() for key, moment in batch.earliest_event_times.items()
+            },
         }
     }
 

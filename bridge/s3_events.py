@@ -61,6 +61,13 @@ def repository_path_for_key(key: str) -> str:
 
     One trailing slash (a directory marker object) is allowed and dropped.
     """
+    try:
+        return _repository_path_for_key(key)
+    except RejectedMessage as error:
+        raise RejectedMessage(error.reason, kind="unsafe_key") from None
+
+
+def _repository_path_for_key(key: str) -> str:
     if "\x00" in key:
         raise RejectedMessage(f"object key {key!r} contains a NUL byte")
     if not key.startswith(KEY_PREFIX):
@@ -218,5 +225,5 @@ def parse_s3_notification(body: bytes | str) -> list[ObjectEvent]:
         try:
             events.append(_event_from_record(record))
         except RejectedMessage as error:
-            raise RejectedMessage(f"record {index}: {error.reason}") from error
+            raise RejectedMessage(f"record {index}: {error.reason}", error.kind) from error
     return events

@@ -19,6 +19,7 @@ from flows.rollback import rollback
 from flows.sync import reconcile, sync
 from flows.tag import tag
 from flows.unpack import unpack, unpack_delete, unpack_gc, unpack_wishlist
+from metrics.runner import serve_runner_metrics
 from service.settings import Settings
 
 RECONCILE_CRON = "*/30 * * * *"
@@ -82,6 +83,7 @@ def require_prefect_server(api_url: str, wait_s: float = PREFECT_WAIT_S) -> None
 def main() -> None:
     settings = Settings.load()
     require_prefect_server(settings.prefect.api_url)
+    serve_runner_metrics(settings)  # before any flow run: the runs inherit its directory
     # pause_on_shutdown=False: stopping one runner must not pause the schedules (prefect-notes §2).
     # query_seconds: Prefect's own setting takes whole seconds; a sub-second poll picks up a
     # bridge's run sooner (bench/README.md, sync latency).

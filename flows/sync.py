@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TypeVar, cast
 
 from prefect import flow, get_run_logger
@@ -13,6 +14,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
+from metrics.flows import flow_metrics, visible_event_times
 from service.repositories import RepositoryRegistry
 from service.runtime import load_settings
 from tasks.locks import repository_lease
@@ -62,6 +64,11 @@ def sync(req: SyncRequest) -> int | None:
             if outcome.revision is not None:
                 record_provenance(settings, opaque(outcome))
             plan = outcome.plan  # with the tarballs refused while applying it
+        if not req.dry_run:  # the repository now shows what the bucket had for these keys
+            flow_metrics().observe_visible(
+                visible_event_times(req.event_times, (r.key for r in plan.refused)),
+                datetime.now(UTC),
+            )
         if plan.refused and req.changed_keys and not req.dry_run:
             dead_letter_refusals(settings, repository, opaque(plan))
     report_changes(opaque(outcome), req.dry_run)

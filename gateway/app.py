@@ -33,6 +33,7 @@ from gateway.leases import Lease
 from gateway.paths import LeasePath, parse_lease_path
 from gateway.payloads import store_payload
 from gateway.services import GatewayServices
+from metrics.gateway import GatewayMetrics, GatewayMetricsMiddleware
 from service.repositories import RepositoryRegistry
 from service.settings import Settings
 from tasks.gateway_commit import GatewayCommitRequest
@@ -431,8 +432,15 @@ def routes(gateway: Gateway) -> list[Route]:
     ]
 
 
-def create_app(settings: Settings, services: GatewayServices | None = None) -> Starlette:
-    """The gateway application; `services` default to `GatewayServices.from_settings`."""
+def create_app(
+    settings: Settings,
+    services: GatewayServices | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> Starlette:
+    """The gateway application; `services` default to `GatewayServices.from_settings`.
+
+    With `metrics`, every request is counted in them (`./svc gateway` serves them).
+    """
     svc = services or GatewayServices.from_settings(settings)
 
     @asynccontextmanager
@@ -444,4 +452,6 @@ def create_app(settings: Settings, services: GatewayServices | None = None) -> S
 
     app = Starlette(routes=routes(Gateway(svc)), lifespan=lifespan)
     app.state.services = svc
+    if metrics is not None:
+        app.add_middleware(GatewayMetricsMiddleware, metrics=metrics)
     return app

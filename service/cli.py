@@ -96,8 +96,10 @@ def api() -> None:
     settings = load_service_settings()  # before prefect is imported
     import uvicorn
 
+    from metrics.exporter import serve_api_metrics
     from service.api import create_app
 
+    serve_api_metrics(settings)
     uvicorn.run(create_app(settings), host=settings.api.bind_host, port=settings.api.port)
 
 
@@ -112,9 +114,15 @@ def gateway() -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from metrics.gateway import serve_gateway_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=settings.gateway.bind_host, port=settings.gateway.port)
+    metrics = serve_gateway_metrics(settings)
+    uvicorn.run(
+        create_app(settings, metrics=metrics),
+        host=settings.gateway.bind_host,
+        port=settings.gateway.port,
+    )
 
 
 @app.command("serve-deployments")

@@ -338,6 +338,32 @@ class DashboardSettings(BaseModel):
     session_ttl_s: int = Field(default=8 * 3600, ge=60)
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus endpoints (`/metrics`, on loopback by default), one per service process."""
+
+    enabled: bool = True
+    # Loopback: a Prometheus on this host (or an agent forwarding to one) scrapes it; the
+    # host's own address when a Prometheus elsewhere scrapes every host (docs/metrics.md).
+    bind_host: str = LOOPBACK
+    # One port per kind of process, so one host can run one of each; a second copy of the
+    # same process on a host needs its own port (it logs that and serves no metrics else).
+    # 9461-9464 sit above every stack port and its test offsets (idp 9000 + <= 410).
+    bridge_port: int = 9461
+    api_port: int = 9462
+    gateway_port: int = 9463
+    # The deployments runner serves what its flow-run subprocesses record (prometheus-client
+    # multiprocess mode, in <multiprocess_dir>/runner-<host>-<port>/).
+    runner_port: int = 9464
+    # None: <data_dir>/metrics. Must be on the runner's own host (mmap'd files, per process).
+    multiprocess_dir: Path | None = None
+    # The API's exporter reads each repository's manifest and whitelist from stratum-0 at
+    # most this often (two reads per repository; an S3 stratum-0 with thousands of
+    # repositories would otherwise pay thousands of GETs per scrape).
+    repository_state_ttl_s: float = Field(default=60.0, ge=0)
+    # Prefect and RabbitMQ are asked at most this often (each scrape of every API process).
+    service_state_ttl_s: float = Field(default=10.0, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CVMFS_SVC_",
@@ -366,6 +392,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def load(cls) -> Settings:
@@ -419,6 +446,14 @@ class Settings(BaseSettings):
                 "gateway": self.gateway.model_copy(update={"port": self.gateway.port + offset}),
                 "idp": idp,
                 "oidc": oidc,
+                "metrics": self.metrics.model_copy(
+                    update={
+                        "bridge_port": self.metrics.bridge_port + offset,
+                        "api_port": self.metrics.api_port + offset,
+                        "gateway_port": self.metrics.gateway_port + offset,
+                        "runner_port": self.metrics.runner_port + offset,
+                    }
+                ),
             }
         )
 
@@ -443,6 +478,11 @@ class Settings(BaseSettings):
         if self.postgres.enabled:
             return self.postgres.url("asyncpg", self.postgres.prefect_database)
         return None
+
+    @property
+    def metrics_multiprocess_dir(self) -> Path:
+        """Where flow-run subprocesses of this host's runners write their metrics."""
+        return (self.metrics.multiprocess_dir or self.absolute_data_dir / "metrics").resolve()
 
     @property
     def s3_public_url(self) -> str:

@@ -6,12 +6,15 @@ lease renewed while held, so a holder that dies frees the repository after `LEAS
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect import get_client, task
 from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run as runtime_flow_run
 
+from metrics.flows import flow_metrics
 from service.faults import retry_if_transient
 
 # The shortest lease the server accepts; renewed in the background while the holder lives
@@ -43,7 +46,11 @@ def ensure_publish_lock(fqrn: str) -> str:
 
 @contextmanager
 def repository_lease(fqrn: str, wait_s: float = WAIT_FOR_LOCK_S) -> Iterator[None]:
-    """Hold the repository's publish lock; fails if the lock was never created."""
+    """Hold the repository's publish lock; fails if the lock was never created.
+
+    The wait for it is recorded per flow (`cvmfs_lease_wait_seconds`).
+    """
+    asked = time.monotonic()
     with concurrency(
         publish_lock_name(fqrn),
         occupy=1,
@@ -51,4 +58,6 @@ def repository_lease(fqrn: str, wait_s: float = WAIT_FOR_LOCK_S) -> Iterator[Non
         lease_duration=LEASE_S,
         strict=True,
     ):
+        flow = runtime_flow_run.flow_name or "none"
+        flow_metrics().lease_wait.labels(flow).observe(time.monotonic() - asked)
         yield

@@ -6,6 +6,7 @@ state it publishes is never older than what the bucket had when the lock was tak
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, ParamSpec, TypeVar
@@ -13,7 +14,7 @@ from typing import Annotated, ParamSpec, TypeVar
 from prefect import Task, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from bridge.config import BridgeConfig
 from bridge.errors import RejectedMessage
@@ -21,6 +22,7 @@ from bridge.publisher import EventPublisher
 from bridge.s3_events import KEY_PREFIX
 from cvmfs.tarball import TarPolicy
 from cvmfs.writer import RepositoryWriter
+from metrics.flows import flow_metrics
 from service.bucket_sync import (
     ApplyReport,
     BucketObject,
@@ -57,6 +59,11 @@ class SyncRequest(BaseModel):
     changed_keys: list[str] = Field(default_factory=list, description="object keys that changed")
     prefix: str | None = Field(default=None, description="backfill every key under cvmfs/<prefix>")
     dry_run: bool = Field(default=False, description="only report the difference")
+    event_times: dict[str, AwareDatetime] = Field(
+        default_factory=dict,
+        description="when S3 reported each changed key (the bridge sets it; for the "
+        "upload-to-visible metric only)",
+    )
 
 
 @dataclass
@@ -144,6 +151,7 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
     )
     s3 = bucket_agent_s3(settings)
     tar_policy = TarPolicy(max_file_size=settings.sync.max_object_bytes)
+    started = time.monotonic()
     # A refused tarball spoils the transaction it was applied to: start again without it
     # (bounded: each pass drops one tarball).
     while True:
@@ -159,7 +167,15 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
                 description=f"sync: {len(report.added)} added or replaced, "
                 f"{len(report.removed)} removed"
             )
+        record_publish(report, time.monotonic() - started)
         return SyncOutcome(fqrn=repository.fqrn, revision=result.revision, plan=plan, report=report)
+
+
+def record_publish(report: ApplyReport, duration_s: float) -> None:
+    metrics = flow_metrics()
+    metrics.publish_duration.labels("sync").observe(duration_s)
+    metrics.publish_bytes.labels("sync").observe(sum(put.obj.size for put in report.added))
+    metrics.publish_changes.labels("sync").observe(len(report.added) + len(report.removed))
 
 
 @step("dead-letter refused uploads", retries=2)
@@ -181,6 +197,7 @@ def dead_letter_refusals(settings: Settings, repository: Repository, plan: Plan)
                 message_id=f"refused-{repository.fqrn}-{refused.key}",
                 reason=refused.reason,
             )
+            flow_metrics().refused_uploads.inc()
     finally:
         publisher.close()
 

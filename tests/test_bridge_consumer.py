@@ -9,6 +9,7 @@ import pytest
 from bridge.consumer import BridgeConsumer
 from bridge.errors import PermanentStartError, TransientStartError
 from bridge.registry_events import image_event_message, parse_registry_webhook
+from metrics.bridge import BridgeMetrics
 from service.settings import Settings
 from tests.shared_paths import EVENTS
 from tests.test_bridge_support import (
@@ -59,7 +60,9 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
     # With prefetch 1 the old service stalled behind the first bad message; here it must not.
     publish(iso.mq, iso.s3_key, [*poison, good])
     starter = RecordingStarter()
-    with running(consumer_for(iso, starter)):
+    metrics = BridgeMetrics()
+    consumer = BridgeConsumer(iso.mq, iso.config, LOOKUP, starter, metrics=metrics)
+    with running(consumer):
         wait_for(lambda: len(starter.snapshot()) == 1, "the good event's flow run")
         wait_for(
             lambda: ready_count(iso.mq, iso.config.dead_letter_queue) == len(poison),
@@ -71,6 +74,7 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
         "repo": REPO_A.fqrn,
         "bucket": REPO_A.bucket,
         "changed_keys": ["cvmfs/good/file.txt"],
+        "event_times": {"cvmfs/good/file.txt": "2026-11-28T03:00:00+00:00"},
     }
     dead = drain(iso.mq, iso.config.dead_letter_queue)
     assert [body for _, body in dead] == poison  # bodies kept verbatim, in order
@@ -84,6 +88,25 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
     assert all(headers["x-cvmfs-queue"] == iso.config.s3.queue for headers, _ in dead)
     assert all(headers["x-cvmfs-routing-key"] == iso.s3_key for headers, _ in dead)
     assert ready_count(iso.mq, iso.config.s3.queue) == 0
+    kinds = [headers["x-cvmfs-reason-kind"] for headers, _ in dead]
+    assert kinds == [
+        "invalid",
+        "invalid",
+        "unknown_bucket",
+        "owner_mismatch",
+        "unsafe_key",
+        "unsafe_key",
+    ]
+    queue = iso.config.s3.queue
+    count = metrics.registry.get_sample_value
+    assert count("cvmfs_bridge_messages_received_total", {"queue": queue}) == 7
+    # Records of the notifications that parsed: the good one, the stranger's and mallory's.
+    assert count("cvmfs_bridge_s3_events_received_total") == 3
+    for kind, expected in [("invalid", 2), ("unknown_bucket", 1), ("unsafe_key", 2)]:
+        labels = {"queue": queue, "reason": kind}
+        assert count("cvmfs_bridge_dead_lettered_total", labels) == expected, kind
+    assert count("cvmfs_bridge_flow_runs_started_total", {"deployment": "sync/sync"}) == 1
+    assert count("cvmfs_bridge_sync_batch_events_count") == 1
 
 
 def test_duplicates_and_out_of_order_events_make_one_run_per_repository(

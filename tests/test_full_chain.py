@@ -20,6 +20,8 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from bridge.amqp import connection_parameters
 from bridge.run_requests import reconcile_parameters
@@ -69,7 +71,11 @@ def service(
         update={
             "oidc": vault.oidc.model_copy(
                 update={"issuer_url": issuer.url, "audience": issuer.audience}
-            )
+            ),
+            # The exporter reads state at every scrape, so a new repository shows at once.
+            "metrics": vault.metrics.model_copy(
+                update={"repository_state_ttl_s": 0, "service_state_ttl_s": 0}
+            ),
         }
     )
     env = {**child_environment(settings), **settings_env(settings)}  # as ./svc up gives it
@@ -219,6 +225,89 @@ def test_uploads_become_revisions_through_rgw_and_the_bridge(
     with _reader(settings, fqrn, key_file) as reader:
         directories = {p for p, v in repository_tree(reader).items() if v[0] == "dir"}
     assert not {"/a", "/sw/pkg"} & directories  # directories left empty disappear
+
+
+def _scrape(port: int) -> dict[str, list[Sample]]:
+    """The samples of a process's /metrics, parsed as Prometheus parses them, by name."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    """The one sample of `name` with these labels (0 if absent: nothing recorded yet)."""
+    found = [s.value for s in samples.get(name, []) if labels.items() <= s.labels.items()]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else 0.0
+
+
+def test_metrics_count_an_upload_from_s3_event_to_visible(
+    service: Settings, issuer: TestIssuer, tmp_path: Path
+) -> None:
+    """Each process's endpoint, scraped as Prometheus does, moves with one upload: the
+    runner's latency histogram (from its exited flow-run processes), the bridge's events,
+    the API's exporter (repository revision, whitelist, queues, flow runs), the gateway's."""
+    settings = service
+    ports = settings.metrics
+    user = f"m{uuid.uuid4().hex[:6]}"
+    bucket = f"{user}-metrics"
+    fqrn = _provision(settings, issuer, user, bucket)
+    key_file = public_key_file(settings, fqrn, tmp_path)
+    latency = "cvmfs_upload_to_visible_seconds"
+    runner_before = _scrape(ports.runner_port)
+    bridge_before = _scrape(ports.bridge_port)
+
+    demo_s3(settings).put_object(Bucket=bucket, Key="cvmfs/metrics.txt", Body=b"counted\n")
+
+    def visible() -> bool:
+        with _reader(settings, fqrn, key_file) as reader:
+            return reader.read("/metrics.txt") == b"counted\n"
+
+    _until(visible, f"the upload published in {fqrn}")
+
+    def latency_moved() -> bool:
+        after = _scrape(ports.runner_port)
+        return _value(after, f"{latency}_count") > _value(runner_before, f"{latency}_count")
+
+    _until(latency_moved, "the runner's upload-to-visible histogram counting the upload", 30)
+    runner = _scrape(ports.runner_port)
+    assert _value(runner, f"{latency}_sum") > _value(runner_before, f"{latency}_sum")
+    assert _value(runner, f"{latency}_bucket", le="+Inf") == _value(runner, f"{latency}_count")
+    assert _value(runner, "cvmfs_publish_duration_seconds_count", flow="sync") >= 1
+    assert _value(runner, "cvmfs_publish_size_bytes_sum", flow="sync") >= len(b"counted\n")
+    assert _value(runner, "cvmfs_lease_wait_seconds_count", flow="sync") >= 1
+
+    received = "cvmfs_bridge_s3_events_received_total"
+    bridge = _scrape(ports.bridge_port)
+    assert _value(bridge, received) > _value(bridge_before, received)
+    assert _value(bridge, "cvmfs_bridge_flow_runs_started_total", deployment="sync/sync") >= 1
+
+    api = _scrape(ports.api_port)
+    for source in ("rabbitmq", "prefect", "stratum0"):
+        assert _value(api, "cvmfs_exporter_source_up", source=source) == 1, source
+    assert _value(api, "cvmfs_repository_revision", repo=fqrn) >= 2  # created, then the upload
+    assert 0 <= _value(api, "cvmfs_repository_revision_age_seconds", repo=fqrn) < 600
+    remaining = _value(api, "cvmfs_repository_whitelist_remaining_seconds", repo=fqrn)
+    assert 20 * 86400 < remaining <= 31 * 86400  # a fresh 30-day whitelist
+    assert any(s.labels["queue"] == "cvmfs.bridge.s3-events" for s in api["cvmfs_queue_messages"])
+    assert _value(api, "cvmfs_flow_runs", state="completed") >= 2  # provision and sync
+
+    gateway_url = f"http://127.0.0.1:{settings.gateway.port}/api/v1/repos"
+    assert httpx.get(gateway_url).status_code == 200
+    gateway = _scrape(ports.gateway_port)
+    assert (
+        _value(
+            gateway,
+            "cvmfs_gateway_requests_total",
+            method="GET",
+            route="/api/v1/repos",
+            status="200",
+        )
+        >= 1
+    )
 
 
 def test_rabbitmq_restart_while_uploads_flow_loses_nothing(
