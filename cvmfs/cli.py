@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from cvmfs.catalog import DirectoryEntry
+from cvmfs.codecs import compression_from_metainfo
 from cvmfs.errors import CvmfsError
 from cvmfs.fsck import fsck
 from cvmfs.reader import RepositoryReader
@@ -161,6 +162,7 @@ def _info(reader: RepositoryReader) -> dict[str, Any]:
         "repository": reader.fqrn,
         "revision": reader.revision,
         "root_catalog_hash": reader.root_hash.hex,
+        "compression": compression_from_metainfo(reader.metainfo()).value,
         "manifest": reader.manifest.fields(),
         "publish_time": (
             dt.datetime.fromtimestamp(reader.manifest.publish_timestamp, dt.UTC).isoformat()
@@ -214,6 +216,7 @@ def info_command(
     typer.echo(f"revision          {info['revision']}")
     typer.echo(f"root catalog      {info['root_catalog_hash']}")
     typer.echo(f"published         {info['publish_time']}")
+    typer.echo(f"compression       {info['compression']}")
     state = "EXPIRED" if wl["expired"] else f"{wl['days_left']} days left"
     typer.echo(f"whitelist expires {wl['expires']} ({state})")
     for fingerprint in wl["certificate_fingerprints"]:

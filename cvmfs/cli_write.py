@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cvmfs.codecs import Compression
 from cvmfs.errors import CvmfsError
 from cvmfs.keys import generate_keyset, load_keyset, write_keyset
 from cvmfs.storage import LocalStorage
@@ -76,6 +77,13 @@ def register_write_commands(app: typer.Typer) -> None:
             bool, typer.Option("--generate-keys", help="Make a new key set in --keys-dir.")
         ] = False,
         whitelist_days: Annotated[int, typer.Option(help="Whitelist validity, days.")] = 30,
+        compression: Annotated[
+            Compression,
+            typer.Option(
+                help="Deflate of content objects: zlib = the stock publisher's objects; isal = "
+                "~10x faster, ~5 % larger, other object names (recorded in the meta info)."
+            ),
+        ] = Compression.ZLIB,
     ) -> None:
         """Create an empty repository (revision 1), like `cvmfs_server mkfs`."""
         name = _fqrn(directory, fqrn)
@@ -89,6 +97,7 @@ def register_write_commands(app: typer.Typer) -> None:
                 LocalStorage(directory),
                 name,
                 keys,
+                WriterOptions(compression=compression),
                 whitelist_validity=dt.timedelta(days=whitelist_days),
             )
         except CvmfsError as exc:

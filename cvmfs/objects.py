@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cvmfs._ripemd160 import Ripemd160
+from cvmfs.codecs import Compression, compress_function, compressobj
 from cvmfs.errors import FormatError, IntegrityError
 
 ZLIB_EMPTY = b"\x78\x9c\x03\x00\x00\x00\x00\x01"  # spec §1.4 test vector: zlib of b""
@@ -157,16 +158,18 @@ def hex_hash_text(data: bytes, algorithm: HashAlgorithm = HashAlgorithm.SHA1) ->
     return hash_bytes(data, algorithm).hex
 
 
-def compress(data: bytes) -> bytes:
-    """zlib stream at the default level, as the stock publisher writes (spec §1.4)."""
-    return zlib.compress(data)
+def compress(data: bytes, compression: Compression = Compression.ZLIB) -> bytes:
+    """zlib stream; by default at the level the stock publisher writes (spec §1.4)."""
+    return compress_function(compression)(data)
 
 
 def compress_and_hash(
-    data: bytes, algorithm: HashAlgorithm = HashAlgorithm.SHA1
+    data: bytes,
+    algorithm: HashAlgorithm = HashAlgorithm.SHA1,
+    compression: Compression = Compression.ZLIB,
 ) -> tuple[bytes, ContentHash]:
     """The stored bytes of an object and their hash (compress, then hash: spec §1.4)."""
-    stored = compress(data)
+    stored = compress(data, compression)
     return stored, hash_bytes(stored, algorithm)
 
 
@@ -174,10 +177,14 @@ class ObjectEncoder:
     """Streaming compress-then-hash of one object: feed plain bytes, get stored bytes back."""
 
     def __init__(
-        self, algorithm: HashAlgorithm = HashAlgorithm.SHA1, *, compressed: bool = True
+        self,
+        algorithm: HashAlgorithm = HashAlgorithm.SHA1,
+        *,
+        compressed: bool = True,
+        compression: Compression = Compression.ZLIB,
     ) -> None:
         self.algorithm = algorithm
-        self._compressor = zlib.compressobj() if compressed else None
+        self._compressor = compressobj(compression) if compressed else None
         self._hasher = new_hasher(algorithm)
         self.plain_size = 0
         self.stored_size = 0

@@ -66,6 +66,7 @@ from cvmfs.catalog_writer import (
     zero_counters,
 )
 from cvmfs.chunking import ChunkingParams, iter_chunks
+from cvmfs.codecs import Compression
 from cvmfs.errors import CvmfsError, InvalidPathError, NotFoundError
 from cvmfs.objects import (
     ContentHash,
@@ -102,6 +103,8 @@ class IngestOptions:
 
     hash_algorithm: HashAlgorithm = HashAlgorithm.SHA1
     compress: bool = True
+    # Deflate of content objects (catalogs, history and certificate always use stock zlib)
+    compression: Compression = Compression.ZLIB
     chunking: ChunkingParams | None = field(default_factory=ChunkingParams)
     # Threads compressing, hashing and uploading (zlib and hashlib release the GIL). One per
     # core by default; raise it for high-latency storage (S3), where uploads mostly wait.
@@ -167,7 +170,7 @@ class _ContentPipeline:
 
     def encode(self, data: bytes) -> tuple[bytes, ContentHash]:
         if self.options.compress:
-            return compress_and_hash(data, self.options.hash_algorithm)
+            return compress_and_hash(data, self.options.hash_algorithm, self.options.compression)
         return data, hash_bytes(data, self.options.hash_algorithm)
 
     def store(self, data: bytes, suffix: ObjectSuffix) -> ContentHash:
@@ -715,7 +718,11 @@ class Transaction:
 
     def _store_unchunked(self, stream: BinaryIO) -> tuple[ContentHash, int]:
         """Stream one whole-file object through a spooled temp file (no size limit)."""
-        encoder = ObjectEncoder(self.options.hash_algorithm, compressed=self.options.compress)
+        encoder = ObjectEncoder(
+            self.options.hash_algorithm,
+            compressed=self.options.compress,
+            compression=self.options.compression,
+        )
         with tempfile.SpooledTemporaryFile(max_size=16 << 20, dir=str(self._tmp)) as spool:
             while block := stream.read(_READ_BLOCK):
                 spool.write(encoder.update(block))

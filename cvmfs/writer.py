@@ -40,6 +40,7 @@ from pathlib import Path
 from cvmfs.catalog import DEFAULT_TTL_S, DIRECTORY_SIZE, FLAG_DIR
 from cvmfs.catalog_writer import CatalogWriter, Row
 from cvmfs.chunking import ChunkingParams
+from cvmfs.codecs import Compression, compression_from_metainfo, metainfo_with_compression
 from cvmfs.errors import ConflictError, CvmfsError, NotFoundError
 from cvmfs.history import (
     TAG_TRUNK,
@@ -83,6 +84,9 @@ class WriterOptions:
 
     hash_algorithm: HashAlgorithm = HashAlgorithm.SHA1
     compress: bool = True
+    # None: what the repository's meta info asks for (stock zlib unless it says `isal`).
+    # `create_repository` records a non-stock choice in the meta info, so later writers agree.
+    compression: Compression | None = None
     # None switches chunking off; defaults 4/8/16 MiB (spec §1.5)
     chunking: ChunkingParams | None = field(default_factory=ChunkingParams)
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)  # see IngestOptions
@@ -95,10 +99,11 @@ class WriterOptions:
     auto_tag: bool = True  # a `generic-<time>` tag per publish, as upstream's default
     work_dir: str | None = None  # where catalog working copies go (default: system temp)
 
-    def ingest(self) -> IngestOptions:
+    def ingest(self, compression: Compression) -> IngestOptions:
         return IngestOptions(
             hash_algorithm=self.hash_algorithm,
             compress=self.compress,
+            compression=compression,
             chunking=self.chunking,
             workers=self.workers,
             max_bytes_in_flight=self.max_bytes_in_flight,
@@ -251,7 +256,7 @@ class RepositoryWriter:
             base_root_hash=root_hash,
             base_revision=base.revision if base else 0,
             base_timestamp=(base.publish_timestamp or 0) if base else 0,
-            options=self.options.ingest(),
+            options=self.options.ingest(self.compression(base)),
             max_catalog_entries=self.options.max_catalog_entries,
             default_uid=self.options.default_uid,
             default_gid=self.options.default_gid,
@@ -259,6 +264,16 @@ class RepositoryWriter:
         )
         txn.base_manifest = base
         return txn
+
+    def compression(self, manifest: Manifest | None) -> Compression:
+        """How this writer deflates content: its options, else the meta info `manifest` names."""
+        if self.options.compression is not None:
+            return self.options.compression
+        if manifest is None or manifest.metainfo_hash is None:
+            return Compression.ZLIB
+        return compression_from_metainfo(
+            self._get_object(manifest.metainfo_hash, ObjectSuffix.METAINFO)
+        )
 
     def _check_base(self, base: Manifest | None) -> None:
         current = self._read_signed_manifest()
@@ -606,6 +621,13 @@ def create_repository(
     master_key = keys.require_master_key()
     timestamp = clock()  # revision 0 (and the root directory's mtime) and the whitelist
     opts = writer.options
+    if opts.compression not in (None, Compression.ZLIB):
+        if isinstance(meta_info, str):
+            raise CvmfsError(
+                "a non-stock compression is recorded in JSON meta info: pass meta_info as a "
+                "mapping, not text"
+            )
+        meta_info = metainfo_with_compression(dict(meta_info or {}), opts.compression)
     work = make_scratch_dir("mkfs", opts.work_dir)
     try:
         db_path = work / "rev0.sqlite"

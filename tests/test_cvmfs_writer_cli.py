@@ -94,3 +94,18 @@ def test_create_import_tag_rollback_resign_from_the_command_line(tmp_path: Path)
     check = CliRunner().invoke(repo_app, ["fsck", str(repo), "-k", pub, "--all-revisions"])
     assert check.exit_code == 0, check.output
     assert "clean" in check.stdout
+
+
+def test_create_in_fast_mode_and_import(tmp_path: Path) -> None:
+    repo, keys = tmp_path / FQRN, tmp_path / "keys"
+    _run("create", str(repo), "--keys-dir", str(keys), "--generate-keys", "--compression", "isal")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big.txt").write_bytes(b"fast mode text line\n" * 10_000)
+    imported = _run("import", str(repo), str(source), "--keys-dir", str(keys))
+    assert isinstance(imported, dict) and imported["revision"] == 2
+    pub = str(keys / f"{FQRN}.pub")
+    assert _run("cat", str(repo), "/big.txt", "-k", pub) == "fast mode text line\n" * 10_000
+    info = _run("info", str(repo), "-k", pub)
+    assert isinstance(info, str) and "compression       isal" in info
+    assert "clean" in str(_run("fsck", str(repo), "-k", pub))
