@@ -18,8 +18,9 @@ from stack.errors import PackageError
 
 PYPI_PREFIX = "pypi:"
 # Only the test suite needs these: the dashboard's browser tests drive Debian's Chromium
-# through its chromedriver (never a downloaded browser). `./svc test` installs them.
-TEST_PACKAGES = ("chromium", "chromium-driver")
+# through its chromedriver (never a downloaded browser); the SLO rules (docs/prometheus/) are
+# checked with the prometheus package's promtool. `./svc test` installs them.
+TEST_PACKAGES = ("chromium", "chromium-driver", "prometheus")
 NPM_CI_PREFIX = "npm-ci:"
 
 
