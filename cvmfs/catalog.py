@@ -6,6 +6,7 @@ Writers reuse the module-level DDL, flags, `md5path_pair` and encoders (spec §2
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import stat
 import struct
@@ -21,6 +22,9 @@ from cvmfs.objects import ContentHash, HashAlgorithm, ObjectSuffix
 # --- schema (spec §2.2) ------------------------------------------------------------------------
 SCHEMA_VERSION = "2.5"  # spec §2.2
 SCHEMA_REVISION = 7  # spec §2.2: rev 7 adds catalog.mtimens
+# Spec §2.2: rev 5 brought special files (flag 16) and the `*_special` counters; a catalog that
+# holds one must declare at least this revision or older clients select the wrong columns.
+SCHEMA_REVISION_SPECIAL_FILES = 5
 
 DDL_PROPERTIES = (
     "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key));"
@@ -73,6 +77,17 @@ FLAG_COMPRESSION_SHIFT = 11  # bits 11-13: 0 zlib, 1 none
 FLAG_DIR_BIND_MOUNTPOINT = 0x4000
 FLAG_HIDDEN = 0x8000
 FLAG_DIRECT_IO = 0x10000
+# Spec §2.6 / upstream `SqlDirent::CreateDatabaseFlags`: a special file is FLAG_FILE |
+# FLAG_FILE_SPECIAL and nothing else (no hash algorithm or compression bits: it has no content).
+SPECIAL_FILE_FLAGS = FLAG_FILE | FLAG_FILE_SPECIAL
+# Spec §2.4 `mode`: the client takes the type from the mode, so these are what makes a row a
+# char/block device, FIFO or socket; `size` holds makedev(major, minor) for devices, else 0.
+SPECIAL_FILE_KINDS: dict[int, str] = {
+    stat.S_IFCHR: "char-device",
+    stat.S_IFBLK: "block-device",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
 COMPRESSION_ZLIB = 0  # spec §1.4
 COMPRESSION_NONE = 1  # spec §1.4
 
@@ -254,7 +269,24 @@ class DirectoryEntry:
 
     @property
     def is_special(self) -> bool:
-        return bool(self.flags & FLAG_FILE_SPECIAL)
+        """A char/block device, FIFO or socket (by mode, as the client decides; spec §2.4)."""
+        return stat.S_IFMT(self.mode) in SPECIAL_FILE_KINDS
+
+    @property
+    def special_kind(self) -> str | None:
+        """'char-device', 'block-device', 'fifo' or 'socket'; None for other entries."""
+        return SPECIAL_FILE_KINDS.get(stat.S_IFMT(self.mode))
+
+    @property
+    def is_device(self) -> bool:
+        return stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode)
+
+    @property
+    def device(self) -> tuple[int, int] | None:
+        """(major, minor) of a device node, decoded from `size` (spec §2.4); else None."""
+        if not self.is_device:
+            return None
+        return os.major(self.size), os.minor(self.size)
 
     @property
     def is_chunked(self) -> bool:

@@ -108,6 +108,10 @@ class Row:
         return bool(self.flags & FLAG_FILE) and not self.flags & (FLAG_LINK | FLAG_FILE_SPECIAL)
 
     @property
+    def is_special(self) -> bool:
+        return bool(self.flags & FLAG_FILE_SPECIAL)
+
+    @property
     def is_chunked(self) -> bool:
         return bool(self.flags & FLAG_FILE_CHUNK)
 

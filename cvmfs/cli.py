@@ -105,9 +105,12 @@ def _long_line(entry: DirectoryEntry) -> str:
         name += f" -> {entry.symlink}"
     flags = " [nested]" if entry.is_nested_mountpoint or entry.is_nested_root else ""
     chunks = f" [{len(entry.chunks)} chunks]" if entry.is_chunked else ""
+    device = entry.device
+    # as `ls -l` shows a device: "major, minor" where the size would be
+    size = f"{device[0]}, {device[1]}" if device is not None else str(entry.size)
     return (
         f"{stat.filemode(entry.mode)} {entry.linkcount:>3} {entry.uid:>5} {entry.gid:>5} "
-        f"{entry.size:>12} {when} {name}{flags}{chunks}"
+        f"{size:>12} {when} {name}{flags}{chunks}"
     )
 
 

@@ -11,7 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cvmfs.catalog import STATISTICS_FIELDS, Catalog, DirectoryEntry, NestedCatalogRef
+from cvmfs.catalog import (
+    SCHEMA_REVISION_SPECIAL_FILES,
+    SPECIAL_FILE_FLAGS,
+    STATISTICS_FIELDS,
+    Catalog,
+    DirectoryEntry,
+    NestedCatalogRef,
+)
 from cvmfs.errors import CvmfsError, IntegrityError
 from cvmfs.objects import ContentHash, ObjectSuffix
 from cvmfs.reader import RepositoryReader
@@ -154,6 +161,12 @@ class _Checker:
             return statistics
         entries = self.read_entries(catalog, where)
         counted = self.check_rows(entries)
+        if counted["special"] and catalog.schema_revision < SCHEMA_REVISION_SPECIAL_FILES:
+            self.report.add(
+                where,
+                f"holds special files but declares schema revision {catalog.schema_revision}; "
+                f"they need revision {SCHEMA_REVISION_SPECIAL_FILES} or later (spec §2.2)",
+            )
         nested = catalog.nested_catalogs()
         counted["nested"] = len(nested)
         self.check_structure(catalog, entries, nested, where, mountpoint, parent)
@@ -273,9 +286,24 @@ class _Checker:
                     counted["external_file_size"] += entry.size
                 else:
                     self.check_file(entry)
-            else:
+            elif entry.is_special:
                 counted["special"] += 1
+                self.check_special(entry)
+            else:
+                self.report.add(entry.path, f"unknown file type in mode {entry.mode:#o}")
         return counted
+
+    def check_special(self, entry: DirectoryEntry) -> None:
+        """A device, FIFO or socket row as the stock publisher writes it (spec §2.4, §2.6)."""
+        if entry.flags != SPECIAL_FILE_FLAGS:
+            self.report.add(
+                entry.path,
+                f"{entry.special_kind} with flags {entry.flags}, expected {SPECIAL_FILE_FLAGS}",
+            )
+        if entry.content_hash is not None:
+            self.report.add(entry.path, f"{entry.special_kind} with a content hash")
+        if not entry.is_device and entry.size != 0:
+            self.report.add(entry.path, f"{entry.special_kind} with size {entry.size}, expected 0")
 
     def check_file(self, entry: DirectoryEntry) -> None:
         where = entry.path

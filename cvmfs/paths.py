@@ -17,10 +17,12 @@ MAX_SYMLINK_TARGET_BYTES = 4095  # PATH_MAX - 1: the kernel refuses longer link 
 RESERVED_TOP_LEVEL = ".cvmfs"  # spec §7: upstream refuses user content under /.cvmfs
 # Spec §7: `is_valid_repo_name`: at most 60 characters, alphanumeric first.
 _REPOSITORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,59}")
-# Setuid, setgid and sticky bits are stripped, never published. Clients mount `nosuid` (spec §7)
-# so the bits could never take effect on a client; they would only make the tree look privileged
-# and become live again wherever someone copies it out with `cp -a` or `rsync -p` as root.
-SPECIAL_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+# Setuid and setgid bits are stripped, never published (the stock publisher keeps them). Clients
+# mount `nosuid` (spec §7) so the bits could never take effect on a client; they would only make
+# the tree look privileged and become live again wherever someone copies it out with `cp -a` or
+# `rsync -p` as root. Importers report the paths that lost them. The sticky bit is kept, as the
+# stock publisher keeps it: it grants nothing, and an image's /tmp (01777) needs it.
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
 
 
 def raw_bytes(text: str) -> bytes:
@@ -180,16 +182,16 @@ def resolve_symlink(link_path: str, target: str) -> str | None:
 
 
 def sanitize_mode(mode: int) -> int:
-    """Permission bits to publish: `mode & 0o777`; setuid, setgid and sticky are stripped.
+    """Permission bits to publish: `mode & 0o1777`; setuid and setgid are stripped.
 
     Accepts a full `st_mode` or bare permission bits; the file type is not part of the result.
     """
-    return stat.S_IMODE(mode) & ~SPECIAL_MODE_BITS
+    return stat.S_IMODE(mode) & ~SETID_BITS
 
 
-def has_special_bits(mode: int) -> bool:
-    """True if `mode` carries setuid, setgid or sticky bits that `sanitize_mode` strips."""
-    return bool(mode & SPECIAL_MODE_BITS)
+def has_setid_bits(mode: int) -> bool:
+    """True if `mode` carries setuid or setgid bits that `sanitize_mode` strips."""
+    return bool(mode & SETID_BITS)
 
 
 def validate_repository_name(fqrn: str) -> str:

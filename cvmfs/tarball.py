@@ -15,10 +15,13 @@ Policies (see `TarPolicy`):
 * a symlink is never written through: an entry below a path that is a symlink is refused, as is
   an entry below a regular file, and an entry that changes the type of an earlier path;
 * hard links must name a regular file seen earlier in the same tarball;
-* character and block devices and FIFOs are refused (`skip_special=True` skips them instead and
-  counts them): a CVMFS repository distributes software, and device nodes in it are either
-  a packaging mistake or an attack on whoever copies the tree out;
-* setuid, setgid and sticky bits are stripped (`cvmfs.paths.sanitize_mode`) and counted;
+* character and block devices, FIFOs and (in directories) sockets become CVMFS special files
+  (flags 20, the device number in `size`), as the stock publisher stores them; images built from
+  a root file system carry /dev nodes, and a client shows them without opening anything, so
+  they are no reason to refuse a tarball. `skip_special=True` leaves them out instead and lists
+  them in `ImportStats.skipped_special`; a hard link to one becomes another special file;
+* setuid and setgid bits are stripped (`cvmfs.paths.sanitize_mode`) and the paths listed in
+  `ImportStats.stripped_modes`; the sticky bit is kept;
 * relative symlinks that climb out of the imported subtree are refused unless allowed;
   absolute targets are kept (they name the client's own file system, e.g. /cvmfs/other.repo);
 * declared sizes beyond `max_file_size` or a running total beyond `max_total_size` are refused.
@@ -44,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cvmfs.chunking import ReadableStream
 from cvmfs.errors import CvmfsError, InvalidPathError
 from cvmfs.paths import (
-    has_special_bits,
+    has_setid_bits,
     is_within,
     join,
     raw_bytes,
@@ -91,6 +94,7 @@ class EntryType(enum.Enum):
     DIRECTORY = "dir"
     SYMLINK = "symlink"
     HARDLINK = "hardlink"
+    SPECIAL = "special"  # char/block device, FIFO or socket
 
 
 class TarPolicy(BaseModel):
@@ -101,7 +105,9 @@ class TarPolicy(BaseModel):
     max_file_size: int = Field(default=64 * GIB, gt=0, description="largest single file, bytes")
     max_total_size: int = Field(default=1024 * GIB, gt=0, description="sum of all file sizes")
     max_entries: int = Field(default=10_000_000, gt=0, description="entries in one tarball")
-    skip_special: bool = Field(default=False, description="skip devices/FIFOs, else refuse")
+    skip_special: bool = Field(
+        default=False, description="leave devices/FIFOs/sockets out, else publish them"
+    )
     allow_escaping_symlinks: bool = Field(
         default=False, description="keep relative symlinks that climb out of the subtree"
     )
@@ -116,7 +122,8 @@ class TarEntry:
 
     `link_target` is the symlink target as written, or for a hard link the repository path of
     the regular file it shares content with. `content` is the file's data for FILE entries,
-    readable only until the next entry is requested.
+    readable only until the next entry is requested. A SPECIAL entry's `file_type` is its
+    `stat.S_IFMT` (S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK) and `rdev` its device number.
     """
 
     path: str
@@ -129,6 +136,8 @@ class TarEntry:
     link_target: str = ""
     content: IO[bytes] | None = None
     mode_stripped: bool = False
+    file_type: int = 0
+    rdev: int = 0
 
 
 @dataclass
@@ -140,9 +149,10 @@ class ImportStats:
     directories: int = 0
     symlinks: int = 0
     hardlinks: int = 0
+    special_files: int = 0
     bytes: int = 0
-    skipped_special: list[str] = field(default_factory=list)
-    stripped_modes: list[str] = field(default_factory=list)
+    skipped_special: list[str] = field(default_factory=list)  # left out (policy skip_special)
+    stripped_modes: list[str] = field(default_factory=list)  # lost setuid/setgid
 
 
 class _Prepended(io.RawIOBase):
@@ -220,6 +230,7 @@ class _Tree:
         self.prefix = prefix
         self._kinds: dict[str, EntryType] = {}
         self._hardlink_sources: dict[str, str] = {}
+        self._specials: dict[str, tuple[int, int]] = {}  # path -> (file type, rdev)
 
     def kind(self, path: str) -> EntryType | None:
         return self._kinds.get(path)
@@ -235,9 +246,10 @@ class _Tree:
                     f"member {member!r} would be written through the symlink {parent!r} "
                     "defined earlier in the tarball: refused"
                 )
-            if kind in (EntryType.FILE, EntryType.HARDLINK):
+            if kind in (EntryType.FILE, EntryType.HARDLINK, EntryType.SPECIAL):
+                what = "special file" if kind is EntryType.SPECIAL else "regular file"
                 raise TarballError(
-                    f"member {member!r} is below {parent!r}, which is a regular file in this "
+                    f"member {member!r} is below {parent!r}, which is a {what} in this "
                     "tarball: refused"
                 )
             if kind is EntryType.DIRECTORY:
@@ -246,12 +258,21 @@ class _Tree:
         for directory in implied:
             self._kinds[directory] = EntryType.DIRECTORY
 
+    def special(self, path: str) -> tuple[int, int] | None:
+        """(file type, rdev) of a special file seen earlier at `path`."""
+        return self._specials.get(path) if self._kinds.get(path) is EntryType.SPECIAL else None
+
     def original(self, path: str) -> str:
         """The regular file a hard link ultimately shares content with (itself if none)."""
         return self._hardlink_sources.get(path, path)
 
     def record(
-        self, path: str, kind: EntryType, member: str, hardlink_source: str | None = None
+        self,
+        path: str,
+        kind: EntryType,
+        member: str,
+        hardlink_source: str | None = None,
+        special: tuple[int, int] | None = None,
     ) -> None:
         previous = self._kinds.get(path)
         regular = (EntryType.FILE, EntryType.HARDLINK)
@@ -265,6 +286,8 @@ class _Tree:
                 f"{kind.value}: refused (a tarball must not change a path's type)"
             )
         self._kinds[path] = kind
+        if special is not None:
+            self._specials[path] = special
         if hardlink_source is not None:
             self._hardlink_sources[path] = hardlink_source
         else:
@@ -345,16 +368,15 @@ def _check_member(
     except InvalidPathError as error:
         raise TarballError(f"member {name!r} is refused: {error}") from error
 
-    if member.ischr() or member.isblk() or member.isfifo():
-        kind = "FIFO" if member.isfifo() else "device file"
+    special_type = _TAR_SPECIAL_TYPES.get(member.type)
+    if special_type is not None:
         if policy.skip_special:
             stats.skipped_special.append(path)
+            # remembered, so that a hard link to it is left out too instead of refused
+            tree.record(path, EntryType.SPECIAL, name, special=(special_type, 0))
             return None
-        raise TarballError(
-            f"member {name!r} is a {kind}: refused (a repository distributes files, not devices; "
-            "set skip_special to drop such entries)"
-        )
-    if member.isdir():
+        kind_type = EntryType.SPECIAL
+    elif member.isdir():
         kind_type = EntryType.DIRECTORY
     elif member.issym():
         kind_type = EntryType.SYMLINK
@@ -371,7 +393,7 @@ def _check_member(
         raise TarballError(f"member {name!r} names the import root but is not a directory")
     tree.check_parents(path, name)
 
-    mode_stripped = has_special_bits(member.mode)
+    mode_stripped = has_setid_bits(member.mode)
     if mode_stripped:
         stats.stripped_modes.append(path)
     entry = TarEntry(
@@ -392,7 +414,18 @@ def _check_member(
         tree.record(path, kind_type, name)
         stats.symlinks += 1
         return replace(entry, size=len(raw_bytes(target)), link_target=target)
+    if kind_type is EntryType.SPECIAL:
+        assert special_type is not None
+        is_device = special_type in (stat.S_IFCHR, stat.S_IFBLK)
+        rdev = os.makedev(member.devmajor, member.devminor) if is_device else 0
+        return _special_entry(entry, special_type, rdev, tree, stats, name)
     if kind_type is EntryType.HARDLINK:
+        special = _hardlinked_special(member.linkname, prefix, tree, name)
+        if special is not None:
+            if policy.skip_special:
+                stats.skipped_special.append(path)
+                return None
+            return _special_entry(entry, *special, tree, stats, name)
         source = _check_hardlink(member.linkname, prefix, tree, name)
         tree.record(path, kind_type, name, hardlink_source=source)
         stats.hardlinks += 1
@@ -412,6 +445,36 @@ def _check_member(
     stats.files += 1
     stats.bytes += member.size
     return replace(entry, size=member.size)
+
+
+# Tar member types that are special files; a socket has no tar type (tar skips sockets).
+_TAR_SPECIAL_TYPES = {
+    tarfile.CHRTYPE: stat.S_IFCHR,
+    tarfile.BLKTYPE: stat.S_IFBLK,
+    tarfile.FIFOTYPE: stat.S_IFIFO,
+}
+
+
+def _special_entry(
+    entry: TarEntry, file_type: int, rdev: int, tree: _Tree, stats: ImportStats, member: str
+) -> TarEntry:
+    tree.record(entry.path, EntryType.SPECIAL, member, special=(file_type, rdev))
+    stats.special_files += 1
+    return replace(entry, type=EntryType.SPECIAL, file_type=file_type, rdev=rdev)
+
+
+def _hardlinked_special(
+    linkname: str, prefix: str, tree: _Tree, member: str
+) -> tuple[int, int] | None:
+    """(file type, rdev) if the hard link names a special file seen earlier, else None.
+
+    CVMFS has no hard-link groups of special files; the link becomes a second special file with
+    the same type and device number, which is what reading either path gives."""
+    try:
+        source = join(prefix, _member_parts(linkname, f"hard link {member!r} target"))
+    except InvalidPathError:
+        return None  # _check_hardlink refuses it with the reason
+    return tree.special(source)
 
 
 def _check_symlink(path: str, target: str, prefix: str, policy: TarPolicy, member: str) -> str:
@@ -484,6 +547,17 @@ class ImportTarget(Protocol):
 
     def link(self, existing: str, new_path: str) -> None: ...
 
+    def add_special_file(
+        self,
+        path: str,
+        mode: int,
+        *,
+        rdev: int = ...,
+        mtime: int | None = ...,
+        uid: int | None = ...,
+        gid: int | None = ...,
+    ) -> None: ...
+
 
 def import_tarball(
     transaction: ImportTarget,
@@ -537,7 +611,7 @@ def _apply_all(
     policy: TarPolicy,
     preserve_ownership: bool,
 ) -> None:
-    """Apply directory, symlink and hard link entries, in order."""
+    """Apply directory, symlink, hard link and special file entries, in order."""
     for entry in entries:
         uid = entry.uid if preserve_ownership else None
         gid = entry.gid if preserve_ownership else None
@@ -554,6 +628,15 @@ def _apply_all(
             )
         elif entry.type is EntryType.HARDLINK:
             transaction.link(entry.link_target, entry.path)
+        elif entry.type is EntryType.SPECIAL:
+            transaction.add_special_file(
+                entry.path,
+                entry.file_type | entry.mode,
+                rdev=entry.rdev,
+                mtime=entry.mtime,
+                uid=uid,
+                gid=gid,
+            )
         else:
             raise AssertionError(f"regular file {entry.path} among deferred entries")
 
@@ -569,6 +652,11 @@ class _PlannedEntry:
     gid: int
     link_target: str = ""
     identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino), to re-check regular files
+    file_type: int = 0  # SPECIAL: stat.S_IFMT
+    rdev: int = 0  # SPECIAL: device number
+
+
+_DIRECTORY_SPECIAL_TYPES = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
 def _plan_directory(
@@ -593,7 +681,7 @@ def _plan_directory(
                 raise TarballError(f"{child.path!r} is refused: {error}") from error
             info = child.stat(follow_symlinks=False)
             mode = info.st_mode
-            if has_special_bits(mode):
+            if has_setid_bits(mode):
                 stats.stripped_modes.append(path)
             base = _PlannedEntry(
                 source=child.path,
@@ -635,14 +723,22 @@ def _plan_directory(
                     first_paths[identity] = path
                     plan.append(replace(base, type=EntryType.FILE, identity=identity))
                     stats.files += 1
-            else:
+            elif stat.S_IFMT(mode) in _DIRECTORY_SPECIAL_TYPES:
                 if policy.skip_special:
                     stats.skipped_special.append(path)
                     continue
-                raise TarballError(
-                    f"{child.path!r} is a device file, FIFO or socket: refused (a repository "
-                    "distributes files; set skip_special to leave such entries out)"
+                is_device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                plan.append(
+                    replace(
+                        base,
+                        type=EntryType.SPECIAL,
+                        file_type=stat.S_IFMT(mode),
+                        rdev=info.st_rdev if is_device else 0,
+                    )
                 )
+                stats.special_files += 1
+            else:
+                raise TarballError(f"{child.path!r} has an unknown file type {mode:#o}: refused")
             if stats.entries > policy.max_entries:
                 raise TarballError(f"the tree has more than {policy.max_entries} entries: refused")
         pending.extend(reversed(subdirectories))
@@ -683,7 +779,9 @@ def import_directory(
     # Directories first, then files, then symlinks and hard links: see `import_tarball` on why
     # directory and link operations are kept away from the stream of files.
     directories = [e for e in plan if e.type is EntryType.DIRECTORY]
-    links = [e for e in plan if e.type in (EntryType.SYMLINK, EntryType.HARDLINK)]
+    links = [
+        e for e in plan if e.type in (EntryType.SYMLINK, EntryType.HARDLINK, EntryType.SPECIAL)
+    ]
     _apply_all(transaction, directories, policy, preserve_ownership)
     for entry in plan:
         if entry.type is EntryType.FILE:

@@ -49,6 +49,8 @@ from cvmfs.catalog import (
     FLAG_FILE_CHUNK,
     FLAG_HASH_ALGORITHM_SHIFT,
     FLAG_LINK,
+    SPECIAL_FILE_FLAGS,
+    SPECIAL_FILE_KINDS,
     encode_xattrs,
     parent_path,
 )
@@ -618,6 +620,50 @@ class Transaction:
         )
 
     @_guarded
+    def add_special_file(
+        self,
+        path: str,
+        mode: int,
+        *,
+        rdev: int = 0,
+        mtime: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        """Create or replace a char/block device, FIFO or socket (spec §2.4, §2.6).
+
+        `mode` is a full st_mode whose type is S_IFCHR, S_IFBLK, S_IFIFO or S_IFSOCK; `rdev` is
+        the device number (`os.makedev(major, minor)`), stored in `size` for devices, ignored
+        for FIFOs and sockets (size 0), as the stock publisher stores them. Flags are 20, there
+        is no content object. setuid/setgid are stripped like everywhere else.
+        """
+        self._check_open()
+        self._drain(block=True)
+        path = repository_path(path)
+        kind = stat.S_IFMT(mode)
+        if kind not in SPECIAL_FILE_KINDS:
+            raise TransactionError(
+                f"{path}: mode {mode:#o} is not a char/block device, FIFO or socket: use "
+                "add_file, mkdir or symlink for other types"
+            )
+        if path == "":
+            raise InvalidPathError("the repository root is a directory, not a special file")
+        is_device = kind in (stat.S_IFCHR, stat.S_IFBLK)
+        if is_device and not 0 <= rdev < 1 << 64:
+            raise TransactionError(f"{path}: device number {rdev} does not fit a dev_t")
+        self._put_leaf(
+            Row(
+                path=path,
+                mode=kind | sanitize_mode(mode),
+                mtime=self.now if mtime is None else int(mtime),
+                flags=SPECIAL_FILE_FLAGS,
+                size=rdev if is_device else 0,
+                uid=self.default_uid if uid is None else uid,
+                gid=self.default_gid if gid is None else gid,
+            )
+        )
+
+    @_guarded
     def add_file(
         self,
         path: str,
@@ -632,8 +678,8 @@ class Transaction:
         """Add or replace a regular file with the bytes of `content` (a stream or bytes).
 
         The stream is read here, in the caller's thread; compression, hashing and upload run
-        on the pool and the catalog row is written once every piece is stored. setuid, setgid
-        and sticky bits are stripped (`cvmfs.paths.sanitize_mode`).
+        on the pool and the catalog row is written once every piece is stored. setuid and setgid
+        bits are stripped, the sticky bit is kept (`cvmfs.paths.sanitize_mode`).
         """
         self._check_open()
         path = repository_path(path)

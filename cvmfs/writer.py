@@ -16,7 +16,7 @@ Decisions where we knowingly differ from, or choose among, upstream behaviours:
 * Hard links: a group within one directory (spec §7); a link to another directory is stored
   as an independent copy (same content object). The stock overlayfs publisher breaks every
   hard link up, so a fixture-identical tree needs plain copies (tests do that).
-* setuid, setgid and sticky bits are stripped (`cvmfs.paths.sanitize_mode`).
+* setuid and setgid bits are stripped, the sticky bit is kept (`cvmfs.paths.sanitize_mode`).
 * The reflog lists root catalogs, histories, the certificate and meta-info, not nested
   catalogs, as the stock 2.11 publisher does (fixture). A crash between the reflog write and
   the manifest write leaves a reflog "ahead" of the manifest's `Y`; fsck accepts that.

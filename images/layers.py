@@ -15,14 +15,16 @@ Semantics (OCI image spec "Applying changesets", spec §6.4 last paragraph):
   independent copy, the CVMFS rule of spec §7).
 
 Refusals (`LayerRefusedError`, the whole image is then not published): member paths that are
-absolute or contain `..`; character/block devices and FIFOs (decision: refused, not skipped,
-by default: an unpacked image is read through apptainer, which binds the host's /dev, so a
-device node in an image is never needed and is either a mistake or an attack; set
-`LayerPolicy.skip_special` to drop them instead); a declared file size, layer size, image size
-or compressed layer size above the policy limits, checked before any byte of it is read.
+absolute or contain `..`; a declared file size, layer size, image size or compressed layer size
+above the policy limits, checked before any byte of it is read.
+Character/block devices and FIFOs become CVMFS special files (flags 20, device number in
+`size`), as DUCC's `mknod` into the overlay and the stock publisher store them: images built
+from a root file system carry /dev nodes, and apptainer binds the host's /dev over them anyway.
+`LayerPolicy.skip_special` drops them instead (listed in `UnpackStats.skipped_special`).
 Kept as they are: symlink targets (absolute ones, and relative ones that climb above the image
-root, which resolve to the root inside a container), uid/gid, mtimes and permission bits
-(setuid/setgid/sticky stripped by the writer, spec §7). Extended attributes are not carried.
+root, which resolve to the root inside a container), uid/gid, mtimes and permission bits with
+the sticky bit (setuid/setgid stripped by the writer and listed in `UnpackStats.stripped_modes`,
+spec §7). Extended attributes are not carried.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class LayerPolicy(BaseModel):
     max_image_size: int = Field(default=128 * GIB, gt=0, description="all layers, bytes")
     max_compressed_layer_size: int = Field(default=32 * GIB, gt=0, description="layer blob bytes")
     max_entries: int = Field(default=5_000_000, gt=0, description="entries in one layer")
-    skip_special: bool = Field(default=False, description="drop devices/FIFOs instead of refusing")
+    skip_special: bool = Field(
+        default=False, description="drop devices/FIFOs instead of publishing them"
+    )
 
 
 @dataclass
@@ -92,6 +96,7 @@ class UnpackStats:
     layers: int = 0
     entries: int = 0
     files: int = 0
+    special_files: int = 0
     bytes: int = 0
     whiteouts: int = 0
     opaque_dirs: int = 0
@@ -270,6 +275,17 @@ class LayerApplier:
                 path, entry.link_target, mtime=entry.mtime, uid=entry.uid, gid=entry.gid
             )
             self.tree.add(path, EntryType.SYMLINK, entry.link_target)
+        elif entry.type is EntryType.SPECIAL:
+            self.txn.add_special_file(
+                path,
+                entry.file_type | entry.mode,
+                rdev=entry.rdev,
+                mtime=entry.mtime,
+                uid=entry.uid,
+                gid=entry.gid,
+            )
+            self.tree.add(path, EntryType.SPECIAL)
+            self.stats.special_files += 1
         else:
             source = self._hardlink_paths.get(entry.link_target, entry.link_target)
             if self.tree.kind(source) is not EntryType.FILE:

@@ -56,6 +56,11 @@ class UnpackOutcome(BaseModel):
     bytes: int = 0
     whiteouts: int = 0
     opaque_dirs: int = 0
+    special_files: int = 0
+    # Paths below the flat tree left out by policy (devices, FIFOs) or published without their
+    # setuid/setgid bits: the run's artifact lists them.
+    skipped_special: list[str] = []
+    stripped_modes: list[str] = []
 
 
 class TagDeleteOutcome(BaseModel):
@@ -220,6 +225,9 @@ def _unpack_flat(
             "bytes": stats.bytes,
             "whiteouts": stats.whiteouts,
             "opaque_dirs": stats.opaque_dirs,
+            "special_files": stats.special_files,
+            "skipped_special": stats.skipped_special,
+            "stripped_modes": stats.stripped_modes,
         }
     )
 

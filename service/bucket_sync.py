@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from bridge.errors import RejectedMessage
 from bridge.s3_events import KEY_PREFIX, repository_path_for_key
 from cvmfs.errors import NotFoundError
-from cvmfs.tarball import TarballError, TarPolicy, import_tarball
+from cvmfs.tarball import ImportStats, TarballError, TarPolicy, import_tarball
 from cvmfs.transaction import Transaction
 from service.object_metadata import SNIFF_BYTES, attributes_from_metadata
 from service.repositories import FileProvenance
@@ -275,6 +275,9 @@ class ApplyReport:
     added: list[Put] = field(default_factory=list)
     removed: list[Remove] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
+    # What each published tarball's import changed or left out (special files skipped by
+    # policy, setuid/setgid stripped), for the run's artifact.
+    tarball_stats: dict[str, ImportStats] = field(default_factory=dict)
 
 
 def _prune_empty_parents(txn: Transaction, path: str) -> None:
@@ -322,9 +325,10 @@ def apply_changes(
             if put.tarball:
                 txn.remove(put.path, missing_ok=True)
                 try:
-                    import_tarball(txn, stream, put.path, policy=tar_policy)
+                    stats = import_tarball(txn, stream, put.path, policy=tar_policy)
                 except TarballError as error:
                     raise TarballRefused(put.key, str(error)) from error
+                report.tarball_stats[put.key] = stats
             else:
                 attributes = attributes_from_metadata(put.obj.metadata, first[:SNIFF_BYTES])
                 mtime = attributes.mtime if attributes.mtime is not None else put.obj.last_modified

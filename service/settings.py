@@ -104,6 +104,10 @@ class RegistrySettings(BaseModel):
     robot_password: SecretStr | None = None
     # Platforms taken from a multi-architecture index, first match wins.
     unpack_platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+    # Device nodes and FIFOs in image layers are published as CVMFS special files, as DUCC and
+    # the stock publisher do (images built from a root file system carry /dev); true leaves
+    # them out, and the unpack run's artifact lists each one.
+    unpack_skip_special: bool = False
 
     @property
     def url(self) -> str:
@@ -297,6 +301,10 @@ class SyncSettings(BaseModel):
     # An object above this is refused with the reason (dead-letter queue, sync artifact);
     # also the largest file a tarball may hold. 64 GiB: a chunked file of ~2,000 chunks.
     max_object_bytes: int = Field(default=64 * 2**30, gt=0)
+    # Device nodes, FIFOs and sockets in tarballs are published as CVMFS special files, as the
+    # stock publisher does (rootfs tarballs carry /dev); true leaves them out, and the sync
+    # run's artifact lists each one it left out.
+    skip_special: bool = False
 
 
 class GatewaySettings(BaseModel):

@@ -150,7 +150,9 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
         repository_storage(settings, repository.fqrn), repository.fqrn, keys
     )
     s3 = bucket_agent_s3(settings)
-    tar_policy = TarPolicy(max_file_size=settings.sync.max_object_bytes)
+    tar_policy = TarPolicy(
+        max_file_size=settings.sync.max_object_bytes, skip_special=settings.sync.skip_special
+    )
     started = time.monotonic()
     # A refused tarball spoils the transaction it was applied to: start again without it
     # (bounded: each pass drops one tarball).
@@ -245,9 +247,24 @@ def report_changes(outcome: SyncOutcome, dry_run: bool) -> None:
         rows.append({"action": action, "path": change.path, "key": change.key, "size": size})
     for refused in outcome.plan.refused:
         rows.append({"action": "refused", "path": "", "key": refused.key, "size": refused.reason})
+    rows += tarball_notes(outcome.report)
     revision = "dry run" if dry_run else (outcome.revision or "nothing to publish")
     create_table_artifact(
         key=f"sync-{outcome.fqrn.replace('.', '-')}",
         table=rows or [{"action": "none", "path": "", "key": "", "size": None}],
         description=f"{outcome.fqrn}: revision {revision}; {outcome.plan.unchanged} unchanged",
     )
+
+
+def tarball_notes(report: ApplyReport) -> list[dict[str, object]]:
+    """Artifact rows for what a published tarball's import left out or changed: special files
+    skipped by `sync.skip_special`, files whose setuid/setgid bits were stripped."""
+    rows: list[dict[str, object]] = []
+    for key, stats in report.tarball_stats.items():
+        for path in stats.skipped_special:
+            rows.append({"action": "skipped special file", "path": path, "key": key, "size": None})
+        for path in stats.stripped_modes:
+            rows.append(
+                {"action": "setuid/setgid stripped", "path": path, "key": key, "size": None}
+            )
+    return rows

@@ -12,6 +12,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import hvac
 from prefect import Task, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from requests import RequestException
@@ -195,17 +196,36 @@ def unpack_into_repository(
         RegistryClient(request.registry, registry_access(settings)) as client,
     ):
         writer = open_unpacked_repository(settings, fqrn)
-        outcome = unpack_image(writer, client, image, policy=LayerPolicy())
+        policy = LayerPolicy(skip_special=settings.registry.unpack_skip_special)
+        outcome = unpack_image(writer, client, image, policy=policy)
     logger.info(
-        "image=%s action=%s config=%s revision=%d files=%d bytes=%d",
+        "image=%s action=%s config=%s revision=%d files=%d special_files=%d bytes=%d "
+        "skipped_special=%d setid_stripped=%d",
         outcome.image,
         outcome.action,
         outcome.config_digest,
         outcome.revision,
         outcome.files,
+        outcome.special_files,
         outcome.bytes,
+        len(outcome.skipped_special),
+        len(outcome.stripped_modes),
     )
+    if outcome.skipped_special or outcome.stripped_modes:
+        report_unpack_notes(outcome)
     return outcome
+
+
+def report_unpack_notes(outcome: UnpackOutcome) -> None:
+    """The run's artifact lists what the unpack left out (special files, by
+    `registry.unpack_skip_special`) or changed (setuid/setgid bits stripped)."""
+    rows = [{"note": "skipped special file", "path": path} for path in outcome.skipped_special]
+    rows += [{"note": "setuid/setgid stripped", "path": path} for path in outcome.stripped_modes]
+    create_table_artifact(
+        key=f"unpack-notes-{outcome.config_digest.split(':')[-1][:16]}",
+        table=rows,
+        description=f"{outcome.image}: {outcome.flat_dir}, revision {outcome.revision}",
+    )
 
 
 @step("delete tag link")

@@ -24,6 +24,10 @@ def repository_tree(reader: RepositoryReader) -> Tree:
             tree[entry.path] = ("symlink", mode, entry.symlink)
         elif entry.is_dir:
             tree[entry.path] = ("dir", mode, None)
+        elif entry.is_special:
+            device = entry.device
+            kind = str(entry.special_kind)
+            tree[entry.path] = (kind, mode, f"{device[0]}:{device[1]}" if device else None)
         else:
             tree[entry.path] = ("file", mode, sha(reader.read(entry.path)))
     return tree

@@ -10,7 +10,7 @@ from cvmfs.errors import CvmfsError, InvalidPathError
 from cvmfs.paths import (
     ROOT,
     ancestors,
-    has_special_bits,
+    has_setid_bits,
     is_within,
     join,
     parent_of,
@@ -160,15 +160,16 @@ def test_symlink_targets() -> None:
         (0o755, 0o755),
         (0o4755, 0o755),  # setuid
         (0o2755, 0o755),  # setgid
-        (0o1777, 0o777),  # sticky
-        (0o7777, 0o777),
+        (0o1777, 0o1777),  # sticky: kept, as the stock publisher keeps it (/tmp)
+        (0o7777, 0o1777),
         (stat.S_IFREG | 0o4711, 0o711),  # a full st_mode: the type is dropped too
         (stat.S_IFDIR | 0o2775, 0o775),
+        (stat.S_IFDIR | 0o1777, 0o1777),
     ],
 )
-def test_sanitize_mode_strips_setuid_setgid_and_sticky(mode: int, expected: int) -> None:
+def test_sanitize_mode_strips_setuid_setgid_and_keeps_sticky(mode: int, expected: int) -> None:
     assert sanitize_mode(mode) == expected
-    assert has_special_bits(mode) == (mode & 0o7000 != 0)
+    assert has_setid_bits(mode) == (mode & 0o6000 != 0)
 
 
 @pytest.mark.parametrize("name", ["golden.example.org", "a", "sft.cern.ch", "x_y-z", "a" * 60])

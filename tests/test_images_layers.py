@@ -55,6 +55,14 @@ def layer(members: list[Member], *, compression: str = "gzip") -> bytes:
             info.mode = 0o755
             if kind == "dir":
                 info.type = tarfile.DIRTYPE
+            elif kind == "sticky-dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777
+            elif kind in ("chr-dev", "blk-dev"):  # payload: (major, minor, mode)
+                major, minor, info.mode = payload  # type: ignore[misc]
+                info.type = tarfile.CHRTYPE if kind == "chr-dev" else tarfile.BLKTYPE
+                info.devmajor, info.devminor = major, minor
+            elif kind == "fifo":
+                info.type, info.mode = tarfile.FIFOTYPE, 0o600
             elif kind == "symlink":
                 info.type, info.linkname = tarfile.SYMTYPE, str(payload)
             elif kind == "hardlink":
@@ -98,6 +106,8 @@ def tree(writer: RepositoryWriter) -> dict[str, tuple[object, ...]]:
                 result[relative] = ("dir", stat.S_IMODE(entry.mode))
             elif entry.is_symlink:
                 result[relative] = ("symlink", entry.symlink)
+            elif entry.is_special:
+                result[relative] = (entry.special_kind, entry.device, stat.S_IMODE(entry.mode))
             else:
                 result[relative] = ("file", reader.read(entry.path), stat.S_IMODE(entry.mode))
     return result
@@ -167,7 +177,7 @@ def test_whiteout_of_a_whole_directory_and_plain_tar(writer: RepositoryWriter) -
         ([("../evil", "file", b"x")], "'..'"),
         ([("a/../../evil", "file", b"x")], "'..'"),
         ([("/etc/passwd", "file", b"x")], "absolute"),
-        ([("dev/", "dir", None), ("dev/null", "chr", None)], "device"),
+        ([("dev/", "dir", None), ("dev/null", "chr", None), ("dev/null/x", "file", b"")], "below"),
         ([("big", "huge", 200 << 30)], "limit"),
     ],
 )
@@ -189,12 +199,63 @@ def test_image_size_limit_spans_layers(writer: RepositoryWriter) -> None:
 
 
 def test_device_nodes_skipped_when_the_policy_says_so(writer: RepositoryWriter) -> None:
-    unpack(
-        writer,
-        [layer([("dev/", "dir", None), ("dev/null", "chr", None), ("f", "file", b"f")])],
-        LayerPolicy(skip_special=True),
-    )
+    with writer.transaction() as txn:
+        applier = LayerApplier(txn, ROOT, LayerPolicy(skip_special=True))
+        applier.apply(
+            io.BytesIO(
+                layer([("dev/", "dir", None), ("dev/null", "chr", None), ("f", "file", b"f")])
+            ),
+            "sha256:0",
+        )
+        txn.publish()
+    assert applier.stats.skipped_special == [f"{ROOT}/dev/null"]
     assert tree(writer) == {"/dev": ("dir", 0o755), "/f": ("file", b"f", 0o644)}
+
+
+def test_special_files_across_layers_are_published_as_they_were(writer: RepositoryWriter) -> None:
+    """A root file system's /dev, a FIFO and a sticky /tmp over two layers; the upper layer
+    deletes a device, replaces another with a file and one file with a device."""
+    base = layer(
+        [
+            ("dev/", "dir", None),
+            ("dev/console", "chr-dev", (5, 1, 0o600)),
+            ("dev/null", "chr-dev", (1, 3, 0o666)),
+            ("dev/loop0", "blk-dev", (7, 0, 0o660)),
+            ("dev/sda", "blk-dev", (8, 0, 0o660)),
+            ("etc/", "dir", None),
+            ("etc/was-file", "file", b"f"),
+            ("tmp/", "sticky-dir", None),
+        ]
+    )
+    top = layer(
+        [
+            ("dev/.wh.loop0", "file", b""),
+            ("dev/sda", "file", b"not a disk any more"),
+            ("etc/was-file", "chr-dev", (1, 5, 0o644)),
+            ("run/", "dir", None),
+            ("run/initctl", "fifo", None),
+            ("tmp/", "sticky-dir", None),
+        ],
+        compression="zstd",
+    )
+    with writer.transaction() as txn:
+        applier = LayerApplier(txn, ROOT)
+        applier.apply(io.BytesIO(base), "sha256:0")
+        applier.apply(io.BytesIO(top), "sha256:1")
+        txn.publish()
+    assert applier.stats.special_files == 6
+    assert applier.stats.skipped_special == []
+    assert tree(writer) == {
+        "/dev": ("dir", 0o755),
+        "/dev/console": ("char-device", (5, 1), 0o600),
+        "/dev/null": ("char-device", (1, 3), 0o666),
+        "/dev/sda": ("file", b"not a disk any more", 0o644),
+        "/etc": ("dir", 0o755),
+        "/etc/was-file": ("char-device", (1, 5), 0o644),
+        "/run": ("dir", 0o755),
+        "/run/initctl": ("fifo", None, 0o600),
+        "/tmp": ("dir", 0o1777),
+    }
 
 
 def test_hard_links_keep_their_groups_per_directory(writer: RepositoryWriter) -> None:

@@ -273,7 +273,6 @@ def test_tag_delete_then_garbage_collection_after_the_grace_period(
     ("members", "reason"),
     [
         ([("../escape", "file", b"x")], "'..'"),
-        ([("dev/", "dir", None), ("dev/null", "chr", None)], "device"),
         ([("big", "huge", 300 << 30)], "limit"),
     ],
 )

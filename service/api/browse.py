@@ -10,6 +10,7 @@ import datetime as dt
 import stat
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import cast
 
 from cvmfs.catalog import DirectoryEntry, normalize_path
 from cvmfs.errors import InvalidPathError, NotFoundError
@@ -24,6 +25,7 @@ from service.api.models import (
     Listing,
     Revision,
     Source,
+    SpecialKind,
     TagInfo,
 )
 from service.repositories import FileProvenance
@@ -52,17 +54,22 @@ def entry_type(entry: DirectoryEntry) -> EntryType:
 
 
 def entry_model(entry: DirectoryEntry) -> Entry:
+    device = entry.device
     return Entry(
         name=entry.name,
         path=entry.path or "/",
         type=entry_type(entry),
-        size=entry.size,
+        # a device's `size` column holds its device number; the client shows size 0
+        size=0 if device is not None else entry.size,
         mode=entry.mode,
         mode_string=stat.filemode(entry.mode),
         mtime=_when(entry.mtime),
         symlink_target=entry.symlink if entry.is_symlink else None,
         chunked=entry.is_chunked,
         nested_catalog=entry.is_nested_mountpoint,
+        special_kind=cast(SpecialKind | None, entry.special_kind),
+        device_major=device[0] if device is not None else None,
+        device_minor=device[1] if device is not None else None,
     )
 
 

@@ -14,6 +14,7 @@ from service.messages import RequestId
 
 RepositoryKind = Literal["personal", "group"]
 EntryType = Literal["file", "directory", "symlink", "special"]
+SpecialKind = Literal["char-device", "block-device", "fifo", "socket"]
 
 
 class CreateRepository(BaseModel):
@@ -134,6 +135,11 @@ class Entry(BaseModel):
     symlink_target: str | None = None
     chunked: bool = False
     nested_catalog: bool = False
+    special_kind: SpecialKind | None = Field(
+        default=None, description="for type 'special': what kind of special file it is"
+    )
+    device_major: int | None = Field(default=None, description="char/block devices only")
+    device_minor: int | None = Field(default=None, description="char/block devices only")
 
 
 class Listing(BaseModel):
