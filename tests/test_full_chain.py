@@ -5,10 +5,13 @@ an image push to the registry. Each result is read back over HTTP with the verif
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
+import stat
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,6 +60,12 @@ def issuer() -> Iterator[TestIssuer]:
 
 
 @pytest.fixture(scope="module")
+def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where each service process writes what `./svc up` would show on the console."""
+    return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="module")
 def service(
     vault: Settings,
     ceph: Settings,
@@ -65,7 +74,7 @@ def service(
     prefect_server: Settings,
     stratum0_http: Settings,
     issuer: TestIssuer,
-    tmp_path_factory: pytest.TempPathFactory,
+    service_logs: Path,
 ) -> Iterator[Settings]:
     settings = vault.model_copy(
         update={
@@ -79,7 +88,7 @@ def service(
         }
     )
     env = {**child_environment(settings), **settings_env(settings)}  # as ./svc up gives it
-    logs = tmp_path_factory.mktemp("service-logs")
+    logs = service_logs
     children = []
     for command in SERVICE_COMMANDS:
         with (logs / f"{command}.log").open("wb") as log:
@@ -391,3 +400,157 @@ def test_served_reconcile_runs_for_every_repository(
     assert isinstance(run, FlowRun) and run.state is not None
     assert run.name == "reconcile-all"
     assert run.state.is_completed(), run.state.message
+
+
+def _device_layer(members: list[tuple[str, bytes, int, int, int]]) -> bytes:
+    """A layer tarball of (name, tar type, mode, major, minor); regular files hold their name."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, mode, major, minor in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = kind, mode, 1_700_000_000
+            info.devmajor, info.devminor = major, minor
+            data = name.encode() if kind == tarfile.REGTYPE else None
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def test_image_with_dev_nodes_a_fifo_and_a_sticky_tmp_is_unpacked(
+    service: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two layers as a root file system has them (the issue's debootstrap image was refused
+    whole for its /dev/console): registry push → webhook → bridge → unpack deployment."""
+    settings = service
+    layout = OciLayout(tmp_path_factory.mktemp("special-image") / "layout")
+    base = _device_layer(
+        [
+            ("dev/", tarfile.DIRTYPE, 0o755, 0, 0),
+            ("dev/console", tarfile.CHRTYPE, 0o600, 5, 1),
+            ("dev/null", tarfile.CHRTYPE, 0o666, 1, 3),
+            ("dev/loop0", tarfile.BLKTYPE, 0o660, 7, 0),
+            ("tmp/", tarfile.DIRTYPE, 0o1777, 0, 0),
+            ("usr/bin/su", tarfile.REGTYPE, 0o4755, 0, 0),
+        ]
+    )
+    top = _device_layer(
+        [
+            ("dev/.wh.loop0", tarfile.REGTYPE, 0o644, 0, 0),  # deletes a lower device
+            ("dev/zero", tarfile.CHRTYPE, 0o666, 1, 5),
+            ("run/", tarfile.DIRTYPE, 0o755, 0, 0),
+            ("run/initctl", tarfile.FIFOTYPE, 0o600, 0, 0),
+            ("etc/hostname", tarfile.REGTYPE, 0o644, 0, 0),
+        ]
+    )
+    layout.add_handmade_image("rootfs", [base, top])
+    name = f"special{uuid.uuid4().hex[:6]}"
+    host = settings.registry.url.split("://", 1)[1]
+    layout.push("rootfs", host, f"unpacked/{name}", "1.0")
+    fqrn = f"unpacked.{settings.repository_domain}"
+    link = f"/{host}/unpacked/{name}:1.0"
+    key_file = tmp_path_factory.mktemp("special-keys") / f"{fqrn}.pub"
+    flat: list[str] = []
+
+    def unpacked() -> bool:
+        if not key_file.exists():  # the service makes the keys on its first unpack
+            keys = KeyStore.from_settings(settings.vault).read(SERVICE_KEY_OWNER, fqrn)
+            key_file.write_text(keys.master_public_pem)
+        with _reader(settings, fqrn, key_file) as reader:
+            target = reader.stat(link).symlink
+            flat[:] = [posixpath.normpath(posixpath.join(posixpath.dirname(link), target))]
+            return reader.exists(f"{flat[0]}/etc/hostname")
+
+    _until(unpacked, f"{link} unpacked into {fqrn}", timeout_s=180)
+    with _reader(settings, fqrn, key_file) as reader:
+        root = flat[0]
+        got = {
+            entry.path[len(root) :]: (entry.special_kind, entry.device, entry.mode & 0o7777)
+            for entry in reader.walk(root)
+            if entry.is_special
+        }
+        assert got == {
+            "/dev/console": ("char-device", (5, 1), 0o600),
+            "/dev/null": ("char-device", (1, 3), 0o666),
+            "/dev/zero": ("char-device", (1, 5), 0o666),
+            "/run/initctl": ("fifo", None, 0o600),
+        }
+        assert reader.stat(f"{root}/tmp").mode == stat.S_IFDIR | 0o1777
+        assert reader.stat(f"{root}/usr/bin/su").mode == stat.S_IFREG | 0o755
+        assert reader.read(f"{root}/etc/hostname") == b"etc/hostname"
+        assert reader.root_catalog.schema_revision >= 5
+    # the run's artifact names the file that lost its setuid bit
+    digest = layout.config_digest("rootfs").split(":")[-1][:16]
+    rows = _artifact_rows(settings, f"unpack-notes-{digest}")
+    assert rows == [{"note": "setuid/setgid stripped", "path": f"{root}/usr/bin/su"}]
+
+
+def _artifact_rows(settings: Settings, key: str) -> list[dict[str, object]]:
+    response = httpx.post(
+        f"{settings.prefect.api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
+    )
+    response.raise_for_status()
+    (artifact,) = response.json()
+    data = artifact["data"]
+    return list(json.loads(data) if isinstance(data, str) else data)
+
+
+def test_tarball_with_a_device_and_a_fifo_publishes_them(
+    service: Settings, issuer: TestIssuer, tmp_path: Path
+) -> None:
+    """A `.cvmfs.tar` with /dev nodes and a FIFO, uploaded beside a plain file, from S3 calls
+    only: everything publishes, the special files as what they were."""
+    settings = service
+    user = f"s{uuid.uuid4().hex[:6]}"
+    bucket = f"{user}-rootfs"
+    fqrn = _provision(settings, issuer, user, bucket)
+    key_file = public_key_file(settings, fqrn, tmp_path)
+    s3 = demo_s3(settings)
+    tarball = _device_layer(
+        [
+            ("dev/", tarfile.DIRTYPE, 0o755, 0, 0),
+            ("dev/null", tarfile.CHRTYPE, 0o666, 1, 3),
+            ("dev/sda", tarfile.BLKTYPE, 0o660, 8, 0),
+            ("run/initctl", tarfile.FIFOTYPE, 0o600, 0, 0),
+            ("etc/motd", tarfile.REGTYPE, 0o644, 0, 0),
+        ]
+    )
+    s3.put_object(Bucket=bucket, Key="cvmfs/rootfs.cvmfs.tar", Body=tarball)
+    s3.put_object(Bucket=bucket, Key="cvmfs/readme.txt", Body=b"beside the tarball\n")
+    expected = {
+        "/readme.txt": ("file", 0o644, sha(b"beside the tarball\n")),
+        "/rootfs/dev/null": ("char-device", 0o666, "1:3"),
+        "/rootfs/dev/sda": ("block-device", 0o660, "8:0"),
+        "/rootfs/run/initctl": ("fifo", 0o600, None),
+        "/rootfs/etc/motd": ("file", 0o644, sha(b"etc/motd")),
+    }
+
+    def files() -> dict[str, tuple[str, int, bytes | str | None]]:
+        with _reader(settings, fqrn, key_file) as reader:
+            return {p: v for p, v in repository_tree(reader).items() if v[0] != "dir"}
+
+    _until(lambda: files() == expected, f"the tarball's special files published in {fqrn}", 180)
+
+
+def test_console_shows_the_services_own_lines_not_every_library_request(
+    service: Settings, issuer: TestIssuer, service_logs: Path
+) -> None:
+    """What `./svc up` prints: the bridge's and the flows' own lines, not pika's connection
+    chatter or one httpx line per Prefect API call (a repository request makes both happen)."""
+    settings = service
+    user = f"l{uuid.uuid4().hex[:6]}"
+    fqrn = _provision(settings, issuer, user, f"{user}-logs")
+    console = {path.stem: path.read_text(errors="replace") for path in service_logs.glob("*.log")}
+    assert set(console) == set(SERVICE_COMMANDS)
+    lines = [line for text in console.values() for line in text.splitlines()]
+    noisy = [
+        line
+        for line in lines
+        if " pika." in line or "HTTP Request:" in line or " httpx " in line or "| httpx" in line
+    ]
+    assert noisy == [], noisy[:10]
+    assert any("cvmfs.bridge" in line for line in console["bridge"].splitlines()), console[
+        "bridge"
+    ][-2000:]
+    assert fqrn in console["serve-deployments"], console["serve-deployments"][-2000:]

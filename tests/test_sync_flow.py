@@ -12,6 +12,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import httpx
 import pika
 import pytest
 
@@ -183,4 +184,96 @@ def test_escaping_tarballs_and_oversize_objects_are_refused_and_dead_lettered(
     finally:
         connection.close()
     # A reconcile meets the same tarballs: it reports them and does not fail.
+    assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}
+
+
+def _special(name: str, kind: bytes, mode: int, major: int = 0, minor: int = 0) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.mode, member.devmajor, member.devminor = kind, mode, major, minor
+    return member
+
+
+def rootfs_tarball() -> bytes:
+    """What a root file system tarball holds besides files: /dev nodes, a FIFO, a sticky /tmp,
+    a setuid binary."""
+    motd, su = tarfile.TarInfo("etc/motd"), tarfile.TarInfo("bin/su")
+    motd.mode, su.mode = 0o644, 0o4755
+    return _tar(
+        _special("dev", tarfile.DIRTYPE, 0o755),
+        _special("dev/null", tarfile.CHRTYPE, 0o666, 1, 3),
+        _special("dev/loop0", tarfile.BLKTYPE, 0o660, 7, 0),
+        _special("run/initctl", tarfile.FIFOTYPE, 0o600),
+        _special("tmp", tarfile.DIRTYPE, 0o1777),
+        motd,
+        su,
+    )
+
+
+def latest_artifact_rows(settings: Settings, key: str) -> list[dict[str, object]]:
+    """The table of the newest Prefect artifact with `key` (what the operator sees)."""
+    response = httpx.post(
+        f"{settings.prefect.api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
+    )
+    response.raise_for_status()
+    (artifact,) = response.json()
+    data = artifact["data"]
+    return list(json.loads(data) if isinstance(data, str) else data)
+
+
+def test_tarball_special_files_are_published_or_skipped_with_a_note(
+    service_settings: Settings,
+    provisioned: ProvisionedRepository,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = service_settings
+    fqrn, bucket = provisioned.fqrn, provisioned.bucket
+    s3 = demo_s3(settings)
+    s3.put_object(Bucket=bucket, Key="cvmfs/rootfs.cvmfs.tar", Body=rootfs_tarball())
+    s3.put_object(Bucket=bucket, Key="cvmfs/plain.txt", Body=b"plain\n")
+    revision = sync(
+        SyncRequest(repo=fqrn, changed_keys=["cvmfs/rootfs.cvmfs.tar", "cvmfs/plain.txt"])
+    )
+    assert revision == 2
+    with open_reader(settings, fqrn, tmp_path) as reader:
+        tree = repository_tree(reader)
+    assert {p: v for p, v in tree.items() if p.startswith("/rootfs")} == {
+        "/rootfs": ("dir", 0o755, None),
+        "/rootfs/dev": ("dir", 0o755, None),
+        "/rootfs/dev/null": ("char-device", 0o666, "1:3"),
+        "/rootfs/dev/loop0": ("block-device", 0o660, "7:0"),
+        "/rootfs/run": ("dir", 0o755, None),
+        "/rootfs/run/initctl": ("fifo", 0o600, None),
+        "/rootfs/tmp": ("dir", 0o1777, None),
+        "/rootfs/etc": ("dir", 0o755, None),
+        "/rootfs/etc/motd": ("file", 0o644, sha(b"x")),
+        "/rootfs/bin": ("dir", 0o755, None),
+        "/rootfs/bin/su": ("file", 0o755, sha(b"x")),
+    }
+    assert tree["/plain.txt"] == ("file", 0o644, sha(b"plain\n"))
+    artifact_key = f"sync-{fqrn.replace('.', '-')}"
+    notes = [r for r in latest_artifact_rows(settings, artifact_key) if r["path"] != "/rootfs"]
+    assert {"action": "setuid/setgid stripped", "path": "/rootfs/bin/su"}.items() <= next(
+        r for r in notes if r["action"] == "setuid/setgid stripped"
+    ).items()
+
+    # Configured to leave special files out: the rest of the tarball publishes, the artifact
+    # names each one left out.
+    monkeypatch.setenv("CVMFS_SVC_SYNC__SKIP_SPECIAL", "true")  # read by the flow
+    s3.put_object(Bucket=bucket, Key="cvmfs/skipped.cvmfs.tar", Body=rootfs_tarball())
+    assert sync(SyncRequest(repo=fqrn, changed_keys=["cvmfs/skipped.cvmfs.tar"])) == 3
+    with open_reader(settings, fqrn, tmp_path) as reader:
+        tree = repository_tree(reader)
+    skipped = {p: v for p, v in tree.items() if p.startswith("/skipped")}
+    assert not [v for v in skipped.values() if v[0] not in ("dir", "file")]
+    assert skipped["/skipped/etc/motd"] == ("file", 0o644, sha(b"x"))
+    assert skipped["/skipped/tmp"] == ("dir", 0o1777, None)
+    assert "/rootfs/dev/null" in tree  # the first tarball's special files stay
+    rows = latest_artifact_rows(settings, artifact_key)
+    assert sorted((r["path"], r["key"]) for r in rows if r["action"] == "skipped special file") == [
+        ("/skipped/dev/loop0", "cvmfs/skipped.cvmfs.tar"),
+        ("/skipped/dev/null", "cvmfs/skipped.cvmfs.tar"),
+        ("/skipped/run/initctl", "cvmfs/skipped.cvmfs.tar"),
+    ]
     assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}
