@@ -98,7 +98,9 @@ def api() -> None:
 
     from metrics.exporter import serve_api_metrics
     from service.api import create_app
+    from service.console_logging import configure_console_logging
 
+    configure_console_logging()  # the API's own lines; uvicorn configures its own loggers
     serve_api_metrics(settings)
     uvicorn.run(create_app(settings), host=settings.api.bind_host, port=settings.api.port)
 
@@ -139,15 +141,14 @@ def serve_deployments() -> None:
 @app.command()
 def bridge() -> None:
     """Consume RabbitMQ (bucket events, repository requests, registry events) into flow runs."""
-    import logging
-
     from service.prefect_env import apply_prefect_environment
 
     settings = Settings.load()  # the bridge needs no Vault token
     apply_prefect_environment(settings)  # before prefect is imported
     from bridge.assembly import serve_bridge
+    from service.console_logging import configure_console_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_console_logging()
     serve_bridge(settings)
 
 

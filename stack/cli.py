@@ -46,7 +46,7 @@ def install_missing(stack: Stack, for_tests: bool = False) -> None:
         typer.echo("stack: all packages present")
         return
     typer.echo(f"stack: installing {' '.join(missing)} (apt-get / pip) ...")
-    installed = stack.install(for_tests)
+    installed = stack.install(for_tests, notify=typer.echo)
     typer.echo(f"stack: installed {' '.join(installed)}")
 
 

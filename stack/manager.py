@@ -116,11 +116,16 @@ class Stack:
             missing += packages.missing_debian(packages.TEST_PACKAGES)
         return missing
 
-    def install(self, for_tests: bool = False) -> list[str]:
+    def install(
+        self, for_tests: bool = False, notify: Callable[[str], None] | None = None
+    ) -> list[str]:
         """Install the packages the components (and, `for_tests`, the tests) miss; returns
-        what was installed."""
+        what was installed. `notify` hears about waits (another package manager holding the
+        dpkg lock)."""
         missing = self.missing_packages(for_tests)
-        return packages.install(missing) if missing else []
+        if not missing:
+            return []
+        return packages.install(missing, notify) if notify else packages.install(missing)
 
     def component_dir(self, component: Component) -> Path:
         return self.settings.absolute_data_dir / component.name

@@ -10,11 +10,12 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
 from stack.errors import PackageError
+from stack.package_locks import wait_for_package_locks
 
 PYPI_PREFIX = "pypi:"
 # Only the test suite needs these: the dashboard's browser tests drive Debian's Chromium
@@ -50,11 +51,16 @@ def missing_python(distributions: Iterable[str]) -> list[str]:
     return missing
 
 
-def install(packages: Iterable[str]) -> list[str]:
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def install(packages: Iterable[str], notify: Callable[[str], None] = _to_stderr) -> list[str]:
     """Install Debian packages (apt), ``pypi:`` distributions (pip), ``npm-ci:`` directories.
 
-    Runs `apt-get update` once before installing anything from Debian; npm runs after apt (it
-    may come from there). Returns what it installed.
+    Runs `apt-get update` once before installing anything from Debian, after waiting (bounded,
+    saying so through `notify`) while another package manager holds the dpkg/apt locks; npm
+    runs after apt (it may come from there). Returns what it installed.
     """
     wanted = sorted(set(packages))
     prefixed = (PYPI_PREFIX, NPM_CI_PREFIX)
@@ -68,9 +74,13 @@ def install(packages: Iterable[str]) -> list[str]:
                 f"apt-get install --no-install-recommends {' '.join(debs)}"
             )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        _run(["apt-get", "update", "-q"], env, "apt-get update")
+        remaining_s = wait_for_package_locks(notify)
+        # apt waits itself too (apt >= 1.9.11), for a holder that starts between the check
+        # above and apt taking the lock.
+        lock_wait = f"DPkg::Lock::Timeout={max(int(remaining_s), 1)}"
+        _run(["apt-get", "-o", lock_wait, "update", "-q"], env, "apt-get update")
         _run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *debs],
+            ["apt-get", "-o", lock_wait, "install", "-y", "-q", "--no-install-recommends", *debs],
             env,
             f"apt-get install {' '.join(debs)}",
         )

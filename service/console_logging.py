@@ -1,0 +1,28 @@
+"""Console logging of the bridge and API processes (what `./svc up` shows): the service's own
+loggers at INFO, libraries at WARNING.
+
+Without it the bridge printed pika's connection chatter (a dozen lines per connect and close)
+and one httpx line per Prefect API call, burying its own `event=...` lines.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# Loggers of this project: named "cvmfs.*", or by module (`logging.getLogger(__name__)`).
+SERVICE_LOGGERS = ("cvmfs", "service", "bridge", "flows", "tasks", "images", "deployments")
+# Libraries that log every connection step or request at INFO; their warnings still show.
+QUIET_LIBRARIES = ("pika", "httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3")
+CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def configure_console_logging(level: int = logging.INFO) -> None:
+    """Root at WARNING with one console handler; the service's loggers at `level`."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=CONSOLE_FORMAT)
+    root.setLevel(logging.WARNING)
+    for name in SERVICE_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
