@@ -143,7 +143,9 @@ def register_write_commands(app: typer.Typer) -> None:
             "directories": stats.directories,
             "symlinks": stats.symlinks,
             "hardlinks": stats.hardlinks,
+            "special_files": stats.special_files,
             "bytes": stats.bytes,
+            "setuid_setgid_stripped": stats.stripped_modes,
         }
         typer.echo(json.dumps(summary, indent=2))
 

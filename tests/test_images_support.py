@@ -166,6 +166,7 @@ class OciLayout:
         digest = self.add_blob(manifest)
         index_path = self.path / "index.json"
         index = json.loads(index_path.read_text())
+        index["manifests"] = index.get("manifests") or []  # null in a fresh `umoci init` layout
         index["manifests"].append(
             {
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
