@@ -108,8 +108,6 @@ def api() -> None:
 @app.command()
 def gateway() -> None:
     """Serve the repository gateway (stock publishers) on <gateway.bind_host>:<gateway.port>."""
-    import logging
-
     from service.runtime import load_service_settings
 
     settings = load_service_settings()  # before prefect is imported
@@ -117,8 +115,9 @@ def gateway() -> None:
 
     from gateway.app import create_app
     from metrics.gateway import serve_gateway_metrics
+    from service.console_logging import configure_console_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_console_logging()
     metrics = serve_gateway_metrics(settings)
     uvicorn.run(
         create_app(settings, metrics=metrics),

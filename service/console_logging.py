@@ -1,5 +1,5 @@
-"""Console logging of the bridge and API processes (what `./svc up` shows): the service's own
-loggers at INFO, libraries at WARNING.
+"""Console logging of the bridge, API and gateway processes (what `./svc up` shows): the
+service's own loggers at INFO, libraries at WARNING.
 
 Without it the bridge printed pika's connection chatter (a dozen lines per connect and close)
 and one httpx line per Prefect API call, burying its own `event=...` lines.
@@ -10,7 +10,16 @@ from __future__ import annotations
 import logging
 
 # Loggers of this project: named "cvmfs.*", or by module (`logging.getLogger(__name__)`).
-SERVICE_LOGGERS = ("cvmfs", "service", "bridge", "flows", "tasks", "images", "deployments")
+SERVICE_LOGGERS = (
+    "cvmfs",
+    "service",
+    "bridge",
+    "gateway",
+    "flows",
+    "tasks",
+    "images",
+    "deployments",
+)
 # Libraries that log every connection step or request at INFO; their warnings still show.
 QUIET_LIBRARIES = ("pika", "httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3")
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
