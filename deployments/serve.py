@@ -14,7 +14,7 @@ from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.maintenance import deprovision, purge_expired_keys, resign_whitelists
-from flows.provision import provision
+from flows.provision import provision, wire_waiting_bucket
 from flows.rollback import rollback
 from flows.sync import reconcile, sync
 from flows.tag import tag
@@ -39,6 +39,7 @@ def deployments(settings: Settings) -> list[RunnerDeployment]:
     unpacked_fqrn = f"unpacked.{settings.repository_domain}"
     return [
         _deployment(provision),
+        _deployment(wire_waiting_bucket),
         _deployment(deprovision),
         _deployment(sync),
         _deployment(reconcile, cron=RECONCILE_CRON),

@@ -7,13 +7,15 @@ the established identity and derived names only, so no token is ever stored in P
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
-from service.repositories import ClaimRefused
+from service.repositories import BucketState, ClaimRefused
 from service.runtime import load_settings
 from tasks.locks import ensure_publish_lock
 from tasks.provision import (
     claim_repository,
+    connect_bucket,
     create_stratum0,
     grant_publisher_access,
     mark_failed,
@@ -21,7 +23,6 @@ from tasks.provision import (
     publish_client_config,
     send_reply,
     store_keys,
-    wire_repository_bucket,
 )
 
 
@@ -41,12 +42,15 @@ def provision(request: AuthorizedProvisionRequest) -> ProvisionReply:
         public_key = store_keys(settings, request)
         revision = create_stratum0(settings, request)
         grant_publisher_access(settings, request)
-        wire_repository_bucket(settings, request)
-        ensure_publish_lock(request.fqrn)
+        ensure_publish_lock(request.fqrn)  # before wiring: the first event's sync takes it
+        bucket = connect_bucket(settings, request.fqrn)  # or waits for it: not a failure
         bundle = publish_client_config(settings, request, public_key)
         mark_ready(settings, request, revision)
     except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
+        reason = (
+            f"{type(error).__name__}: {error} (the service resumes provisioning from this "
+            f"step on its own; nothing to request again)"
+        )
         logger.error("provision failed repo=%s reason=%s", request.fqrn, reason)
         mark_failed(settings, request, reason)
         send_reply(
@@ -63,5 +67,20 @@ def provision(request: AuthorizedProvisionRequest) -> ProvisionReply:
         client_config=f"/repositories/{request.fqrn}/client-config ({bundle.server_url})",
     )
     send_reply(settings, reply)
-    logger.info("provisioned repo=%s revision=%d", request.fqrn, revision)
+    logger.info("provisioned repo=%s revision=%d bucket=%s", request.fqrn, revision, bucket.state)
     return reply
+
+
+class WireBucketRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fqrn: str = Field(description="a ready repository whose bucket is not wired yet")
+
+
+@flow(name="wire-bucket", flow_run_name="wire-bucket-{req.fqrn}")
+def wire_waiting_bucket(req: WireBucketRequest) -> BucketState:
+    """Connect a repository's bucket that appeared after provisioning (started by the
+    bridge's repository watcher, or by hand from the UI); safe to repeat."""
+    state = connect_bucket(load_settings(), req.fqrn)
+    get_run_logger().info("wire-bucket repo=%s state=%s", req.fqrn, state.state)
+    return state

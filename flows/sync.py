@@ -108,7 +108,10 @@ def reconcile(req: ReconcileRequest | None = None) -> dict[str, int | None]:
     settings = load_settings()
     registry = RepositoryRegistry.open(settings)
     try:
-        names = [req.repo] if req.repo else [r.fqrn for r in registry.repositories("ready")]
+        # A ready repository whose bucket is not wired yet (no owner recorded) has nothing
+        # to reconcile: its bucket may not even exist.
+        ready = registry.repositories("ready")
+        names = [req.repo] if req.repo else [r.fqrn for r in ready if r.bucket_owner_id]
     finally:
         registry.close()
     results: dict[str, int | None] = {}

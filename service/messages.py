@@ -71,7 +71,9 @@ class AuthorizedProvisionRequest(BaseModel):
     group: str | None  # normalised (see identity.normalise_group); None for personal
     fqrn: str
     bucket: str
-    source: Literal["token", "legacy"]
+    # "resume": rebuilt from the registry to resume a provision that failed part way (the
+    # identity was established when the repository was first requested).
+    source: Literal["token", "legacy", "resume"]
 
 
 class ProvisionReply(BaseModel):

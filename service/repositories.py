@@ -41,6 +41,10 @@ from service.settings import Settings
 RepositoryKind = Literal["personal", "group"]
 RepositoryStatus = Literal["requested", "ready", "failed", "deprovisioned"]
 RequestStatus = Literal["pending", "ok", "refused", "failed"]
+# waiting: the bucket does not exist yet; wired: its notification feeds the repository;
+# foreign: it exists but belongs to another RGW user; unreadable: it exists and the service
+# cannot read it. Repositories provisioned before bucket states were recorded have none.
+BucketStateName = Literal["waiting", "wired", "foreign", "unreadable"]
 SQLITE_FILE = "registry.sqlite3"
 
 
@@ -171,6 +175,40 @@ class KeyAccessRow(Base):
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
+class BucketStateRow(Base):
+    """Where a repository's bucket stands; a table of its own because the registry has no
+    migrations (create_all only adds missing tables)."""
+
+    __tablename__ = "repository_buckets"
+
+    fqrn: Mapped[str] = mapped_column(
+        String(64), ForeignKey("repositories.fqrn", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    # The RGW owner seen at the last check (None while the bucket does not exist).
+    observed_owner_id: Mapped[str | None] = mapped_column(String(255))
+    since: Mapped[dt.datetime] = mapped_column(UtcDateTime())  # when `state` last changed
+    checked_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    # When a watcher last started a wiring run (claimed so that one copy starts it).
+    wire_requested_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class ProvisionRetryRow(Base):
+    """A provision that failed part way and is resumed by the repository watcher."""
+
+    __tablename__ = "provision_retries"
+
+    fqrn: Mapped[str] = mapped_column(
+        String(64), ForeignKey("repositories.fqrn", ondelete="CASCADE"), primary_key=True
+    )
+    request_id: Mapped[str] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer)  # resumes started so far
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
 # -- values returned to callers -------------------------------------------------------------
 
 
@@ -234,6 +272,24 @@ class KeyAccess(_Record):
     at: dt.datetime
 
 
+class BucketState(_Record):
+    fqrn: str
+    bucket: str
+    state: BucketStateName
+    message: str
+    observed_owner_id: str | None
+    since: dt.datetime
+    checked_at: dt.datetime
+    wire_requested_at: dt.datetime | None
+
+
+class ProvisionRetry(_Record):
+    fqrn: str
+    request_id: str
+    attempts: int
+    next_attempt_at: dt.datetime
+
+
 # -- the registry ---------------------------------------------------------------------------
 
 
@@ -269,18 +325,20 @@ class RepositoryRegistry:
             )
 
     @classmethod
-    def open(cls, settings: Settings) -> RepositoryRegistry:
+    def open(
+        cls, settings: Settings, clock: Callable[[], dt.datetime] = utc_now
+    ) -> RepositoryRegistry:
         """Connect to the configured database and create missing tables."""
-        return cls.open_url(database_url(settings))
+        return cls.open_url(database_url(settings), clock)
 
     @classmethod
-    def open_url(cls, url: str) -> RepositoryRegistry:
+    def open_url(cls, url: str, clock: Callable[[], dt.datetime] = utc_now) -> RepositoryRegistry:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine)
-        registry = cls(engine)
+        registry = cls(engine, clock)
         registry.create_schema()
         return registry
 
@@ -452,6 +510,180 @@ class RepositoryRegistry:
         if not changed:
             self.require(fqrn)
         return changed
+
+    # -- bucket states ---------------------------------------------------------------------
+
+    def record_bucket_state(
+        self,
+        fqrn: str,
+        bucket: str,
+        state: BucketStateName,
+        message: str,
+        observed_owner_id: str | None = None,
+    ) -> BucketState:
+        """Record the outcome of a bucket check; `since` moves only when the state changes."""
+        now = self._clock()
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(
+                    self._insert(BucketStateRow)
+                    .values(
+                        fqrn=fqrn,
+                        bucket=bucket,
+                        state=state,
+                        message=message,
+                        observed_owner_id=observed_owner_id,
+                        since=now,
+                        checked_at=now,
+                        wire_requested_at=None,
+                    )
+                    .on_conflict_do_nothing()
+                )
+                session.execute(
+                    update(BucketStateRow)
+                    .where(BucketStateRow.fqrn == fqrn, BucketStateRow.state != state)
+                    .values(since=now)
+                )
+                session.execute(
+                    update(BucketStateRow)
+                    .where(BucketStateRow.fqrn == fqrn)
+                    .values(
+                        bucket=bucket,
+                        state=state,
+                        message=message,
+                        observed_owner_id=observed_owner_id,
+                        checked_at=now,
+                    )
+                )
+        except IntegrityError as error:
+            raise UnknownRepository(f"no repository {fqrn!r} in the registry") from error
+        state_now = self.bucket_state(fqrn)
+        assert state_now is not None
+        return state_now
+
+    def bucket_state(self, fqrn: str) -> BucketState | None:
+        with Session(self._engine) as session:
+            row = session.get(BucketStateRow, fqrn)
+            return BucketState.model_validate(row) if row is not None else None
+
+    def bucket_states(self, fqrns: Iterable[str]) -> dict[str, BucketState]:
+        wanted = sorted(set(fqrns))
+        found: dict[str, BucketState] = {}
+        with Session(self._engine) as session:
+            for start in range(0, len(wanted), 500):
+                rows = session.scalars(
+                    select(BucketStateRow).where(
+                        BucketStateRow.fqrn.in_(wanted[start : start + 500])
+                    )
+                )
+                found.update((row.fqrn, BucketState.model_validate(row)) for row in rows)
+        return found
+
+    def buckets_to_watch(self) -> list[tuple[Repository, BucketState]]:
+        """Ready repositories whose bucket is not wired yet (waiting, foreign or unreadable)."""
+        query = (
+            select(RepositoryRow, BucketStateRow)
+            .join(BucketStateRow, BucketStateRow.fqrn == RepositoryRow.fqrn)
+            .where(RepositoryRow.status == "ready", BucketStateRow.state != "wired")
+            .order_by(RepositoryRow.fqrn)
+        )
+        with Session(self._engine) as session:
+            return [
+                (Repository.model_validate(repo), BucketState.model_validate(state))
+                for repo, state in session.execute(query)
+            ]
+
+    def claim_wiring(self, fqrn: str, retry_after: dt.timedelta) -> bool:
+        """True for the one caller that may start a wiring run now (none started recently).
+
+        A conditional UPDATE, so of several watchers (processes, hosts) exactly one wins.
+        """
+        now = self._clock()
+        with Session(self._engine) as session, session.begin():
+            result = session.execute(
+                update(BucketStateRow)
+                .where(
+                    BucketStateRow.fqrn == fqrn,
+                    BucketStateRow.state != "wired",
+                    or_(
+                        BucketStateRow.wire_requested_at.is_(None),
+                        BucketStateRow.wire_requested_at <= now - retry_after,
+                    ),
+                )
+                .values(wire_requested_at=now)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- resuming failed provisions --------------------------------------------------------
+
+    def schedule_provision_retry(
+        self, fqrn: str, request_id: str, delay: dt.timedelta
+    ) -> ProvisionRetry:
+        """Remember a failed provision for resuming; an existing schedule is kept as it is."""
+        now = self._clock()
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(
+                    self._insert(ProvisionRetryRow)
+                    .values(
+                        fqrn=fqrn,
+                        request_id=request_id,
+                        attempts=0,
+                        next_attempt_at=now + delay,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_nothing()
+                )
+                row = session.get(ProvisionRetryRow, fqrn, populate_existing=True)
+                assert row is not None
+                return ProvisionRetry.model_validate(row)
+        except IntegrityError as error:
+            raise UnknownRepository(f"no repository {fqrn!r} in the registry") from error
+
+    def due_provision_retries(self, max_attempts: int) -> list[tuple[Repository, ProvisionRetry]]:
+        """Failed repositories whose next resume is due and that have attempts left."""
+        query = (
+            select(RepositoryRow, ProvisionRetryRow)
+            .join(ProvisionRetryRow, ProvisionRetryRow.fqrn == RepositoryRow.fqrn)
+            .where(
+                RepositoryRow.status == "failed",
+                ProvisionRetryRow.next_attempt_at <= self._clock(),
+                ProvisionRetryRow.attempts < max_attempts,
+            )
+            .order_by(ProvisionRetryRow.next_attempt_at)
+        )
+        with Session(self._engine) as session:
+            return [
+                (Repository.model_validate(repo), ProvisionRetry.model_validate(retry))
+                for repo, retry in session.execute(query)
+            ]
+
+    def claim_provision_retry(self, retry: ProvisionRetry, next_delay: dt.timedelta) -> bool:
+        """True for the one caller that starts resume number `retry.attempts + 1`."""
+        now = self._clock()
+        with Session(self._engine) as session, session.begin():
+            result = session.execute(
+                update(ProvisionRetryRow)
+                .where(
+                    ProvisionRetryRow.fqrn == retry.fqrn,
+                    ProvisionRetryRow.attempts == retry.attempts,
+                )
+                .values(
+                    attempts=retry.attempts + 1,
+                    next_attempt_at=now + next_delay,
+                    updated_at=now,
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def provision_retry(self, fqrn: str) -> ProvisionRetry | None:
+        with Session(self._engine) as session:
+            row = session.get(ProvisionRetryRow, fqrn)
+            return ProvisionRetry.model_validate(row) if row is not None else None
+
+    def clear_provision_retry(self, fqrn: str) -> None:
+        with Session(self._engine) as session, session.begin():
+            session.execute(delete(ProvisionRetryRow).where(ProvisionRetryRow.fqrn == fqrn))
 
     # -- provisioning requests -------------------------------------------------------------
 

@@ -293,6 +293,28 @@ class ProvisioningSettings(BaseModel):
     key_grace_days: int = 30
     # Whitelists are re-signed when they expire within this many days (they last 30).
     resign_within_days: int = 7
+    # A repository's bucket must belong to the RGW user made from the requester's identity by
+    # this template ({username} or {subject}); otherwise anyone could publish someone else's
+    # bucket by naming it first. For a group repository it is the requesting member's RGW user
+    # (a group has no S3 account of its own; members share the bucket with bucket policies).
+    # `{username}` matches the stack's per-user RGW accounts (uid = username).
+    bucket_owner_template: str = "{username}"
+    # False accepts a bucket of any owner: an RGW whose accounts do not follow the identities
+    # (the test suite uploads as one demo S3 user for many identities).
+    require_bucket_owner: bool = True
+    # How often the bridge's repository watcher checks waiting buckets (one HEAD and, once it
+    # exists, one GetBucketAcl per waiting repository) and due resumes: a bucket created
+    # afterwards is wired within this plus the wiring run's start-up (~5 s), well under a minute.
+    watch_interval_s: float = Field(default=10.0, gt=0)
+    # A started wiring run is not started again for this long (it takes a few seconds; a
+    # failed one is retried after this).
+    wire_retry_s: float = Field(default=60.0, gt=0)
+    # A provision that failed part way is resumed (every step is idempotent) after this delay,
+    # doubled per attempt up to resume_max_delay_s, at most resume_max_attempts times; the
+    # steps' own retries (2 + 10 + 30 s) have already covered short outages by then.
+    resume_first_delay_s: float = Field(default=30.0, gt=0)
+    resume_max_delay_s: float = Field(default=1800.0, gt=0)
+    resume_max_attempts: int = Field(default=12, ge=0)
 
 
 class SyncSettings(BaseModel):

@@ -6,15 +6,17 @@ inside the tasks that need them.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import pika
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bridge.amqp import connection_parameters
+from buckets.ownership import expected_owner, inspect_bucket, judge_bucket
 from cvmfs.keys import generate_keyset
 from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
 from service.bucket_wiring import BucketWiring, wire_bucket
@@ -24,10 +26,13 @@ from service.keystore import KeyOwner, KeyStore, vault_client
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.policies import PublisherAccess
 from service.replies import publish_reply
-from service.repositories import Repository, RepositoryClaim, RepositoryRegistry
+from service.repositories import BucketState, Repository, RepositoryClaim, RepositoryRegistry
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
 from tasks.storage import ensure_stratum0_storage, repository_storage
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -99,30 +104,57 @@ def grant_publisher_access(settings: Settings, request: AuthorizedProvisionReque
     return access.grant(key_owner(request), request.fqrn)
 
 
-@step("wire bucket notifications")
-def wire_repository_bucket(settings: Settings, request: AuthorizedProvisionRequest) -> BucketWiring:
-    """Topic, notification and queues; records the bucket's RGW owner for the bridge."""
-    s3 = bucket_agent_s3(settings)
-    owner_id = s3.get_bucket_acl(Bucket=request.bucket)["Owner"]["ID"]
+@step("connect bucket")
+def connect_bucket(settings: Settings, fqrn: str) -> BucketState:
+    """Wire the bucket if it exists and is the requester's, else record why it is not wired.
+
+    A bucket that does not exist yet is not a failure: the repository waits for it, and the
+    bridge's repository watcher starts the `wire-bucket` flow when it appears. Wiring is
+    topic, notification and queues, then the bucket's RGW owner for the bridge's event check.
+    """
+    logger = get_run_logger()
+    registry = RepositoryRegistry.open(settings)
+    try:
+        repository = registry.require(fqrn)
+        wanted = expected_owner(
+            settings.provisioning, repository.owner_username, repository.owner_subject
+        )
+        s3 = bucket_agent_s3(settings)
+        check = inspect_bucket(s3, repository.bucket)
+        verdict = judge_bucket(check, repository.bucket, wanted, settings.ceph.s3_endpoint)
+        if verdict.state == "wired":
+            assert check.owner_id is not None
+            _wire(settings, s3, fqrn, repository.bucket)
+            registry.set_bucket_owner(fqrn, check.owner_id)
+        logger.info(
+            "bucket repo=%s bucket=%s state=%s owner=%s expected_owner=%s",
+            fqrn,
+            repository.bucket,
+            verdict.state,
+            check.owner_id,
+            wanted,
+        )
+        return registry.record_bucket_state(
+            fqrn, repository.bucket, verdict.state, verdict.message, check.owner_id
+        )
+    finally:
+        registry.close()
+
+
+def _wire(settings: Settings, s3: S3Client, fqrn: str, bucket: str) -> BucketWiring:
     connection = pika.BlockingConnection(connection_parameters(settings.rabbitmq))
     try:
-        wiring = wire_bucket(
+        return wire_bucket(
             s3=s3,
             sns=bucket_agent_sns(settings),
             channel=connection.channel(),
             rabbitmq=settings.rabbitmq,
-            fqrn=request.fqrn,
-            bucket=request.bucket,
+            fqrn=fqrn,
+            bucket=bucket,
             persistent=settings.ceph.persistent_topics,
         )
     finally:
         connection.close()
-    registry = RepositoryRegistry.open(settings)
-    try:
-        registry.set_bucket_owner(request.fqrn, owner_id)
-    finally:
-        registry.close()
-    return wiring
 
 
 @step("publish client configuration")
@@ -147,6 +179,7 @@ def mark_ready(settings: Settings, request: AuthorizedProvisionRequest, revision
     try:
         registry.record_publish(request.fqrn, revision)
         registry.set_status(request.fqrn, "ready")
+        registry.clear_provision_retry(request.fqrn)
         registry.finish_request(request.request_id, "ok")
     finally:
         registry.close()
@@ -158,6 +191,9 @@ def mark_failed(settings: Settings, request: AuthorizedProvisionRequest, reason:
     try:
         if registry.get(request.fqrn) is not None:
             registry.set_status(request.fqrn, "failed", last_error=reason)
+            # The bridge's repository watcher resumes it (bridge/repository_watch.py).
+            delay = dt.timedelta(seconds=settings.provisioning.resume_first_delay_s)
+            registry.schedule_provision_retry(request.fqrn, request.request_id, delay)
         if registry.request(request.request_id) is not None:
             registry.finish_request(request.request_id, "failed", reason)
     finally:

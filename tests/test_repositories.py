@@ -375,3 +375,114 @@ def test_concurrent_request_records_have_one_creator(settings: Settings) -> None
     for thread in threads:
         thread.join()
     assert sorted(created) == [False] * (workers - 1) + [True]
+
+
+# -- bucket states and provision resumes --------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def test_bucket_state_keeps_since_until_the_state_changes(settings: Settings) -> None:
+    clock = _Clock()
+    registry = RepositoryRegistry.open(settings, clock)
+    try:
+        registry.claim(ALICE)
+        registry.set_status(ALICE.fqrn, "ready")
+        first = registry.record_bucket_state(ALICE.fqrn, ALICE.bucket, "waiting", "waiting for it")
+        clock.now += dt.timedelta(seconds=10)
+        again = registry.record_bucket_state(ALICE.fqrn, ALICE.bucket, "waiting", "waiting for it")
+        assert again.since == first.since and again.checked_at == clock.now
+        assert [r.fqrn for r, _ in registry.buckets_to_watch()] == [ALICE.fqrn]
+        clock.now += dt.timedelta(seconds=10)
+        wired = registry.record_bucket_state(ALICE.fqrn, ALICE.bucket, "wired", "connected", "u")
+        assert wired.since == clock.now and wired.observed_owner_id == "u"
+        assert registry.buckets_to_watch() == []
+        assert registry.bucket_states([ALICE.fqrn, CMS.fqrn]) == {ALICE.fqrn: wired}
+        with pytest.raises(UnknownRepository):
+            registry.record_bucket_state(CMS.fqrn, CMS.bucket, "waiting", "no such repository")
+    finally:
+        registry.close()
+
+
+def test_only_ready_repositories_are_watched(registry: RepositoryRegistry) -> None:
+    registry.claim(ALICE)
+    registry.record_bucket_state(ALICE.fqrn, ALICE.bucket, "waiting", "waiting for it")
+    assert registry.buckets_to_watch() == []  # still provisioning: the flow checks it itself
+
+
+def test_one_watcher_claims_the_wiring_until_it_may_be_retried(settings: Settings) -> None:
+    clock = _Clock()
+    registry = RepositoryRegistry.open(settings, clock)
+    try:
+        registry.claim(ALICE)
+        registry.record_bucket_state(ALICE.fqrn, ALICE.bucket, "waiting", "waiting for it")
+        retry_after = dt.timedelta(seconds=60)
+        assert registry.claim_wiring(ALICE.fqrn, retry_after)
+        assert not registry.claim_wiring(ALICE.fqrn, retry_after)
+        clock.now += retry_after
+        assert registry.claim_wiring(ALICE.fqrn, retry_after)  # the run failed: again
+        registry.record_bucket_state(ALICE.fqrn, ALICE.bucket, "wired", "connected", "u")
+        clock.now += retry_after
+        assert not registry.claim_wiring(ALICE.fqrn, retry_after)  # wired: nothing to do
+    finally:
+        registry.close()
+
+
+def test_concurrent_wiring_claims_have_one_winner(settings: Settings) -> None:
+    setup = RepositoryRegistry.open(settings)
+    setup.claim(ALICE)
+    setup.record_bucket_state(ALICE.fqrn, ALICE.bucket, "waiting", "waiting for it")
+    setup.close()
+    workers = 6
+    barrier = threading.Barrier(workers)
+    won: list[bool] = []
+
+    def run() -> None:
+        registry = RepositoryRegistry.open(settings)
+        try:
+            barrier.wait()
+            won.append(registry.claim_wiring(ALICE.fqrn, dt.timedelta(seconds=60)))
+        finally:
+            registry.close()
+
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == [False] * (workers - 1) + [True]
+
+
+def test_failed_provision_is_resumed_once_per_attempt(settings: Settings) -> None:
+    clock = _Clock()
+    registry = RepositoryRegistry.open(settings, clock)
+    try:
+        registry.claim(ALICE)
+        registry.set_status(ALICE.fqrn, "failed", "Vault sealed")
+        delay = dt.timedelta(seconds=30)
+        scheduled = registry.schedule_provision_retry(ALICE.fqrn, "req-1", delay)
+        assert scheduled.attempts == 0 and scheduled.next_attempt_at == clock.now + delay
+        assert registry.due_provision_retries(max_attempts=3) == []
+        clock.now += delay
+        [(repository, retry)] = registry.due_provision_retries(max_attempts=3)
+        assert repository.fqrn == ALICE.fqrn and retry.request_id == "req-1"
+        assert registry.claim_provision_retry(retry, dt.timedelta(seconds=60))
+        assert not registry.claim_provision_retry(retry, dt.timedelta(seconds=60))  # a 2nd copy
+        # Failing again keeps the schedule (and its attempt count) as it is.
+        again = registry.schedule_provision_retry(ALICE.fqrn, "req-1", delay)
+        assert again.attempts == 1 and again.next_attempt_at == clock.now + 2 * delay
+        clock.now += 2 * delay
+        assert len(registry.due_provision_retries(max_attempts=3)) == 1
+        assert registry.due_provision_retries(max_attempts=1) == []  # attempts used up
+        registry.set_status(ALICE.fqrn, "ready")
+        assert registry.due_provision_retries(max_attempts=3) == []  # only failed ones
+        registry.clear_provision_retry(ALICE.fqrn)
+        assert registry.provision_retry(ALICE.fqrn) is None
+    finally:
+        registry.close()

@@ -55,12 +55,27 @@ class RequestStatus(BaseModel):
     updated_at: dt.datetime
 
 
+class BucketStatus(BaseModel):
+    """Where the repository's bucket stands, and in `message` what its owner can do about it.
+
+    waiting: it does not exist yet (it is connected within a minute of being created);
+    wired: uploads under cvmfs/ are published; foreign: it belongs to another S3 account;
+    unreadable: the service may not read it; unchecked: provisioning has not got there yet.
+    """
+
+    name: str
+    state: Literal["unchecked", "waiting", "wired", "foreign", "unreadable"]
+    message: str
+    checked_at: dt.datetime | None = Field(description="last check; None if never checked")
+
+
 class RepositorySummary(BaseModel):
     fqrn: str
     kind: RepositoryKind
     group: str | None
     owner_username: str
-    bucket: str
+    bucket: str  # its name; `bucket_state` says whether it is connected
+    bucket_state: BucketStatus
     status: Literal["requested", "ready", "failed", "deprovisioned"]
     created_at: dt.datetime
     current_revision: int | None

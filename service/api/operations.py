@@ -33,6 +33,7 @@ from service.api.errors import (
     Unavailable,
 )
 from service.api.models import (
+    BucketStatus,
     ClientConfig,
     CreateRepository,
     History,
@@ -56,7 +57,7 @@ from service.api.stratum0 import key_owner
 from service.client_config import build_client_config
 from service.keystore import KeysNotFound, KeystoreError, VaultUnavailable, secret_path
 from service.messages import ProvisionRequest, Refusal
-from service.repositories import Repository, RequestConflict
+from service.repositories import BucketState, Repository, RequestConflict
 
 log = logging.getLogger("cvmfs.api")
 
@@ -141,8 +142,31 @@ def start_run(
     )
 
 
-def summary(repo: Repository) -> RepositorySummary:
-    return RepositorySummary.model_validate(repo.model_dump())
+def bucket_status(repo: Repository, state: BucketState | None) -> BucketStatus:
+    """The bucket's state as recorded by provisioning and the bridge's repository watcher."""
+    if state is not None:
+        return BucketStatus(
+            name=repo.bucket, state=state.state, message=state.message, checked_at=state.checked_at
+        )
+    if repo.bucket_owner_id is not None:  # wired before bucket states were recorded
+        return BucketStatus(
+            name=repo.bucket,
+            state="wired",
+            message=f"bucket {repo.bucket} is connected: uploads under cvmfs/ are published",
+            checked_at=None,
+        )
+    return BucketStatus(
+        name=repo.bucket,
+        state="unchecked",
+        message=f"bucket {repo.bucket} is checked once provisioning gets there",
+        checked_at=None,
+    )
+
+
+def summary(repo: Repository, state: BucketState | None = None) -> RepositorySummary:
+    return RepositorySummary.model_validate(
+        repo.model_dump() | {"bucket_state": bucket_status(repo, state)}
+    )
 
 
 # -- operations -----------------------------------------------------------------------------
@@ -228,7 +252,8 @@ def visible_groups(svc: ApiServices, caller: Caller) -> list[str]:
 
 def list_repositories(svc: ApiServices, caller: Caller) -> RepositoryList:
     found = svc.registry.visible_to(caller.subject, visible_groups(svc, caller))
-    return RepositoryList(repositories=[summary(r) for r in found])
+    states = svc.registry.bucket_states(r.fqrn for r in found)
+    return RepositoryList(repositories=[summary(r, states.get(r.fqrn)) for r in found])
 
 
 def repository_status(svc: ApiServices, caller: Caller, fqrn: str) -> RepositoryDetail:
@@ -236,7 +261,12 @@ def repository_status(svc: ApiServices, caller: Caller, fqrn: str) -> Repository
     queue = svc.bridge_config.s3.queue
     pending = PendingEvents(count=svc.queue_depth(queue), source=svc.queue_depth.source(queue))
     return RepositoryDetail.model_validate(
-        repo.model_dump() | {"pending_events": pending, "access": caller.rights(repo)}
+        repo.model_dump()
+        | {
+            "bucket_state": bucket_status(repo, svc.registry.bucket_state(fqrn)),
+            "pending_events": pending,
+            "access": caller.rights(repo),
+        }
     )
 
 
@@ -340,6 +370,9 @@ def start_sync(
 ) -> RunStarted:
     """Reconcile the whole repository with its bucket, or backfill one path prefix."""
     repo = authorized(svc, caller, fqrn, "sync")
+    bucket = svc.registry.bucket_state(fqrn)
+    if bucket is not None and bucket.state != "wired":  # the run could only fail
+        raise Conflict(f"the bucket is not connected yet: {bucket.message}")
     prefix = browse.catalog_path(body.prefix) if body.prefix is not None else None
     if prefix is not None and body.dry_run:
         raise BadRequest("dry_run applies to a whole-repository reconcile, not to a prefix")
