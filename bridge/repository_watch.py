@@ -103,7 +103,7 @@ class RepositoryWatcher:
     def _check_bucket(self, repository: Repository, state: BucketState) -> None:
         wanted = expected_owner(self.rules, repository.owner_username, repository.owner_subject)
         check = inspect_bucket(self.s3, repository.bucket)
-        verdict = judge_bucket(check, repository.bucket, wanted, self.settings.ceph.s3_endpoint)
+        verdict = judge_bucket(check, repository.bucket, wanted, self.settings.s3_public_url)
         if verdict.state != "wired":  # still waiting, or someone else's: say so, and when
             self.registry.record_bucket_state(
                 repository.fqrn, repository.bucket, verdict.state, verdict.message, check.owner_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.faults import kind_of
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.repositories import BucketState, ClaimRefused
 from service.runtime import load_settings
@@ -47,12 +48,14 @@ def provision(request: AuthorizedProvisionRequest) -> ProvisionReply:
         bundle = publish_client_config(settings, request, public_key)
         mark_ready(settings, request, revision)
     except Exception as error:
-        reason = (
-            f"{type(error).__name__}: {error} (the service resumes provisioning from this "
-            f"step on its own; nothing to request again)"
-        )
+        # Bad input fails the same way every time; anything else (an outage that outlasted
+        # the step's retries, a defect fixed meanwhile) is resumed, every step being idempotent.
+        resumable = kind_of(error) != "bad-input"
+        reason = f"{type(error).__name__}: {error}"
+        if resumable:
+            reason += " (the service resumes provisioning from this step on its own)"
         logger.error("provision failed repo=%s reason=%s", request.fqrn, reason)
-        mark_failed(settings, request, reason)
+        mark_failed(settings, request, reason, resumable)
         send_reply(
             settings,
             ProvisionReply(

@@ -121,7 +121,7 @@ def connect_bucket(settings: Settings, fqrn: str) -> BucketState:
         )
         s3 = bucket_agent_s3(settings)
         check = inspect_bucket(s3, repository.bucket)
-        verdict = judge_bucket(check, repository.bucket, wanted, settings.ceph.s3_endpoint)
+        verdict = judge_bucket(check, repository.bucket, wanted, settings.s3_public_url)
         if verdict.state == "wired":
             assert check.owner_id is not None
             _wire(settings, s3, fqrn, repository.bucket)
@@ -186,14 +186,20 @@ def mark_ready(settings: Settings, request: AuthorizedProvisionRequest, revision
 
 
 @step("record provisioning failure")
-def mark_failed(settings: Settings, request: AuthorizedProvisionRequest, reason: str) -> None:
+def mark_failed(
+    settings: Settings, request: AuthorizedProvisionRequest, reason: str, resumable: bool
+) -> None:
+    """Record the failure; a resumable one is resumed by the bridge's repository watcher
+    (bridge/repository_watch.py), from the registry's record, with no new request."""
     registry = RepositoryRegistry.open(settings)
     try:
         if registry.get(request.fqrn) is not None:
             registry.set_status(request.fqrn, "failed", last_error=reason)
-            # The bridge's repository watcher resumes it (bridge/repository_watch.py).
-            delay = dt.timedelta(seconds=settings.provisioning.resume_first_delay_s)
-            registry.schedule_provision_retry(request.fqrn, request.request_id, delay)
+            if resumable:
+                delay = dt.timedelta(seconds=settings.provisioning.resume_first_delay_s)
+                registry.schedule_provision_retry(request.fqrn, request.request_id, delay)
+            else:
+                registry.clear_provision_retry(request.fqrn)
         if registry.request(request.request_id) is not None:
             registry.finish_request(request.request_id, "failed", reason)
     finally:
