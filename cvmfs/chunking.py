@@ -8,11 +8,12 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from cvmfs.errors import CvmfsError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MIB = 1024 * 1024
 # Spec §1.5: CVMFS_MIN/AVG/MAX_CHUNK_SIZE defaults.
@@ -88,6 +89,8 @@ def is_cut_value(x: int, threshold: int) -> bool:
 def _cut_mask(x: np.ndarray, threshold: int) -> np.ndarray:
     """Vectorised `is_cut_value`: for threshold < 2**31 the cut set is the interval
     [2**31 - threshold, 2**31 + threshold - 2] plus 0xFFFFFFFF (where abs(INT32_MIN) < 0)."""
+    import numpy as np
+
     low = np.uint32((1 << 31) - threshold)
     width = np.uint32(2 * threshold - 1)
     with np.errstate(over="ignore"):
@@ -102,6 +105,8 @@ def _xor32_values(window: memoryview) -> np.ndarray:
     x_p = XOR_{j<32} (b[p-j] << j) mod 2**32, built by doubling the span: 5 shift-xor passes
     instead of 32 per-byte updates.
     """
+    import numpy as np
+
     y = np.frombuffer(window, dtype=np.uint8).astype(np.uint32)
     for span in (1, 2, 4, 8, 16):
         y = y[span:] ^ (y[:-span] << np.uint32(span))
@@ -110,6 +115,8 @@ def _xor32_values(window: memoryview) -> np.ndarray:
 
 def _first_cut(buffer: bytearray, start: int, end: int, threshold: int) -> int | None:
     """First position p in [start, end) of `buffer` whose xor32 value triggers a cut."""
+    import numpy as np  # only files above the minimum chunk size are scanned
+
     view = memoryview(buffer)[start - (XOR32_WINDOW - 1) : end]
     try:
         hits = np.flatnonzero(_cut_mask(_xor32_values(view), threshold))

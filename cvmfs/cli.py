@@ -12,15 +12,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cvmfs.catalog import DirectoryEntry
-from cvmfs.codecs import compression_from_metainfo
 from cvmfs.errors import CvmfsError
-from cvmfs.fsck import fsck
-from cvmfs.reader import RepositoryReader
+
+if TYPE_CHECKING:  # each command imports what it uses, so `repo import` never loads the reader
+    from cvmfs.catalog import DirectoryEntry
+    from cvmfs.reader import RepositoryReader
 
 repo_app = typer.Typer(no_args_is_help=True, help="Read, verify and change CVMFS repositories.")
 
@@ -77,6 +77,8 @@ def _reader(
     """Open and verify the repository; any library error becomes a one-line message, exit 2."""
     name = fqrn or location.rstrip("/").rsplit("/", 1)[-1]
     key_paths = keys or [DEFAULT_KEYS_DIR / f"{name}.pub"]
+    from cvmfs.reader import RepositoryReader
+
     try:
         reader = RepositoryReader.open(location, name, list(key_paths), now=_parse_now(now))
     except (CvmfsError, ValueError, OSError) as exc:
@@ -158,6 +160,8 @@ def cat_command(
 
 
 def _info(reader: RepositoryReader) -> dict[str, Any]:
+    from cvmfs.codecs import compression_from_metainfo
+
     whitelist = reader.whitelist
     now = reader.now
     catalogs = reader.catalogs()
@@ -249,6 +253,8 @@ def fsck_command(
     Exit status 0 when clean, 1 when problems were found, 2 when the repository cannot be opened.
     """
     with _reader("fsck", location, fqrn, key, now, tag, root_hash) as reader:
+        from cvmfs.fsck import fsck
+
         report = fsck(reader, all_revisions=all_revisions)
     for problem in report.problems:
         typer.echo(f"PROBLEM {problem}")

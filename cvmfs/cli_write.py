@@ -9,22 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cvmfs.codecs import Compression
 from cvmfs.errors import CvmfsError
-from cvmfs.keys import generate_keyset, load_keyset, write_keyset
-from cvmfs.storage import LocalStorage
-from cvmfs.tarball import import_directory, import_tarball
-from cvmfs.writer import (
-    PublishResult,
-    RepositoryWriter,
-    WriterOptions,
-    create_repository,
-    resign_whitelist,
-)
+
+if TYPE_CHECKING:  # imported by the commands that use them (a short command starts faster)
+    from cvmfs.writer import PublishResult, RepositoryWriter, WriterOptions
 
 DEFAULT_KEYS_DIR = Path("/etc/cvmfs/keys")  # spec §3.5
 
@@ -56,8 +49,16 @@ def _result(result: PublishResult) -> dict[str, Any]:
     }
 
 
-def _open(directory: Path, fqrn: str, keys_dir: Path) -> RepositoryWriter:
-    return RepositoryWriter.open(LocalStorage(directory), fqrn, load_keyset(keys_dir, fqrn))
+def _open(
+    directory: Path, fqrn: str, keys_dir: Path, options: WriterOptions | None = None
+) -> RepositoryWriter:
+    from cvmfs.keys import load_keyset
+    from cvmfs.storage import LocalStorage
+    from cvmfs.writer import RepositoryWriter
+
+    return RepositoryWriter.open(
+        LocalStorage(directory), fqrn, load_keyset(keys_dir, fqrn), options
+    )
 
 
 def _fail(command: str, exc: Exception) -> typer.Exit:
@@ -86,6 +87,10 @@ def register_write_commands(app: typer.Typer) -> None:
         ] = Compression.ZLIB,
     ) -> None:
         """Create an empty repository (revision 1), like `cvmfs_server mkfs`."""
+        from cvmfs.keys import generate_keyset, load_keyset, write_keyset
+        from cvmfs.storage import LocalStorage
+        from cvmfs.writer import WriterOptions, create_repository
+
         name = _fqrn(directory, fqrn)
         try:
             if generate_keys:
@@ -122,12 +127,13 @@ def register_write_commands(app: typer.Typer) -> None:
         ] = 100_000,
     ) -> None:
         """Import a directory or a tarball as a subtree and publish a new revision."""
+        from cvmfs.tarball import import_directory, import_tarball
+        from cvmfs.writer import WriterOptions
+
         name = _fqrn(directory, fqrn)
         options = WriterOptions(max_catalog_entries=max_catalog_entries or None)
         try:
-            writer = RepositoryWriter.open(
-                LocalStorage(directory), name, load_keyset(keys_dir, name), options
-            )
+            writer = _open(directory, name, keys_dir, options)
             with writer.transaction() as txn:
                 if source.is_dir():
                     stats = import_directory(txn, source, prefix)
@@ -163,9 +169,7 @@ def register_write_commands(app: typer.Typer) -> None:
         """Add or move a named tag (re-signs the manifest; the revision stays)."""
         repo = _fqrn(directory, fqrn)
         try:
-            writer = RepositoryWriter.open(
-                LocalStorage(directory), repo, load_keyset(keys_dir, repo)
-            )
+            writer = _open(directory, repo, keys_dir)
             result = writer.tag(name, description=message, revision=revision)
         except CvmfsError as exc:
             raise _fail("tag", exc) from exc
@@ -181,9 +185,7 @@ def register_write_commands(app: typer.Typer) -> None:
         """Publish a new revision with the content of a tagged one."""
         repo = _fqrn(directory, fqrn)
         try:
-            writer = RepositoryWriter.open(
-                LocalStorage(directory), repo, load_keyset(keys_dir, repo)
-            )
+            writer = _open(directory, repo, keys_dir)
             result = writer.rollback(tag)
         except CvmfsError as exc:
             raise _fail("rollback", exc) from exc
@@ -199,6 +201,9 @@ def register_write_commands(app: typer.Typer) -> None:
         days: Annotated[int, typer.Option(help="Validity from now, days.")] = 30,
     ) -> None:
         """Sign a fresh whitelist; needs only the master key and the storage."""
+        from cvmfs.storage import LocalStorage
+        from cvmfs.writer import resign_whitelist
+
         repo = _fqrn(directory, fqrn)
         try:
             whitelist = resign_whitelist(

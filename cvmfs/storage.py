@@ -19,12 +19,13 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol, cast, runtime_checkable
-
-import httpx
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast, runtime_checkable
 
 from cvmfs.errors import InvalidPathError, NotFoundError, StorageError
 from cvmfs.http_cache import content_headers
+
+if TYPE_CHECKING:
+    import httpx  # imported when an HttpStorage is made: local publishes never load it
 
 OBJECT_PREFIX = "data/"  # content-addressed objects (spec §1.1)
 TXN_DIR = "data/txn"  # upload staging directory (spec §1.1, §7)
@@ -323,6 +324,9 @@ class HttpStorage:
     """Read-only access to a repository served over HTTP (a stratum 0/1 or a static server)."""
 
     def __init__(self, base_url: str, *, client: httpx.Client | None = None) -> None:
+        import httpx
+
+        self._httpx = httpx
         self.base_url = base_url.rstrip("/") + "/"
         self.client = client or httpx.Client(timeout=httpx.Timeout(30.0), follow_redirects=True)
 
@@ -343,7 +347,7 @@ class HttpStorage:
         url = self._url(key)
         try:
             response = self.client.send(self.client.build_request("GET", url), stream=True)
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise StorageError(f"GET {url} failed: {exc}") from exc
         if response.status_code == 404:
             response.close()
@@ -357,7 +361,7 @@ class HttpStorage:
         url = self._url(key)
         try:
             response = self.client.head(url)
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise StorageError(f"HEAD {url} failed: {exc}") from exc
         return response.status_code == 200
 
@@ -393,13 +397,16 @@ class _HttpBody:
     """Adapts a streamed httpx response to `read(n)`/`close()`."""
 
     def __init__(self, response: httpx.Response) -> None:
+        import httpx
+
+        self._http_error = httpx.HTTPError
         self._response = response
         self._pieces = response.iter_raw(READ_CHUNK)
 
     def read(self, size: int = -1) -> bytes:
         try:
             return next(self._pieces, b"")
-        except httpx.HTTPError as exc:
+        except self._http_error as exc:
             raise StorageError(f"reading {self._response.url} failed: {exc}") from exc
 
     def close(self) -> None:

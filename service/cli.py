@@ -5,15 +5,15 @@ Subcommand groups live next to what they drive; this module only assembles them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from cvmfs.cli import repo_app
-from service.run import serve_forever
-from service.settings import Settings
-from stack.cli import bring_up, install_missing, stack_app
-from stack.errors import StackError
-from stack.idp_users import DEMO_USERS
-from stack.manager import Stack
+from stack.cli import stack_app
+
+if TYPE_CHECKING:  # each command imports what it uses, so a `repo` command starts fast
+    from service.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="CVMFS distribution service: operator commands.")
 
@@ -33,6 +33,12 @@ def up() -> None:
 
     Ctrl-C stops the service; the stack keeps running (`cvmfs-svc stack down` stops it).
     """
+    from service.run import serve_forever
+    from service.settings import Settings
+    from stack.cli import bring_up, install_missing
+    from stack.errors import StackError
+    from stack.manager import Stack
+
     settings = Settings.load()
     stack = Stack(settings)
     try:
@@ -47,6 +53,8 @@ def up() -> None:
 
 def welcome_text(settings: Settings) -> str:
     """What `up` prints: the dashboard and its logins first, then every endpoint."""
+    from stack.idp_users import DEMO_USERS
+
     ceph = settings.ceph
     logins = "\n".join(
         f"  {user.username:<6} {user.password.get_secret_value():<16} {user.role:<17} "
@@ -130,6 +138,7 @@ def gateway() -> None:
 def serve_deployments() -> None:
     """Serve every flow as a deployment (with schedules) against the Prefect server."""
     from service.prefect_env import apply_prefect_environment
+    from service.settings import Settings
 
     apply_prefect_environment(Settings.load())  # before prefect is imported
     from deployments.serve import main as serve_main
@@ -141,6 +150,7 @@ def serve_deployments() -> None:
 def bridge() -> None:
     """Consume RabbitMQ (bucket events, repository requests, registry events) into flow runs."""
     from service.prefect_env import apply_prefect_environment
+    from service.settings import Settings
 
     settings = Settings.load()  # the bridge needs no Vault token
     apply_prefect_environment(settings)  # before prefect is imported
@@ -179,6 +189,7 @@ def _start_run(deployment: str, parameters: dict[str, object]) -> None:
     import uuid
 
     from bridge.flow_starter import PrefectFlowStarter
+    from service.settings import Settings
 
     settings = Settings.load()
     starter = PrefectFlowStarter(settings.prefect.api_url, tags=("cli",))

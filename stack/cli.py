@@ -8,14 +8,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.settings import Settings
-from stack.component import Health
 from stack.errors import StackError
-from stack.manager import Stack
+
+if TYPE_CHECKING:  # loaded by the stack commands only: `cvmfs-svc repo ...` never needs boto3
+    from stack.component import Health
+    from stack.manager import Stack
 
 stack_app = typer.Typer(
     no_args_is_help=True,
@@ -71,21 +72,21 @@ def install_cmd(
 ) -> None:
     """Install the Debian and Python packages the stack needs and lacks."""
     with _errors():
-        install_missing(Stack(Settings.load()), for_tests)
+        install_missing(_stack(), for_tests)
 
 
 @stack_app.command("up")
 def up_cmd(names: Names = None) -> None:
     """Start the stack (or the named components); what already runs is left alone."""
     with _errors():
-        bring_up(Stack(Settings.load()), names)
+        bring_up(_stack(), names)
 
 
 @stack_app.command("down")
 def down_cmd(names: Names = None) -> None:
     """Stop the stack (or the named components), in reverse start order."""
     with _errors():
-        stack = Stack(Settings.load())
+        stack = _stack()
         began = time.monotonic()
         stack.down(names)
         typer.echo(f"stack: down in {time.monotonic() - began:.1f} s")
@@ -95,9 +96,16 @@ def down_cmd(names: Names = None) -> None:
 def status_cmd(names: Names = None) -> None:
     """Each component with its URL and health; exit status 1 if any is unhealthy."""
     with _errors():
-        stack = Stack(Settings.load())
+        stack = _stack()
         if not print_health(stack, stack.status(names)):
             raise typer.Exit(1)
+
+
+def _stack() -> Stack:
+    from service.settings import Settings
+    from stack.manager import Stack
+
+    return Stack(Settings.load())
 
 
 @contextmanager
