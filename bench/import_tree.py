@@ -1,9 +1,13 @@
-"""Import the benchmark tree into a fresh local repository, as a directory and as a tarball.
+"""Import the benchmark tree into a fresh local repository, as a directory and as a tarball,
+in the stock compression and in fast mode, against the compute floor measured in the same run.
 
 Usage: .venv/bin/python -m bench.import_tree [--scale F] [--seed N] [--work DIR] [--modes dir,tar]
-Prints wall time, CPU time, files/s, MB/s, peak RSS and objects written per mode, then the time
-of publishing one changed file into the imported repository. Each mode runs in its own process
-so its peak RSS is its own.
+           [--compressions zlib,isal] [--no-floor] [--verify]
+Prints the floor (zlib level 6 + SHA-1 on the same threads, no I/O), then per mode and
+compression: wall time, CPU time, files/s, MB/s, peak RSS, objects written, the ratio of the
+wall time to the floor's, and the time of publishing one changed file into the imported
+repository; a summary table closes. Each import runs in its own process so its peak RSS is its
+own. `--verify` also fscks each repository and reads every file back against the tree.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.tree import TreeSpec, generate_tree, write_tarball
+from cvmfs.codecs import Compression
+from cvmfs.fsck import fsck
 from cvmfs.keys import generate_keyset
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage
@@ -67,11 +73,39 @@ def compute_floor(tree: Path, workers: int) -> dict[str, object]:
     }
 
 
-def run_one(mode: str, source: Path, repo_dir: Path, workers: int) -> dict[str, object]:
+def verify(reader: RepositoryReader, tree: Path) -> str:
+    """fsck, then every file and symlink of `tree` read back from the repository."""
+    report = fsck(reader)
+    if not report.ok:
+        return f"fsck: {len(report.problems)} problem(s), first: {report.problems[0]}"
+    checked = 0
+    for path in sorted(tree.rglob("*")):
+        name = "/" + path.relative_to(tree).as_posix()
+        if path.is_symlink():
+            if reader.readlink(name) != os.readlink(path):
+                return f"symlink {name} differs"
+        elif path.is_file():
+            if reader.read(name) != path.read_bytes():
+                return f"{name} differs"
+        else:
+            continue
+        checked += 1
+    return f"ok ({checked} files and symlinks identical, fsck clean)"
+
+
+def run_one(
+    mode: str,
+    source: Path,
+    repo_dir: Path,
+    workers: int,
+    compression: Compression,
+    tree: Path | None,
+) -> dict[str, object]:
     """Import `source` (a directory or a tarball) into a new repository; return the figures."""
     storage = LocalStorage(repo_dir)
     keys = generate_keyset(FQRN)
-    writer, _ = create_repository(storage, FQRN, keys, WriterOptions(workers=workers))
+    options = WriterOptions(workers=workers, compression=compression)
+    writer, _ = create_repository(storage, FQRN, keys, options)
     wall0, usage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     with writer.transaction() as transaction:
         if mode == "dir":
@@ -93,8 +127,10 @@ def run_one(mode: str, source: Path, repo_dir: Path, workers: int) -> dict[str, 
         transaction.add_file(changed, b"changed by bench/import_tree.py\n")
         one = transaction.publish()
     one_wall = time.perf_counter() - one0
+    verified = verify(reader, tree) if tree is not None else "not asked (--verify)"
     return {
         "mode": mode,
+        "compression": compression.value,
         "files": stats.files,
         "bytes": stats.bytes,
         "wall_s": round(wall, 2),
@@ -108,6 +144,7 @@ def run_one(mode: str, source: Path, repo_dir: Path, workers: int) -> dict[str, 
         "catalogs": len(result.catalogs_written),
         "publish_one_s": round(one_wall, 3),
         "publish_one_catalogs_rewritten": len(one.catalogs_written),
+        "verified": verified,
     }
 
 
@@ -117,15 +154,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/cvmfs-bench"))
     parser.add_argument("--modes", default="dir,tar")
+    parser.add_argument("--compressions", default="zlib,isal")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--floor", action="store_true", help="also time zlib+SHA-1 alone")
+    parser.add_argument("--no-floor", action="store_true", help="skip timing zlib+SHA-1 alone")
+    parser.add_argument("--verify", action="store_true", help="fsck + read every file back")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
+    parser.add_argument("--compression", default="zlib", help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.run_one:
-        print(json.dumps(run_one(args.run_one, args.source, args.repo, args.workers)))
+        figures = run_one(
+            args.run_one,
+            args.source,
+            args.repo,
+            args.workers,
+            Compression(args.compression),
+            args.tree,
+        )
+        print(json.dumps(figures))
         return
 
     tree = args.work / f"tree-seed{args.seed}-scale{args.scale}"
@@ -136,34 +185,45 @@ def main() -> None:
         write_tarball(tree, tarball)
         elapsed = time.perf_counter() - started
         print(f"generated {tree} ({files} files, {size} bytes) in {elapsed:.1f} s")
-    for mode in args.modes.split(","):
-        repo = args.work / f"repo-{mode}"
-        shutil.rmtree(repo, ignore_errors=True)
-        source = tree if mode == "dir" else tarball
-        output = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.import_tree",
-                "--run-one",
-                mode,
-                "--source",
-                str(source),
-                "--repo",
-                str(repo),
-                "--workers",
-                str(args.workers),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        figures = json.loads(output.strip().splitlines()[-1])
-        print(" ".join(f"{key}={value}" for key, value in figures.items()))
-        shutil.rmtree(repo, ignore_errors=True)
-    if args.floor:
-        figures = compute_floor(tree, args.workers)
-        print(" ".join(f"{key}={value}" for key, value in figures.items()))
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    floor_wall: float | None = None
+    if not args.no_floor:
+        floor = compute_floor(tree, args.workers)
+        floor_wall = float(str(floor["wall_s"]))
+        print(" ".join(f"{key}={value}" for key, value in floor.items()))
+    rows: list[dict[str, object]] = []
+    for compression in args.compressions.split(","):
+        for mode in args.modes.split(","):
+            repo = args.work / f"repo-{mode}-{compression}"
+            shutil.rmtree(repo, ignore_errors=True)
+            source = tree if mode == "dir" else tarball
+            command = [sys.executable, "-m", "bench.import_tree", "--run-one", mode]
+            command += ["--compression", compression, "--source", str(source)]
+            command += ["--repo", str(repo), "--workers", str(args.workers)]
+            if args.verify:
+                command += ["--tree", str(tree)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            figures = json.loads(output.strip().splitlines()[-1])
+            if floor_wall:
+                figures["x_floor"] = round(float(figures["wall_s"]) / floor_wall, 2)
+            print(" ".join(f"{key}={value}" for key, value in figures.items()))
+            rows.append(figures)
+            shutil.rmtree(repo, ignore_errors=True)
+    print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print()
+    print("| mode | compression | wall s | CPU s | peak RSS MiB | x floor | MB/s | verified |")
+    print("|---|---|---|---|---|---|---|---|")
+    if floor_wall:
+        print(
+            f"| floor: zlib 6 + SHA-1, {args.workers} threads, no I/O | zlib | {floor_wall} "
+            "| | | 1.0 | | |"
+        )
+    for row in rows:
+        print(
+            f"| {row['mode']} | {row['compression']} | {row['wall_s']} | {row['cpu_s']} "
+            f"| {row['peak_rss_mib']} | {row.get('x_floor', '')} | {row['mb_per_s']} "
+            f"| {row['verified']} |"
+        )
 
 
 if __name__ == "__main__":
