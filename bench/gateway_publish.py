@@ -49,7 +49,11 @@ def child_env(settings: Settings) -> dict[str, str]:
     token = settings.vault.token
     assert token is not None
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CVMFS_SVC_")},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CVMFS_SVC_") and k != "PREFECT_LOGGING_LEVEL"
+        },
         "CVMFS_SVC_DATA_DIR": str(settings.absolute_data_dir),
         "CVMFS_SVC_VAULT__PORT": str(settings.vault.port),
         "CVMFS_SVC_VAULT__TOKEN": token.get_secret_value(),

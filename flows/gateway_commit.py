@@ -11,7 +11,7 @@ import time
 from prefect import flow, get_run_logger
 
 from service.runtime import load_settings
-from tasks.gateway_commit import GatewayCommitRequest, merge_and_publish, report_commit
+from tasks.gateway_commit import GatewayCommitRequest, merge_and_publish
 from tasks.locks import repository_lease
 
 
@@ -26,10 +26,9 @@ def gateway_commit(req: GatewayCommitRequest) -> int:
         locked = time.perf_counter()
         outcome = merge_and_publish(settings, req)
     merged = time.perf_counter()
-    report_commit(req, outcome)
     get_run_logger().info(
         "gateway commit repo=%s path=%s key_id=%s host=%s revision=%d→%d changes=%s "
-        "lock_s=%.3f task_s=%.3f report_s=%.3f",
+        "lock_s=%.3f task_s=%.3f",
         req.repo,
         req.path,
         req.key_id,
@@ -39,6 +38,5 @@ def gateway_commit(req: GatewayCommitRequest) -> int:
         outcome.plan.counts(),
         locked - started,
         merged - locked,
-        time.perf_counter() - merged,
     )
     return outcome.revision
