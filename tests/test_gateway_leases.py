@@ -6,6 +6,7 @@ test stack's OpenBao, leases live in the registry database.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,12 +14,14 @@ import httpx
 import pytest
 
 from cvmfs.keys import generate_gateway_key, parse_gateway_key
+from gateway.app import create_app
 from gateway.auth import authorization_header
 from gateway.publisher import Publisher
 from service.keystore import KeyOwner, secret_path, vault_client
 from service.repositories import FileProvenance
 from service.settings import Settings
 from tests.gateway_support import GatewayWorld, gateway_world
+from tests.test_api_support import ServedApp, free_port
 
 pytestmark = pytest.mark.stack
 
@@ -197,3 +200,45 @@ def test_a_rotated_key_works_at_once_and_the_old_one_is_refused(world: GatewayWo
     new = Publisher(world.api_url, key_id, secret)
     assert new.drop(new.acquire_token(f"{fqrn}/rotation")) == {"status": "ok"}
     assert "invalid_key" in error_reason(old.acquire(f"{fqrn}/rotation"))
+
+
+def test_racing_lease_requests_through_two_gateway_processes_grant_one(
+    world: GatewayWorld,
+) -> None:
+    """Two gateway instances (each its own app, lease store and database connections, as two
+    processes behind one URL) asked for the same path at once grant exactly one lease."""
+    second_port = free_port()
+    fqrn = world.repos["alpha"]
+    with ServedApp(create_app(world.settings), second_port):
+        urls = [world.api_url, f"http://127.0.0.1:{second_port}/api/v1"]
+        key = world.publisher("alpha")
+        publishers = [Publisher(urls[i % 2], key.key_id, key.secret) for i in range(12)]
+        replies: list[dict[str, object]] = []
+        lock = threading.Lock()
+
+        def ask(publisher: Publisher) -> None:
+            reply = publisher.acquire(f"{fqrn}/race")
+            with lock:
+                replies.append(reply)
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in publishers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    granted = [r for r in replies if r["status"] == "ok"]
+    assert len(replies) == 12 and len(granted) == 1, replies
+    assert {r["status"] for r in replies} == {"ok", "path_busy"}
+    assert key.drop(str(granted[0]["session_token"])) == {"status": "ok"}
+
+
+def test_a_commit_after_the_lease_expired_is_refused(vault: Settings) -> None:
+    with gateway_world(vault, ("late",), lease_time_s=1) as world:
+        publisher = world.publisher("late")
+        fqrn = world.repos["late"]
+        manifest = world.writer("late").current_manifest()
+        token = publisher.acquire_token(f"{fqrn}/sw")
+        time.sleep(1.5)
+        root = manifest.root_catalog_hash.hex
+        assert "expired" in error_reason(publisher.commit(token, root, root))
+        assert world.writer("late").current_manifest().revision == manifest.revision
