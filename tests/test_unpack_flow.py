@@ -6,9 +6,13 @@ back over HTTP with signature verification, as a client would.
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cvmfs.reader import RepositoryReader
@@ -144,3 +148,57 @@ def test_keys_are_in_vault_not_on_disk(stack: Settings, layout: OciLayout) -> No
     assert store.exists(SERVICE_KEY_OWNER, FQRN)  # created by the first unpack above
     assert secret_path(SERVICE_KEY_OWNER, FQRN) == f"groups/cvmfs-service/cvmfs_keys/{FQRN}"
     assert not list(Path(stack.absolute_data_dir).rglob(f"{FQRN}.masterkey"))
+
+
+def _rootfs_layer() -> bytes:
+    """/dev nodes, a FIFO and a file, as an image built from a root file system has them."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, major, minor in [
+            ("dev/", tarfile.DIRTYPE, 0, 0),
+            ("dev/console", tarfile.CHRTYPE, 5, 1),
+            ("dev/loop0", tarfile.BLKTYPE, 7, 0),
+            ("run/initctl", tarfile.FIFOTYPE, 0, 0),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.devmajor, info.devminor = kind, 0o600, major, minor
+            tar.addfile(info)
+        motd = tarfile.TarInfo("etc/motd")
+        motd.size, motd.mode = 3, 0o644
+        tar.addfile(motd, io.BytesIO(b"hi\n"))
+    return buffer.getvalue()
+
+
+def test_unpack_leaves_special_files_out_when_configured_and_lists_them(
+    stack: Settings, layout: OciLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CVMFS_SVC_REGISTRY__UNPACK_SKIP_SPECIAL", "true")  # read by the flow
+    layout.add_handmade_image("rootfs", [_rootfs_layer()])
+    layout.push("rootfs", host(stack), "unpacked/rootfs-skip", "1.0")
+    req = UnpackRequest(
+        registry=host(stack), repository="unpacked/rootfs-skip", tag="1.0", fqrn=FQRN
+    )
+    outcome = unpack(req)
+    assert isinstance(outcome, UnpackOutcome) and outcome.action == "unpacked"
+    flat = outcome.flat_dir
+    assert outcome.skipped_special == [
+        f"{flat}/dev/console",
+        f"{flat}/dev/loop0",
+        f"{flat}/run/initctl",
+    ]
+    assert outcome.special_files == 0
+    with client_reader(stack) as reader:
+        assert reader.read(f"{flat}/etc/motd") == b"hi\n"
+        assert not [e.path for e in reader.walk(flat) if e.is_special]
+    key = f"unpack-notes-{outcome.config_digest.split(':')[-1][:16]}"
+    response = httpx.post(
+        f"{stack.prefect.api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
+    )
+    response.raise_for_status()
+    (artifact,) = response.json()
+    data = artifact["data"]
+    rows = json.loads(data) if isinstance(data, str) else data
+    assert sorted(row["path"] for row in rows if row["note"] == "skipped special file") == (
+        outcome.skipped_special
+    )
