@@ -129,14 +129,10 @@ class Gateway:
 
     def _repos(self, name: str | None) -> JSONResponse:
         def config(fqrn: str) -> dict[str, Any] | None:
-            try:
-                keys = self.svc.keys.signing_keys(fqrn)
-            except GatewayError:
+            key = self.svc.keys.known_key(fqrn)
+            if key is None:
                 return None
-            from cvmfs.keys import parse_gateway_key
-
-            key_ids = {parse_gateway_key(keys.gateway_key)[0]: "/"} if keys.gateway_key else {}
-            return {"keys": key_ids, "enabled": True}
+            return {"keys": {key.key_id: key.path}, "enabled": True}
 
         if name is not None:
             found = config(name) if self.svc.registry.get(name) else None
@@ -179,6 +175,7 @@ class Gateway:
             raise GatewayError("invalid request body: path is missing")
         lease_path = parse_lease_path(path)
         key = self.authenticate(lease_path.fqrn, header, body)
+        key.check_may_lease(lease_path)
         refuse_bucket_fed(self.svc.registry, lease_path)
         hostname = message.get("hostname")
         hostname = hostname if isinstance(hostname, str) and hostname else client
@@ -272,7 +269,7 @@ class Gateway:
         self, raw_path: str, header: str | None, signed: bytes
     ) -> JSONResponse:
         lease_path = parse_lease_path(raw_path.lstrip("/"))
-        self.authenticate(lease_path.fqrn, header, signed)
+        self.authenticate(lease_path.fqrn, header, signed).check_may_lease(lease_path)
         dropped = self.svc.leases.release_under(lease_path)
         log.info(
             "event=leases_dropped repo=%s path=%s count=%d",

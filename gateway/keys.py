@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from cvmfs.errors import KeyFileError
 from cvmfs.keys import KeySet, parse_gateway_key
 from gateway.errors import GatewayError
-from service.keystore import KeyOwner, KeysNotFound, KeyStore
+from gateway.paths import LeasePath, parse_lease_path
+from service.keystore import (
+    FIELD_GATEWAY_KEY_PATH,
+    KeyOwner,
+    KeysNotFound,
+    KeyStore,
+    keyset_from_fields,
+)
 from service.repositories import RepositoryRegistry
 
 
@@ -25,6 +32,25 @@ class GatewayKey:
     fqrn: str
     key_id: str
     secret: str
+    path: str = "/"  # the sub path this key may lease (Vault field gatewayKeyPath)
+
+    def check_may_lease(self, lease_path: LeasePath) -> None:
+        """Like the stock gateway's per-key path (backend/access.go): at or below it only."""
+        if not LeasePath(self.fqrn, self.path).contains(lease_path.path):
+            raise GatewayError(
+                f"invalid_path: key {self.key_id!r} may only lease paths under {self.path} of "
+                f"{self.fqrn}, not {lease_path.path}"
+            )
+
+
+def _key_path(fqrn: str, value: object) -> str:
+    """The key's path restriction; a malformed one restricts the key to nothing."""
+    if value is None or value in ("", "/"):
+        return "/"
+    try:
+        return parse_lease_path(f"{fqrn}/{str(value).strip('/')}").path
+    except GatewayError:
+        return "/.invalid-gateway-key-path"  # nothing can be leased below it
 
 
 @dataclass
@@ -60,16 +86,18 @@ class RepositoryKeys:
             return _Cached(None, None, self._clock())
         owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
         try:
-            keys = self._key_store.read(owner, fqrn)
+            fields = self._key_store.read_fields(owner, fqrn)
         except KeysNotFound:
             return _Cached(None, None, self._clock())
+        keys = keyset_from_fields(fields)
         if keys.gateway_key is None:
             return _Cached(None, keys, self._clock())
         try:
             key_id, secret = parse_gateway_key(keys.gateway_key)
         except KeyFileError:
             return _Cached(None, keys, self._clock())
-        return _Cached(GatewayKey(fqrn, key_id, secret), keys, self._clock())
+        path = _key_path(fqrn, fields.get(FIELD_GATEWAY_KEY_PATH))
+        return _Cached(GatewayKey(fqrn, key_id, secret, path), keys, self._clock())
 
     def _entry(self, fqrn: str, *, refresh: bool) -> _Cached:
         with self._lock:
@@ -100,6 +128,10 @@ class RepositoryKeys:
                 f"{fqrn}.gw key"
             )
         return entry.key
+
+    def known_key(self, fqrn: str) -> GatewayKey | None:
+        """The repository's gateway key as cached (read if absent), None if it has none."""
+        return self._entry(fqrn, refresh=False).key
 
     def signing_keys(self, fqrn: str) -> KeySet:
         """The key set that signs the repository's manifests (read fresh from the cache)."""

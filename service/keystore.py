@@ -28,6 +28,8 @@ FIELD_MASTER_KEY = "masterKey"  # <fqrn>.masterkey
 FIELD_CERTIFICATE = "certificateKey"  # <fqrn>.crt
 FIELD_GATEWAY_KEY = "gatewayKey"  # <fqrn>.gw line
 FIELD_REPOSITORY_KEY = "repositoryKey"  # <fqrn>.key (signs manifests); not in the INFN set
+# Optional: the sub path the gateway key may lease (`/sub`); absent means the whole repository.
+FIELD_GATEWAY_KEY_PATH = "gatewayKeyPath"
 _FIELDS = {
     FIELD_PUBLIC_KEY: "master_public_pem",
     FIELD_MASTER_KEY: "master_private_pem",
@@ -209,6 +211,10 @@ class KeyStore:
         return stored, created
 
     def read(self, owner: KeyOwner, fqrn: str) -> KeySet:
+        return keyset_from_fields(self.read_fields(owner, fqrn))
+
+    def read_fields(self, owner: KeyOwner, fqrn: str) -> dict[str, object]:
+        """The raw fields of the key set (with optional ones such as gatewayKeyPath)."""
         path = secret_path(owner, fqrn)
         try:
             response = self._client.secrets.kv.v2.read_secret_version(
@@ -218,7 +224,8 @@ class KeyStore:
             raise KeysNotFound(f"no keys for {fqrn} at {self._mount}/data/{path}") from error
         except (hvac.exceptions.VaultError, RequestException) as error:
             raise self._translate(error, path) from error
-        return keyset_from_fields(response["data"]["data"])
+        fields: dict[str, object] = response["data"]["data"]
+        return fields
 
     def exists(self, owner: KeyOwner, fqrn: str) -> bool:
         try:

@@ -242,3 +242,27 @@ def test_a_commit_after_the_lease_expired_is_refused(vault: Settings) -> None:
         root = manifest.root_catalog_hash.hex
         assert "expired" in error_reason(publisher.commit(token, root, root))
         assert world.writer("late").current_manifest().revision == manifest.revision
+
+
+def test_a_key_restricted_to_a_sub_path_leases_only_below_it(vault: Settings) -> None:
+    with gateway_world(vault, ("team",)) as world:
+        fqrn = world.repos["team"]
+        owner = KeyOwner.personal(world.registry.require(fqrn).owner_subject)
+        client = vault_client(world.settings.vault)
+        mount = world.settings.vault.kv_mount
+        fields = client.secrets.kv.v2.read_secret_version(
+            path=secret_path(owner, fqrn), mount_point=mount, raise_on_deleted_version=True
+        )["data"]["data"]
+        client.secrets.kv.v2.create_or_update_secret(
+            path=secret_path(owner, fqrn),
+            secret={**fields, "gatewayKeyPath": "/team-a"},
+            mount_point=mount,
+        )
+        publisher = world.publisher("team")
+        for allowed in (f"{fqrn}/team-a", f"{fqrn}/team-a/sub"):
+            assert publisher.drop(publisher.acquire_token(allowed)) == {"status": "ok"}
+        for refused in (f"{fqrn}/", f"{fqrn}/team-b", f"{fqrn}/team-ab"):
+            assert "invalid_path" in error_reason(publisher.acquire(refused)), refused
+        assert "invalid_path" in error_reason(publisher.drop_by_path(f"{fqrn}/team-b"))
+        listing = httpx.get(f"{world.api_url}/repos/{fqrn}").json()
+        assert listing["data"]["keys"] == {fqrn: "/team-a"}
