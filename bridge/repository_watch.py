@@ -1,5 +1,5 @@
 """The repository watcher: wires buckets created after their repository, resumes provisions
-that failed part way. A thread of the bridge process; every copy of the bridge runs one.
+that failed part way or whose run died. A thread of the bridge process; every bridge runs one.
 
 Why in the bridge and not a Prefect schedule: the checks are cheap (a HEAD per waiting bucket),
 but a scheduled run every 10 s would fill the Prefect UI with thousands of empty runs a day;
@@ -84,6 +84,11 @@ class RepositoryWatcher:
                 self._check_bucket(repository, state)
             except Exception as error:  # RGW or Prefect unreachable: the next tick retries
                 log.warning("event=bucket-check-failed repo=%s error=%r", repository.fqrn, error)
+        stalled_after = dt.timedelta(seconds=self.rules.resume_stalled_after_s)
+        for stalled in self.registry.schedule_stalled_provisions(stalled_after):
+            log.warning(
+                "event=provision-stalled repo=%s request=%s", stalled.fqrn, stalled.request_id
+            )
         for repository, retry in self.registry.due_provision_retries(
             self.rules.resume_max_attempts
         ):

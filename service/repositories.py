@@ -640,13 +640,46 @@ class RepositoryRegistry:
         except IntegrityError as error:
             raise UnknownRepository(f"no repository {fqrn!r} in the registry") from error
 
+    def schedule_stalled_provisions(self, stalled_after: dt.timedelta) -> list[ProvisionRetry]:
+        """Schedule a resume, due now, of each repository left `requested` for `stalled_after`.
+
+        A provision run that died before recording an outcome (a killed worker, a lost host)
+        leaves its repository `requested`, with no failure to resume from; its latest request
+        (recorded by the claim step) is resumed, so the user's request turns `ok` when done.
+        """
+        now = self._clock()
+        stalled = (
+            select(RepositoryRow.fqrn)
+            .outerjoin(ProvisionRetryRow, ProvisionRetryRow.fqrn == RepositoryRow.fqrn)
+            .where(
+                RepositoryRow.status == "requested",
+                RepositoryRow.updated_at <= now - stalled_after,
+                ProvisionRetryRow.fqrn.is_(None),
+            )
+        )
+        scheduled = []
+        with Session(self._engine) as session:
+            fqrns = list(session.scalars(stalled))
+        for fqrn in fqrns:
+            with Session(self._engine) as session:
+                request_id = session.scalars(
+                    select(ProvisioningRequestRow.request_id)
+                    .where(ProvisioningRequestRow.fqrn == fqrn)
+                    .order_by(ProvisioningRequestRow.received_at.desc())
+                    .limit(1)
+                ).first()
+            scheduled.append(
+                self.schedule_provision_retry(fqrn, request_id or f"resume-{fqrn}", dt.timedelta(0))
+            )
+        return scheduled
+
     def due_provision_retries(self, max_attempts: int) -> list[tuple[Repository, ProvisionRetry]]:
-        """Failed repositories whose next resume is due and that have attempts left."""
+        """Failed (or stalled) repositories whose next resume is due, with attempts left."""
         query = (
             select(RepositoryRow, ProvisionRetryRow)
             .join(ProvisionRetryRow, ProvisionRetryRow.fqrn == RepositoryRow.fqrn)
             .where(
-                RepositoryRow.status == "failed",
+                RepositoryRow.status.in_(("failed", "requested")),
                 ProvisionRetryRow.next_attempt_at <= self._clock(),
                 ProvisionRetryRow.attempts < max_attempts,
             )

@@ -315,6 +315,10 @@ class ProvisioningSettings(BaseModel):
     resume_first_delay_s: float = Field(default=30.0, gt=0)
     resume_max_delay_s: float = Field(default=1800.0, gt=0)
     resume_max_attempts: int = Field(default=12, ge=0)
+    # A repository still `requested` this long after its claim has lost its provision run (a
+    # killed worker or host; a slow but live run takes minutes at most, even with every step
+    # retried): it is resumed like a failed one.
+    resume_stalled_after_s: float = Field(default=900.0, gt=0)
 
 
 class SyncSettings(BaseModel):

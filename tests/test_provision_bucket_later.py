@@ -6,6 +6,7 @@ account is reported, not wired; a provision that failed part way is resumed on i
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from service.bucket_wiring import notification_id_for
+from service.repositories import RepositoryClaim, RepositoryRegistry, utc_now
 from service.run import SERVICE_COMMANDS, child_environment
 from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
@@ -225,3 +227,36 @@ def test_provision_failed_part_way_is_resumed_without_a_new_request(
             return reader.read("/resumed.txt") == b"resumed\n"
 
     _until(published, f"the upload published in {fqrn}", WAIT_S)
+
+
+def test_provision_whose_run_died_is_resumed(service: Settings, issuer: TestIssuer) -> None:
+    """A provision run killed right after its claim leaves the repository `requested` with its
+    request recorded and nothing else. That state is written here, backdated past
+    provisioning.resume_stalled_after_s, because killing a flow-run process at exactly that
+    instant cannot be done reproducibly; the watcher then resumes it like a failed one."""
+    settings = service
+    dan = User(settings, issuer, "d")
+    bucket = f"{dan.name}-software"
+    dan.s3.create_bucket(Bucket=bucket)
+    fqrn = f"{dan.name}-personal.{settings.repository_domain}"
+    request_id = f"died-{dan.name}"
+    long_ago = utc_now() - dt.timedelta(hours=1)
+    registry = RepositoryRegistry.open(settings, clock=lambda: long_ago)
+    try:
+        registry.record_request(request_id, fqrn, f"sub-{dan.name}")
+        registry.claim(
+            RepositoryClaim(
+                fqrn=fqrn,
+                kind="personal",
+                owner_subject=f"sub-{dan.name}",
+                owner_username=dan.name,
+                bucket=bucket,
+            )
+        )
+    finally:
+        registry.close()
+
+    _until(lambda: _ready_and(dan, fqrn, "wired"), f"{fqrn} resumed and wired", WAIT_S)
+    with dan.api() as api:
+        request = api.get(f"/requests/{request_id}").json()
+    assert request["status"] == "ok"

@@ -486,3 +486,22 @@ def test_failed_provision_is_resumed_once_per_attempt(settings: Settings) -> Non
         assert registry.provision_retry(ALICE.fqrn) is None
     finally:
         registry.close()
+
+
+def test_a_provision_left_requested_is_resumed_once_it_stalled(settings: Settings) -> None:
+    clock = _Clock()
+    registry = RepositoryRegistry.open(settings, clock)
+    try:
+        registry.record_request("req-a", ALICE.fqrn, "sub-alice")
+        registry.claim(ALICE)  # and then its run died: nothing else is recorded
+        stalled_after = dt.timedelta(minutes=15)
+        clock.now += dt.timedelta(minutes=14)
+        assert registry.schedule_stalled_provisions(stalled_after) == []  # may still run
+        clock.now += dt.timedelta(minutes=2)
+        [scheduled] = registry.schedule_stalled_provisions(stalled_after)
+        assert scheduled.request_id == "req-a" and scheduled.next_attempt_at == clock.now
+        assert registry.schedule_stalled_provisions(stalled_after) == []  # scheduled once
+        [(repository, retry)] = registry.due_provision_retries(max_attempts=3)
+        assert repository.status == "requested" and retry == scheduled
+    finally:
+        registry.close()
