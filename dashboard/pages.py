@@ -443,19 +443,13 @@ def _extra_fields(detail: RepositoryDetail) -> dict[str, Any]:
 
 def _settling(repo: RepositorySummary) -> bool:
     """Still on its way: provisioning, or ready but waiting for its bucket (the page polls)."""
-    bucket_state = getattr(repo, "bucket_state", None)
-    return repo.status == "requested" or getattr(bucket_state, "state", None) in (
-        "unchecked",
-        "waiting",
-    )
+    return repo.status == "requested" or repo.bucket_state.state in ("unchecked", "waiting")
 
 
 def _status_text(detail: RepositoryDetail) -> str:
     """The status, the last error of a failed one, and what the bucket's state says (when the
     status carries one: "waiting for bucket X", "bucket X belongs to another user")."""
-    dumped = detail.model_dump()
-    bucket_state = dumped.get("bucket_state")
-    message = bucket_state.get("message") if isinstance(bucket_state, dict) else None
+    message = detail.bucket_state.message if detail.bucket_state.state != "wired" else None
     text: str = detail.status
     if detail.status == "failed" and detail.last_error:
         text += f": {detail.last_error}"

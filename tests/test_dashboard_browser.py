@@ -173,22 +173,33 @@ def test_a_researcher_requests_uploads_mounts_tags_and_rolls_back(
     browser = _open(browsers, shots, "alice")
     log_in(browser, settings, "alice")
 
-    s3 = s3_as(settings, alice)
-    s3.create_bucket(Bucket=bucket)  # first, until provisioning can wait for the bucket
     browser.click("#request-personal", "requested")
     assert f"Requested {fqrn}" in browser.text()
-    # The page polls by itself and reloads when the repository is ready.
+
+    def row() -> str:
+        rows = [r.text for r in browser.finds("#repositories tbody tr") if fqrn in r.text]
+        return rows[0] if rows else ""
+
+    # The page polls by itself: the repository becomes ready before its bucket exists.
     browser.wait(
-        lambda: any(
-            fqrn in r.text and "ready" in r.text for r in browser.finds("#repositories tbody tr")
-        ),
-        "the repository ready on the list",
+        lambda: "ready" in row() and f"waiting for bucket {bucket}" in row(),
+        "the repository ready and waiting for its bucket",
         WAIT_S,
     )
-    browser.shot("ready")
+    browser.shot("waiting-for-bucket")
+    s3 = s3_as(settings, alice)
+    s3.create_bucket(Bucket=bucket)  # afterwards, as the user's guide says
+    # Still no reload by hand: the page polls until the bucket is connected.
+    browser.wait(
+        lambda: "ready" in row() and "waiting" not in row(),
+        "the bucket connected",
+        WAIT_S,
+    )
+    browser.shot("bucket-connected")
 
     browser.click(f'a[href="/dashboard/repositories/{fqrn}"]', "repository")
     assert browser.find("#bucket").text == bucket
+    assert "wired" in browser.find("#bucket-state").text
     assert browser.find("#endpoint").text == settings.s3_public_url
     s3.put_object(Bucket=bucket, Key="cvmfs/hello.txt", Body=b"hello v1\n")
     browser.reload_until(

@@ -105,6 +105,7 @@ def test_the_repository_page_shows_status_setup_upload_files_and_history(
     assert page.status_code == 200, page.text
     text = page.text
     assert 'id="revision">3<' in text
+    assert 'id="bucket-state"' in text  # the bucket's state and what to do about it
     assert f"s3://api{world.alice_repo[3:9]}-alice/cvmfs/" in text  # the bucket and prefix
     assert "x-amz-meta-s3cmd-attrs" in text and "rclone copy --metadata" in text
     assert world.settings.ceph.s3_endpoint in text
