@@ -5,6 +5,7 @@ and the two RSA signature schemes (manifest: PKCS#1 v1.5 SHA-1; whitelist: raw p
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import secrets
 from dataclasses import dataclass
@@ -233,8 +234,14 @@ def write_keyset(keyset: KeySet, directory: str | os.PathLike[str], fqrn: str) -
 
 
 # --- parsing -----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
 def load_private_key(pem: str) -> rsa.RSAPrivateKey:
-    """An RSA private key from PKCS#1 (`BEGIN RSA PRIVATE KEY`) or PKCS#8 PEM."""
+    """An RSA private key from PKCS#1 (`BEGIN RSA PRIVATE KEY`) or PKCS#8 PEM.
+
+    Cached: parsing checks the key (~30-60 ms for RSA-2048), and one publish loads the same key
+    up to three times (key-set validation, whitelist check, manifest signature). The key
+    objects are immutable.
+    """
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError) as exc:
