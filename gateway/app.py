@@ -368,22 +368,27 @@ def refuse_bucket_fed(registry: RepositoryRegistry, lease_path: LeasePath) -> No
     belong to the bucket sync, so a lease at, above or below one is refused; the bucket sync
     and its reconcile only change what their provenance lists, so they never remove what a
     gateway commit published."""
+    # The sync records `/a/b` (older records and tests: `a/b`); both forms are looked up.
+    inner = lease_path.path.strip("/")
     fed = [
         record
-        for record in registry.files(lease_path.fqrn, lease_path.path.strip("/"))
-        if lease_path.contains("/" + record.path)
+        for prefix in ("/" + inner, inner)
+        for record in registry.files(lease_path.fqrn, prefix)
+        if lease_path.contains("/" + record.path.lstrip("/"))
     ]
     parts = lease_path.segments
     for depth in range(1, len(parts)):
-        record = registry.get_file(lease_path.fqrn, "/".join(parts[:depth]))
-        if record is not None:
-            fed.append(record)
+        ancestor = "/".join(parts[:depth])
+        for form in ("/" + ancestor, ancestor):
+            record = registry.get_file(lease_path.fqrn, form)
+            if record is not None:
+                fed.append(record)
     if fed:
         record = fed[0]
         raise GatewayError(
-            f"path_fed_by_bucket: {lease_path} overlaps /{record.path}, which the repository's "
-            f"bucket feeds (object {record.s3_key}); change it through the bucket, or lease a "
-            "path the bucket does not feed"
+            f"path_fed_by_bucket: {lease_path} overlaps /{record.path.lstrip('/')}, which the "
+            f"repository's bucket feeds (object {record.s3_key}); change it through the bucket, "
+            "or lease a path the bucket does not feed"
         )
 
 

@@ -159,7 +159,7 @@ def test_a_lease_overlapping_bucket_fed_paths_is_refused(world: GatewayWorld) ->
     world.registry.upsert_file(
         fqrn,
         FileProvenance(
-            path="from-bucket/tool",
+            path="/from-bucket/tool",  # as the sync records it
             s3_key="cvmfs/from-bucket/tool",
             etag="etag-1",
             version_id=None,
