@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from service.bucket_wiring import notification_id_for
+from service.demo import DEMO_BUCKET, run_demo
 from service.repositories import RepositoryClaim, RepositoryRegistry, utc_now
 from service.run import SERVICE_COMMANDS, child_environment
 from service.s3_clients import bucket_agent_s3
@@ -260,3 +261,16 @@ def test_provision_whose_run_died_is_resumed(service: Settings, issuer: TestIssu
     with dan.api() as api:
         request = api.get(f"/requests/{request_id}").json()
     assert request["status"] == "ok"
+
+
+def test_the_demo_of_svc_up_still_publishes_with_the_owner_check(service: Settings) -> None:
+    """`./svc up`'s demo: the demo user's own bucket, created first, is wired at once."""
+    demo = run_demo(service)
+    assert demo.bucket == DEMO_BUCKET and demo.revision >= 2
+    registry = RepositoryRegistry.open(service)
+    try:
+        state = registry.bucket_state(demo.fqrn)
+    finally:
+        registry.close()
+    assert state is not None and state.state == "wired"
+    assert state.observed_owner_id == service.ceph.demo_user
