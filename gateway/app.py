@@ -27,7 +27,7 @@ from starlette.routing import Route
 from flows.gateway_commit import gateway_commit
 from gateway.auth import check_hmac, parse_authorization
 from gateway.body import BodyStream, BodyTooLarge, feed_worker
-from gateway.errors import GatewayError, PathBusy
+from gateway.errors import GatewayError, InvalidLease, PathBusy
 from gateway.keys import GatewayKey
 from gateway.leases import Lease
 from gateway.paths import LeasePath, parse_lease_path
@@ -254,7 +254,10 @@ class Gateway:
                 "the lease is kept: run `cvmfs_server publish` again"
             )
         revision = state.result()
-        self.svc.leases.release(token)
+        # Published: the reply must say so even if the lease ran out during a long commit and
+        # a new grant already removed it.
+        with contextlib.suppress(InvalidLease):
+            self.svc.leases.release(token)
         return ok(final_revision=revision)
 
     async def drop_leases_by_path(self, request: Request) -> JSONResponse:
