@@ -27,6 +27,7 @@ from tasks.sync import (
     publish_changes,
     read_bucket_state,
     record_provenance,
+    record_refusals,
     report_changes,
 )
 
@@ -63,18 +64,23 @@ def sync(req: SyncRequest) -> int | None:
             outcome = publish_changes(settings, repository, opaque(plan))
             if outcome.revision is not None:
                 record_provenance(settings, opaque(outcome))
-            plan = outcome.plan  # with the tarballs refused while applying it
+            plan = outcome.plan  # with the changes refused while applying it
         if not req.dry_run:  # the repository now shows what the bucket had for these keys
             flow_metrics().observe_visible(
                 visible_event_times(req.event_times, (r.key for r in plan.refused)),
                 datetime.now(UTC),
             )
-        if plan.refused and req.changed_keys and not req.dry_run:
-            dead_letter_refusals(settings, repository, opaque(plan))
+            new_refusals = record_refusals(settings, repository, opaque(plan))
+            if new_refusals:
+                dead_letter_refusals(settings, repository, opaque(new_refusals))
     report_changes(opaque(outcome), req.dry_run)
     for refused in plan.refused:
         logger.warning(
-            "refused key repo=%s key=%r reason=%s", req.repo, refused.key, refused.reason
+            "refused key repo=%s key=%r other_key=%r reason=%s",
+            req.repo,
+            refused.key,
+            refused.other_key,
+            refused.reason,
         )
     logger.info(
         "sync repo=%s revision=%s changes=%d unchanged=%d refused=%d",

@@ -162,6 +162,23 @@ class FileProvenanceRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
+class SyncRefusalRow(Base):
+    """A bucket key the sync does not publish, and why; replaced by every sync of the
+    repository (a key gone from the bucket, or accepted again, loses its row)."""
+
+    __tablename__ = "sync_refusals"
+
+    fqrn: Mapped[str] = mapped_column(
+        String(64), ForeignKey("repositories.fqrn", ondelete="CASCADE"), primary_key=True
+    )
+    s3_key: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    other_key: Mapped[str | None] = mapped_column(String(2048))
+    kind: Mapped[str] = mapped_column(String(16))
+    etag: Mapped[str | None] = mapped_column(String(128))
+    refused_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
 class KeyAccessRow(Base):
     __tablename__ = "key_access_audit"
     __table_args__ = (Index("ix_key_access_fqrn_at", "fqrn", "at"),)
@@ -261,6 +278,18 @@ class FileProvenance(_Record):
     size_bytes: int
     revision: int
     updated_at: dt.datetime | None = None  # set by the registry
+
+
+class SyncRefusal(_Record):
+    """A key of the repository's bucket that is not published: the reason, the other key of
+    a colliding pair, what judged it (`key` alone, a `pair`, the object's `content`)."""
+
+    s3_key: str
+    reason: str
+    other_key: str | None = None
+    kind: Literal["key", "pair", "content"] = "key"
+    etag: str | None = None
+    refused_at: dt.datetime | None = None  # set by the registry: when first refused so
 
 
 class KeyAccess(_Record):
@@ -862,6 +891,50 @@ class RepositoryRegistry:
         with Session(self._engine) as session:
             rows = session.scalars(query.order_by(FileProvenanceRow.path))
             return [FileProvenance.model_validate(r) for r in rows]
+
+    # -- sync refusals ---------------------------------------------------------------------
+
+    def refusals(self, fqrn: str) -> list[SyncRefusal]:
+        query = (
+            select(SyncRefusalRow)
+            .where(SyncRefusalRow.fqrn == fqrn)
+            .order_by(SyncRefusalRow.s3_key)
+        )
+        with Session(self._engine) as session:
+            return [SyncRefusal.model_validate(r) for r in session.scalars(query)]
+
+    def replace_refusals(self, fqrn: str, refusals: Iterable[SyncRefusal]) -> list[SyncRefusal]:
+        """Make `refusals` the repository's current ones; returns those that are new (a key
+        not refused before, or now for another reason). A refusal that stays keeps its time."""
+        now = self._clock()
+        wanted = {r.s3_key: r for r in refusals}
+        new: list[SyncRefusal] = []
+        try:
+            with Session(self._engine) as session, session.begin():
+                old = {
+                    row.s3_key: row
+                    for row in session.scalars(
+                        select(SyncRefusalRow).where(SyncRefusalRow.fqrn == fqrn)
+                    )
+                }
+                for key, stale in old.items():
+                    if key not in wanted:
+                        session.delete(stale)
+                for key, refusal in wanted.items():
+                    values = refusal.model_dump(exclude={"refused_at", "s3_key"})
+                    row = old.get(key)
+                    if row is None or row.reason != refusal.reason:
+                        new.append(refusal.model_copy(update={"refused_at": now}))
+                    if row is None:
+                        session.add(SyncRefusalRow(fqrn=fqrn, s3_key=key, refused_at=now, **values))
+                    else:
+                        if row.reason != refusal.reason:
+                            row.refused_at = now
+                        for name, value in values.items():
+                            setattr(row, name, value)
+        except IntegrityError as error:
+            raise UnknownRepository(f"no repository {fqrn!r} in the registry") from error
+        return new
 
     # -- key access audit ------------------------------------------------------------------
 

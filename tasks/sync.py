@@ -6,6 +6,7 @@ state it publishes is never older than what the bucket had when the lock was tak
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,28 +18,30 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from bridge.config import BridgeConfig
-from bridge.errors import RejectedMessage
 from bridge.publisher import EventPublisher
 from bridge.s3_events import KEY_PREFIX
 from cvmfs.tarball import TarPolicy
 from cvmfs.writer import RepositoryWriter
 from metrics.flows import flow_metrics
+from service.bucket_rules import Refused
 from service.bucket_sync import (
     ApplyReport,
     BucketObject,
+    ChangeRefused,
+    ObjectChanged,
     Plan,
+    PlanInputs,
     Put,
-    TarballRefused,
     apply_changes,
+    head_object,
     head_objects,
     list_objects,
     plan_changes,
-    target_of,
-    with_metadata,
+    read_what_the_plan_needs,
 )
-from service.faults import BadInput, retry_if_transient
+from service.faults import BadInput, Transient, retry_if_transient
 from service.keystore import KeyOwner, KeyStore
-from service.repositories import FileProvenance, Repository, RepositoryRegistry
+from service.repositories import FileProvenance, Repository, RepositoryRegistry, SyncRefusal
 from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.storage import repository_storage
@@ -103,7 +106,8 @@ def look_up_repository(settings: Settings, req: SyncRequest) -> Repository:
 def read_bucket_state(
     settings: Settings, repository: Repository, req: SyncRequest
 ) -> dict[str, BucketObject | None]:
-    """HEAD each named key, or list the backfill prefix (plus keys the repository has there)."""
+    """HEAD each named key, or list the backfill prefix (plus keys the repository has there
+    and keys refused there: a listing is the whole truth of its prefix)."""
     s3 = bucket_agent_s3(settings)
     if req.changed_keys:
         return head_objects(s3, repository.bucket, req.changed_keys)
@@ -116,6 +120,9 @@ def read_bucket_state(
         for record in registry.files(repository.fqrn):
             if record.s3_key.startswith(prefix):
                 truth.setdefault(record.s3_key, None)  # published, no longer in the bucket
+        for refusal in registry.refusals(repository.fqrn):
+            if refusal.s3_key.startswith(prefix):
+                truth.setdefault(refusal.s3_key, None)  # refused, no longer in the bucket
     finally:
         registry.close()
     return truth
@@ -125,21 +132,32 @@ def read_bucket_state(
 def plan_sync(
     settings: Settings, repository: Repository, truth: dict[str, BucketObject | None]
 ) -> Plan:
+    """Decide with what the registry knows of the rest of the bucket (every published key and
+    every refused one), so that a batch gets the answer a reconcile would give."""
     registry = RepositoryRegistry.open(settings)
     try:
-        paths = set()
-        for key in truth:
-            try:
-                paths.add(target_of(key)[0])
-            except RejectedMessage:
-                continue  # plan_changes refuses it with the reason
-        published = registry.files_at(repository.fqrn, paths)
+        published = {record.path: record for record in registry.files(repository.fqrn)}
+        stored = {
+            r.s3_key: Refused(r.s3_key, r.reason, r.other_key, r.kind, r.etag)
+            for r in registry.refusals(repository.fqrn)
+        }
     finally:
         registry.close()
-    plan = plan_changes(truth, published, settings.sync.max_object_bytes)
-    if any(isinstance(c, Put) and not c.obj.metadata for c in plan.changes):
-        plan = with_metadata(bucket_agent_s3(settings), repository.bucket, plan)
-    return plan
+    inputs = PlanInputs(
+        fqrn=repository.fqrn,
+        truth=dict(truth),
+        published=published,
+        stored=stored,
+        max_object_bytes=settings.sync.max_object_bytes,
+    )
+    return read_what_the_plan_needs(
+        bucket_agent_s3(settings), repository.bucket, plan_changes(inputs)
+    )
+
+
+# Each pass refuses one more key or reads one changed object again; a bucket rewritten faster
+# than a transaction is applied is a transient state: the run fails and is retried.
+MAX_APPLY_PASSES = 20
 
 
 @step("publish changes")
@@ -154,14 +172,20 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
         max_file_size=settings.sync.max_object_bytes, skip_special=settings.sync.skip_special
     )
     started = time.monotonic()
-    # A refused tarball spoils the transaction it was applied to: start again without it
-    # (bounded: each pass drops one tarball).
-    while True:
+    # A change refused while applying spoils the transaction it was applied to: decide the
+    # plan again without it (its key may have won a collision) and start a new transaction.
+    for _ in range(MAX_APPLY_PASSES):
         with writer.transaction() as txn:
             try:
                 report = apply_changes(txn, s3, repository.bucket, plan, tar_policy=tar_policy)
-            except TarballRefused as refusal:
-                plan = plan.refusing(refusal.key, f"tarball refused: {refusal.reason}")
+            except ChangeRefused as refusal:
+                refused = Refused(refusal.key, refusal.reason, kind="content", etag=refusal.etag)
+                plan = read_what_the_plan_needs(s3, repository.bucket, plan.refusing(refused))
+                continue
+            except ObjectChanged as changed:
+                assert plan.inputs is not None
+                plan.inputs.truth[changed.key] = head_object(s3, repository.bucket, changed.key)
+                plan = read_what_the_plan_needs(s3, repository.bucket, plan_changes(plan.inputs))
                 continue
             if not plan.changes:
                 return SyncOutcome(fqrn=repository.fqrn, revision=None, plan=plan, report=report)
@@ -171,6 +195,30 @@ def publish_changes(settings: Settings, repository: Repository, plan: Plan) -> S
             )
         record_publish(report, time.monotonic() - started)
         return SyncOutcome(fqrn=repository.fqrn, revision=result.revision, plan=plan, report=report)
+    raise Transient(
+        f"{repository.bucket}: objects kept changing while {repository.fqrn} was published; "
+        "the run is retried"
+    )
+
+
+@step("record refusals")
+def record_refusals(settings: Settings, repository: Repository, plan: Plan) -> list[Refused]:
+    """The repository's current refusals replace the stored ones (what the API shows);
+    returns those that are new, for the dead-letter queue."""
+    registry = RepositoryRegistry.open(settings)
+    try:
+        new = registry.replace_refusals(
+            repository.fqrn,
+            [
+                SyncRefusal(
+                    s3_key=r.key, reason=r.reason, other_key=r.other_key, kind=r.kind, etag=r.etag
+                )
+                for r in plan.refused
+            ],
+        )
+    finally:
+        registry.close()
+    return [Refused(r.s3_key, r.reason, r.other_key, r.kind, r.etag) for r in new]
 
 
 def record_publish(report: ApplyReport, duration_s: float) -> None:
@@ -181,27 +229,36 @@ def record_publish(report: ApplyReport, duration_s: float) -> None:
 
 
 @step("dead-letter refused uploads", retries=2)
-def dead_letter_refusals(settings: Settings, repository: Repository, plan: Plan) -> None:
-    """What the bridge could not judge from the event (a tarball's content) is parked in the
-    dead-letter queue with its reason, like the bridge's own refusals."""
+def dead_letter_refusals(
+    settings: Settings, repository: Repository, refusals: list[Refused]
+) -> None:
+    """What the bridge could not judge from the event (a tarball's content, a collision with
+    other keys) is parked in the dead-letter queue with its reason, like the bridge's own
+    refusals; only refusals that are new, so a reconcile does not park them again."""
     publisher = EventPublisher(settings.rabbitmq, BridgeConfig())
     try:
-        for refused in plan.refused:
+        for refused in refusals:
             body = RefusedUpload(
                 repo=repository.fqrn,
                 bucket=repository.bucket,
                 key=refused.key,
                 reason=refused.reason,
+                other_key=refused.other_key,
             )
             publisher.dead_letter(
                 f"sync.refused.{repository.fqrn}",
                 body.model_dump_json().encode(),
-                message_id=f"refused-{repository.fqrn}-{refused.key}",
+                # AMQP short strings hold 255 bytes; keys hold up to 1024: name it by hash.
+                message_id=f"refused-{repository.fqrn}-{key_digest(refused.key)}",
                 reason=refused.reason,
             )
             flow_metrics().refused_uploads.inc()
     finally:
         publisher.close()
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 class RefusedUpload(BaseModel):
@@ -211,6 +268,7 @@ class RefusedUpload(BaseModel):
     bucket: str
     key: str
     reason: str
+    other_key: str | None = None  # the key it collides with, for a refused pair
 
 
 @step("record provenance")
@@ -246,7 +304,10 @@ def report_changes(outcome: SyncOutcome, dry_run: bool) -> None:
         action = ("unpack" if change.tarball else "add") if isinstance(change, Put) else "remove"
         rows.append({"action": action, "path": change.path, "key": change.key, "size": size})
     for refused in outcome.plan.refused:
-        rows.append({"action": "refused", "path": "", "key": refused.key, "size": refused.reason})
+        reason = refused.reason
+        if refused.other_key is not None:
+            reason = f"{reason} [with {refused.other_key!r}]"
+        rows.append({"action": "refused", "path": "", "key": refused.key, "size": reason})
     rows += tarball_notes(outcome.report)
     revision = "dry run" if dry_run else (outcome.revision or "nothing to publish")
     create_table_artifact(

@@ -94,12 +94,29 @@ class PendingEvents(BaseModel):
     source: str
 
 
+class KeyRefusal(BaseModel):
+    """A bucket key the repository does not show, and why, as the last sync decided.
+
+    `other_key` names the key it collides with (a refused pair); `kind` says what judged it:
+    the key alone, a pair of keys, or the object's content (e.g. a tarball that escapes)."""
+
+    key: str
+    reason: str
+    other_key: str | None
+    kind: Literal["key", "pair", "content"]
+    refused_at: dt.datetime | None
+
+
 class RepositoryDetail(RepositorySummary):
     owner_subject: str
     updated_at: dt.datetime
     last_error: str | None
     pending_events: PendingEvents
     access: list[Literal["read", "keys", "sync", "rollback"]]
+    refusals: list[KeyRefusal] = Field(
+        default_factory=list,
+        description="bucket keys not published, with the reason, until the bucket changes",
+    )
 
 
 class RepositoryList(BaseModel):

@@ -37,6 +37,7 @@ from service.api.models import (
     ClientConfig,
     CreateRepository,
     History,
+    KeyRefusal,
     KeySetResponse,
     Listing,
     PendingEvents,
@@ -260,12 +261,23 @@ def repository_status(svc: ApiServices, caller: Caller, fqrn: str) -> Repository
     repo = authorized(svc, caller, fqrn, "read")
     queue = svc.bridge_config.s3.queue
     pending = PendingEvents(count=svc.queue_depth(queue), source=svc.queue_depth.source(queue))
+    refusals = [
+        KeyRefusal(
+            key=r.s3_key,
+            reason=r.reason,
+            other_key=r.other_key,
+            kind=r.kind,
+            refused_at=r.refused_at,
+        )
+        for r in svc.registry.refusals(fqrn)
+    ]
     return RepositoryDetail.model_validate(
         repo.model_dump()
         | {
             "bucket_state": bucket_status(repo, svc.registry.bucket_state(fqrn)),
             "pending_events": pending,
             "access": caller.rights(repo),
+            "refusals": refusals,
         }
     )
 
