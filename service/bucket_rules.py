@@ -43,6 +43,7 @@ Between keys (`resolve_collisions`), in this order, each on the keys the previou
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,7 +51,6 @@ from typing import Literal
 
 from bridge.errors import RejectedMessage
 from bridge.s3_events import repository_path_for_key
-from cvmfs.paths import is_within
 
 TARBALL_SUFFIXES = (".cvmfs.tar", ".cvmfs.tar.gz", ".cvmfs.tgz", ".cvmfs.tar.xz", ".cvmfs.tar.zst")
 CATALOG_MARKER = ".cvmfscatalog"
@@ -102,11 +102,12 @@ def target_of(key: str) -> tuple[str, bool]:
     return (directory, True) if directory is not None else (path, False)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # exactly Unicode category Cc
+
+
 def _control_character(key: str) -> str | None:
-    for char in key:
-        if unicodedata.category(char) == "Cc":
-            return char
-    return None
+    found = _CONTROL.search(key)
+    return found.group() if found else None
 
 
 def key_verdict(
@@ -166,77 +167,111 @@ def _nfc(text: str) -> str:
 
 
 def _normalization_losers(targets: list[Target]) -> dict[str, Refused]:
-    """Rule 1: in each directory, names equal under NFC keep one spelling."""
-    refused: dict[str, Refused] = {}
-    depth = 0
-    while True:
-        # (parent path as spelled, NFC name) -> spellings and the keys using each
-        spellings: dict[tuple[str, str], dict[str, list[str]]] = {}
-        deeper = False
-        for target in targets:
-            if target.key in refused:
-                continue
-            parts = target.path.split("/")[1:]
-            if len(parts) <= depth:
-                continue
-            deeper = True
-            parent = "/" + "/".join(parts[:depth]) if depth else ""
-            name = parts[depth]
-            group = spellings.setdefault((parent, _nfc(name)), {})
+    """Rule 1: in each directory, names equal under NFC keep one spelling.
+
+    One pass over every (directory, name) the keys imply; groups of more than one spelling
+    are settled outermost first (a key below a losing spelling is refused for that one)."""
+    if all(t.path.isascii() for t in targets):
+        return {}  # distinct ASCII names never normalize to each other
+    # (parent path as spelled, NFC name) -> {spelling: keys below it}
+    spellings: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for target in targets:
+        parent = ""
+        for name in target.path.split("/")[1:]:
+            normal = name if name.isascii() else _nfc(name)
+            group = spellings.setdefault((parent, normal), {})
             group.setdefault(name, []).append(target.key)
-        if not deeper:
-            return refused
-        for (parent, normal), names in spellings.items():
-            if len(names) < 2:
+            parent = f"{parent}/{name}"
+    refused: dict[str, Refused] = {}
+    collisions = [(k, names) for k, names in spellings.items() if len(names) > 1]
+    for (parent, normal), names in sorted(collisions, key=lambda c: c[0][0].count("/")):
+        winner = normal if normal in names else min(names)
+        witness = min(names[winner])
+        for name, keys in names.items():
+            if name == winner:
                 continue
-            winner = normal if normal in names else min(names)
-            witness = min(names[winner])
-            for name, keys in names.items():
-                if name == winner:
-                    continue
-                for key in keys:
-                    refused[key] = Refused(
+            for key in keys:
+                refused.setdefault(
+                    key,
+                    Refused(
                         key,
                         f"{parent}/{name!r} and {parent}/{winner!r} differ only by Unicode "
                         f"normalization (as in {witness!r}); clients would show two entries "
-                        f"that look the same: the NFC spelling is kept, rename this key",
+                        "that look the same: the NFC spelling is kept, rename this key",
                         other_key=witness,
                         kind="pair",
-                    )
-        depth += 1
+                    ),
+                )
+    return refused
+
+
+def _outermost_owner(path: str, owners: dict[str, Target]) -> Target | None:
+    """The owning tarball at `path` or above it, outermost first."""
+    if not owners:
+        return None
+    prefix = ""
+    for name in path.split("/")[1:]:
+        prefix = f"{prefix}/{name}"
+        owner = owners.get(prefix)
+        if owner is not None:
+            return owner
+    return None
 
 
 def _tarball_losers(targets: list[Target]) -> dict[str, Refused]:
     """Rule 2: a tarball owns its directory and everything below it."""
+    owners: dict[str, Target] = {}
     refused: dict[str, Refused] = {}
+
+    def refuse(target: Target, owner: Target) -> None:
+        refused[target.key] = Refused(
+            target.key,
+            f"{target.path} is inside {owner.path}, which the tarball {owner.key!r} fills: "
+            "put the content into the tarball, or delete one of the two",
+            other_key=owner.key,
+            kind="pair",
+        )
+
     tarballs = sorted((t for t in targets if t.tarball), key=lambda t: (t.path.count("/"), t.key))
-    for owner in tarballs:
-        if owner.key in refused:
-            continue
-        for target in targets:
-            if target.key == owner.key or target.key in refused:
-                continue
-            if is_within(target.path, owner.path):
-                refused[target.key] = Refused(
-                    target.key,
-                    f"{target.path} is inside {owner.path}, which the tarball {owner.key!r} "
-                    "fills: put the content into the tarball, or delete one of the two",
-                    other_key=owner.key,
-                    kind="pair",
-                )
+    for tarball in tarballs:
+        owner = _outermost_owner(tarball.path, owners)
+        if owner is None:
+            owners[tarball.path] = tarball
+        else:
+            refuse(tarball, owner)
+    for target in targets:
+        if not target.tarball:
+            owner = _outermost_owner(target.path, owners)
+            if owner is not None:
+                refuse(target, owner)
     return refused
+
+
+def directories_of(paths: Iterable[str]) -> set[str]:
+    """Every directory above the given paths (not the root '')."""
+    directories: set[str] = set()
+    for path in paths:
+        cut = path.rfind("/")
+        while cut > 0:
+            parent = path[:cut]
+            if parent in directories:
+                break  # and so are all above it
+            directories.add(parent)
+            cut = path.rfind("/", 0, cut)
+    return directories
 
 
 def _file_directory_losers(targets: list[Target]) -> dict[str, Refused]:
     """Rule 3: a path that is a directory for some key is not a file for another."""
     below: dict[str, str] = {}  # directory path -> smallest key that needs it
-    for target in targets:
-        parent = target.path.rsplit("/", 1)[0]
-        while parent:
-            current = below.get(parent)
-            if current is None or target.key < current:
-                below[parent] = target.key
-            parent = parent.rsplit("/", 1)[0]
+    for target in sorted(targets, key=lambda t: t.key):
+        cut = target.path.rfind("/")
+        while cut > 0:
+            parent = target.path[:cut]
+            if parent in below:
+                break  # a smaller key needs it, and all above it
+            below[parent] = target.key
+            cut = target.path.rfind("/", 0, cut)
     refused: dict[str, Refused] = {}
     for target in targets:
         if target.tarball or target.path not in below:

@@ -29,7 +29,14 @@ from cvmfs.errors import InvalidPathError, NotFoundError
 from cvmfs.paths import ancestors, is_within
 from cvmfs.tarball import ImportStats, TarballError, TarPolicy, import_tarball
 from cvmfs.transaction import Transaction, TransactionError
-from service.bucket_rules import Refused, Target, key_verdict, resolve_collisions, target_of
+from service.bucket_rules import (
+    Refused,
+    Target,
+    directories_of,
+    key_verdict,
+    resolve_collisions,
+    target_of,
+)
 from service.object_metadata import SNIFF_BYTES, attributes_from_metadata
 from service.repositories import FileProvenance
 
@@ -231,7 +238,7 @@ def plan_changes(inputs: PlanInputs) -> Plan:
     plan.ignored = sorted(k for k, v in verdicts.items() if v is None)
     owners = {t.path: t for t in kept}
     tarball_dirs = [t.path for t in kept if t.tarball]
-    needed_dirs = {parent for t in kept for parent in ancestors(t.path)}
+    needed_dirs = directories_of(t.path for t in kept)
     published = inputs.published
 
     for target in kept:

@@ -319,6 +319,84 @@ def test_metrics_count_an_upload_from_s3_event_to_visible(
     )
 
 
+def test_a_file_and_directory_conflict_is_reported_and_the_rest_publishes(
+    service: Settings, issuer: TestIssuer, tmp_path: Path
+) -> None:
+    """Issue #14's batch, from S3 calls only: `cvmfs/adv/conflict` and
+    `cvmfs/adv/conflict/child.txt` with harmless uploads. The harmless ones (and the child:
+    the directory wins) are published; the conflict is in the repository's status in the API
+    and in the dead-letter queue, naming both keys; a served reconcile completes."""
+    settings = service
+    user = f"h{uuid.uuid4().hex[:6]}"
+    bucket = f"{user}-hostile"
+    fqrn = _provision(settings, issuer, user, bucket)
+    key_file = public_key_file(settings, fqrn, tmp_path)
+    mq = settings.rabbitmq
+    connection = pika.BlockingConnection(connection_parameters(mq))
+    channel = connection.channel()
+    channel.exchange_declare(mq.dead_letter_exchange, exchange_type="topic", durable=True)
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, mq.dead_letter_exchange, routing_key=f"sync.refused.{fqrn}")
+    s3 = demo_s3(settings)
+    uploads = {
+        "cvmfs/adv/conflict": b"a file\n",
+        "cvmfs/adv/conflict/child.txt": b"a child\n",
+        "cvmfs/adv/harmless.txt": b"harmless\n",
+        "cvmfs/tools/run.sh": b"#!/bin/sh\necho run\n",
+        "cvmfs/docs/": b"",  # a console's folder object
+    }
+    try:
+        for key, body in uploads.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+        expected = {
+            "/adv/conflict/child.txt": b"a child\n",
+            "/adv/harmless.txt": b"harmless\n",
+            "/tools/run.sh": b"#!/bin/sh\necho run\n",
+        }
+
+        def files() -> dict[str, bytes]:
+            with _reader(settings, fqrn, key_file) as reader:
+                return {e.path: reader.read(e.path) for e in reader.walk() if e.is_regular}
+
+        _until(lambda: files() == expected, f"the harmless uploads published in {fqrn}")
+
+        token = issuer.mint(preferred_username=user, sub=f"sub-{user}")
+        status = httpx.get(
+            f"http://127.0.0.1:{settings.api.port}/repositories/{fqrn}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert status.status_code == 200, status.text
+        refusals = status.json()["refusals"]
+        assert [(r["key"], r["other_key"], r["kind"]) for r in refusals] == [
+            ("cvmfs/adv/conflict", "cvmfs/adv/conflict/child.txt", "pair")
+        ]
+        assert "cvmfs/adv/conflict/child.txt" in refusals[0]["reason"]
+
+        parked: list[dict[str, object]] = []
+
+        def dead_lettered() -> bool:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            while method is not None:
+                parked.append(json.loads(body))
+                method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            return bool(parked)
+
+        _until(dead_lettered, "the refusal in the dead-letter queue", 30)
+        assert [(p["key"], p["other_key"]) for p in parked] == [
+            ("cvmfs/adv/conflict", "cvmfs/adv/conflict/child.txt")
+        ]
+    finally:
+        connection.close()
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect.api_url}):
+        run = run_deployment(
+            "reconcile/reconcile", parameters=reconcile_parameters(fqrn), timeout=WAIT_S
+        )
+    assert isinstance(run, FlowRun) and run.state is not None
+    assert run.state.is_completed(), run.state.message
+    assert files() == expected
+
+
 def test_rabbitmq_restart_while_uploads_flow_loses_nothing(
     service: Settings, issuer: TestIssuer, tmp_path: Path
 ) -> None:
