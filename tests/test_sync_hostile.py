@@ -162,14 +162,13 @@ def test_no_task_retries_a_deterministic_error(
     counts = _task_run_counts(state.state_details.flow_run_id)
     assert counts["look up repository"] == 1, counts
 
-    # Provisioning for a bucket that does not exist: RGW answers 404 NoSuchBucket.
+    # A bucket that already feeds another repository: the claim is refused (BucketTaken).
     request = authorized_request(
-        service_settings, oidc_issuer, token_verifier, "nobucket", "no-such-bucket-here"
+        service_settings, oidc_issuer, token_verifier, "thief", provisioned.bucket
     )
     state = provision(request, return_state=True)
-    assert state.is_failed()
+    assert state.is_completed() and state.result().status == "refused", state
     counts = _task_run_counts(state.state_details.flow_run_id)
-    assert counts["wire bucket notifications"] == 1, counts
     assert counts["claim repository name"] == 1, counts
 
 
