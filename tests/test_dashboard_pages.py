@@ -231,3 +231,12 @@ def test_a_session_whose_token_expired_asks_to_log_in_again(world: ApiWorld) -> 
     # The stale session is gone: the next visit is a plain anonymous one.
     again = browser.get("/dashboard/")
     assert "log in again" not in again.text
+
+
+def test_what_a_user_typed_comes_back_escaped(world: ApiWorld) -> None:
+    browser = Browser(world, world.bob())
+    typed = '<script src="/x.js"></script>'
+    refused = browser.post("/dashboard/repositories", {"kind": "group", "group": typed})
+    page = browser.follow(refused).text
+    assert 'class="flash error"' in page
+    assert typed not in page and "&lt;script src=" in page
