@@ -19,7 +19,7 @@ import pytest
 
 from dashboard.app import COOKIE_NAME, session_secret
 from dashboard.sessions import SessionStore, session_signer
-from service.repositories import database_url
+from service.repositories import SyncRefusal, database_url
 from service.settings import Settings
 from tests.test_api_support import ApiWorld, api_world
 
@@ -240,3 +240,29 @@ def test_what_a_user_typed_comes_back_escaped(world: ApiWorld) -> None:
     page = browser.follow(refused).text
     assert 'class="flash error"' in page
     assert typed not in page and "&lt;script src=" in page
+
+
+def test_refused_uploads_are_listed_with_their_reasons(world: ApiWorld) -> None:
+    # As a sync records them (flows/sync.py through the registry).
+    world.registry.replace_refusals(
+        world.bob_repo,
+        [
+            SyncRefusal(s3_key="cvmfs/dir/../escape", reason="the key leaves cvmfs/", kind="key"),
+            SyncRefusal(
+                s3_key="cvmfs/Tool",
+                other_key="cvmfs/tool",
+                reason="two keys differ only in case",
+                kind="pair",
+            ),
+        ],
+    )
+    page = Browser(world, world.bob()).get(f"/dashboard/repositories/{world.bob_repo}").text
+    refusals = page[page.index('id="refusals"') :]
+    refusals = refusals[: refusals.index("</dd>")]
+    assert "<code>cvmfs/dir/../escape</code>: the key leaves cvmfs/" in refusals
+    assert "<code>cvmfs/Tool</code>: two keys differ only in case (with <code>cvmfs/tool" in (
+        refusals
+    )
+    world.registry.replace_refusals(world.bob_repo, [])
+    page = Browser(world, world.bob()).get(f"/dashboard/repositories/{world.bob_repo}").text
+    assert 'id="refusals">none<' in page
