@@ -25,12 +25,15 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from bridge.amqp import connection_parameters
+from cvmfs.writer import RepositoryWriter
 from flows.provision import provision
 from flows.sync import ReconcileRequest, reconcile, sync
 from service.auth import TokenVerifier
+from service.keystore import KeyOwner, KeyStore
 from service.repositories import RepositoryRegistry, SyncRefusal
 from service.s3_clients import demo_s3
 from service.settings import Settings
+from tasks.storage import repository_storage
 from tasks.sync import SyncRequest
 from tests.fixtures_service import ProvisionedRepository, authorized_request, open_reader
 from tests.issuer import TestIssuer
@@ -140,6 +143,42 @@ def test_file_and_directory_in_one_batch_publish_the_rest(
     assert files["/adv/conflict"] == b"a file\n" and "/adv/conflict/child.txt" not in files
     assert refusals(settings, fqrn) == {}
     assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}
+
+
+def test_a_winner_refused_for_its_content_lets_the_losers_in_and_stale_paths_give_way(
+    service_settings: Settings, provisioned: ProvisionedRepository, tmp_path: Path
+) -> None:
+    """A tarball that owns `/t` but escapes is refused while applying: the plan is decided
+    again in the same run, so the key below `/t` it had beaten is published. A directory the
+    repository holds from no key (written by another publisher) gives way to a bucket file."""
+    settings, fqrn, bucket = service_settings, provisioned.fqrn, provisioned.bucket
+    registry = RepositoryRegistry.open(settings)
+    try:
+        repository = registry.require(fqrn)
+    finally:
+        registry.close()
+    owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
+    keys = KeyStore.from_settings(settings.vault).read(owner, fqrn)
+    writer = RepositoryWriter.open(repository_storage(settings, fqrn), fqrn, keys)
+    with writer.transaction() as txn:
+        txn.add_file("/stale/dir/old.txt", b"from no key\n")
+        assert txn.publish().revision == 2
+    s3 = demo_s3(settings)
+    uploads = {
+        "cvmfs/t.cvmfs.tar": tar_bytes({"ok": b"x", "../escape": b"y"}),
+        "cvmfs/t/below.txt": b"below\n",
+        "cvmfs/stale/dir": b"now a file\n",
+    }
+    for key, body in uploads.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    assert sync(SyncRequest(repo=fqrn, changed_keys=list(uploads))) == 3
+    files = repository_files(settings, fqrn, tmp_path)
+    assert files == {"/t/below.txt": b"below\n", "/stale/dir": b"now a file\n"}
+    refused = refusals(settings, fqrn)
+    assert list(refused) == ["cvmfs/t.cvmfs.tar"] and refused["cvmfs/t.cvmfs.tar"].kind == "content"
+    assert "escape" in refused["cvmfs/t.cvmfs.tar"].reason
+    assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}
+    assert list(refusals(settings, fqrn)) == ["cvmfs/t.cvmfs.tar"]
 
 
 def _task_run_counts(flow_run_id: Any) -> dict[str, int]:
