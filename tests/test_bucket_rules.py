@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from service.bucket_rules import Refused, Target, key_verdict, resolve_collisions, target_of
-from service.bucket_sync import BucketObject, PlanInputs, Put, Remove, plan_changes
+from service.bucket_sync import BucketObject, Plan, PlanInputs, Put, Remove, plan_changes
 from service.repositories import FileProvenance
 
 FQRN = "rules.example.org"
@@ -150,3 +154,56 @@ def test_an_absent_key_never_removes_a_directory_others_need() -> None:
         )
     )
     assert plan.changes == [] and plan.unchanged == 1
+
+
+# ----------------------------------------------- the planner alone: batch == reconcile, many cases
+NAMES = ["a", "b", unicodedata.normalize("NFC", "é"), unicodedata.normalize("NFD", "é")]
+_keys = st.builds(
+    lambda parts, suffix: "cvmfs/" + "/".join(parts) + suffix,
+    st.lists(st.sampled_from(NAMES), min_size=1, max_size=3),
+    st.sampled_from(["", "", "", ".cvmfs.tar", "/"]),
+)
+_states = st.dictionaries(_keys, st.sampled_from(["e1", "e2"]), max_size=6)
+
+
+def _apply(published: dict[str, FileProvenance], plan: Plan) -> dict[str, FileProvenance]:
+    """What record_provenance does with a published plan (removed paths, then added ones)."""
+    after = dict(published)
+    for change in plan.changes:
+        if isinstance(change, Remove):
+            after.pop(change.path, None)
+    for change in plan.changes:
+        if isinstance(change, Put):
+            after[change.path] = record(change.key, change.path, change.obj.etag)
+    return after
+
+
+def _objects(state: dict[str, str], keys: Iterable[str]) -> dict[str, BucketObject | None]:
+    return {k: obj(k, state[k], 0 if k.endswith("/") else 1) if k in state else None for k in keys}
+
+
+@given(states=st.lists(_states, min_size=1, max_size=4))
+@hypothesis_settings(max_examples=300, deadline=None, database=None)
+def test_a_batch_plan_leaves_nothing_for_a_reconcile(states: list[dict[str, str]]) -> None:
+    """Bucket states in sequence, each synced as the batch of keys that changed, with what the
+    registry knows; a reconcile plan (every key listed) after each finds nothing to change
+    and the same refusals."""
+    published: dict[str, FileProvenance] = {}
+    stored: dict[str, Refused] = {}
+    before: dict[str, str] = {}
+    for state in states:
+        changed = {k for k in before.keys() | state.keys() if before.get(k) != state.get(k)}
+        inputs = PlanInputs(FQRN, _objects(state, changed), published, stored)
+        plan = plan_changes(inputs)
+        if plan.needs_head:
+            inputs.truth.update(_objects(state, plan.needs_head))
+            plan = plan_changes(inputs)
+        assert not plan.needs_head
+        published = _apply(published, plan)
+        stored = {r.key: r for r in plan.refused}
+        listing = _objects(state, state)
+        listing.update({r.s3_key: None for r in published.values() if r.s3_key not in state})
+        check = plan_changes(PlanInputs(FQRN, listing, published, stored))
+        assert check.changes == [] and check.needs_head == [], (state, check.changes)
+        assert {r.key for r in check.refused} == set(stored)
+        before = state
