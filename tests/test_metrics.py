@@ -7,13 +7,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,7 +29,7 @@ from metrics.endpoint import serve_metrics
 from metrics.exporter import Cached, ServiceStateCollector
 from metrics.flows import FlowMetrics, visible_event_times
 from metrics.gateway import GatewayMetrics, GatewayMetricsMiddleware
-from metrics.runner import MULTIPROC_ENV, empty_metrics_dir, runner_metrics_dir
+from metrics.runner import MULTIPROC_ENV, RunnerCollector, empty_metrics_dir, runner_metrics_dir
 from service.settings import Settings
 from tasks.sync import SyncRequest
 
@@ -88,28 +88,61 @@ flow_metrics().lease_wait.labels("sync").observe(0.25)
 """
 
 
+def _record_in_child(
+    directory: Path, age_s: int, then_wait: bool = False
+) -> subprocess.Popen[bytes]:
+    code = RECORD_IN_CHILD.format(age=age_s) + (
+        "\nimport time; time.sleep(60)" if then_wait else ""
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={MULTIPROC_ENV: str(directory), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).parent.parent,
+    )
+
+
+def _runner_samples(directory: Path) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RunnerCollector(directory))
+    return registry
+
+
 def test_the_runner_serves_what_its_exited_flow_run_processes_recorded(tmp_path: Path) -> None:
-    """Flow runs are subprocesses that exit; their values must survive them (multiprocess)."""
+    """Flow runs are subprocesses that exit; their values must survive them (multiprocess),
+    and their files are merged into one so scrapes stay cheap; a live run's file stays."""
     settings = Settings(data_dir=tmp_path)
     directory = runner_metrics_dir(settings)
     empty_metrics_dir(directory)
     (directory / "counter_999999.db").write_bytes(b"from a previous runner")
     empty_metrics_dir(directory)  # a restarted runner starts from zero
     assert not list(directory.iterdir())
-    env = {MULTIPROC_ENV: str(directory), "PATH": "/usr/bin:/bin"}
     for age in (2, 6):
-        subprocess.run(
-            [sys.executable, "-c", RECORD_IN_CHILD.format(age=age)],
-            env=env,
-            cwd=Path(__file__).parent.parent,
-            check=True,
-        )
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))
+        assert _record_in_child(directory, age).wait(timeout=60) == 0
+    assert len(list(directory.glob("histogram_*.db"))) == 2
+    registry = _runner_samples(directory)
     sample = registry.get_sample_value
     assert sample("cvmfs_upload_to_visible_seconds_count") == 2
     assert 8.0 <= (sample("cvmfs_upload_to_visible_seconds_sum") or 0) < 9.0
     assert sample("cvmfs_lease_wait_seconds_count", {"flow": "sync"}) == 2
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "counter_merged.db",
+        "histogram_merged.db",
+    ]
+    running = _record_in_child(directory, 1, then_wait=True)
+    try:
+        wait_until_file = time.monotonic() + 30
+        live_file = directory / f"histogram_{running.pid}.db"
+        while not live_file.exists() and time.monotonic() < wait_until_file:
+            time.sleep(0.05)
+        time.sleep(0.5)  # its observations follow the file's creation
+        assert sample("cvmfs_upload_to_visible_seconds_count") == 3
+        assert live_file.exists()  # a live process's file is never merged
+    finally:
+        running.kill()
+        running.wait()
+    assert sample("cvmfs_upload_to_visible_seconds_count") == 3  # merged now, counted once
+    assert not live_file.exists()
+    assert sample("cvmfs_upload_to_visible_seconds_bucket", {"le": "10.0"}) == 3
 
 
 def test_gateway_requests_are_counted_by_route_template_not_by_token() -> None:
