@@ -114,10 +114,16 @@ def reconcile(req: ReconcileRequest | None = None) -> dict[str, int | None]:
     settings = load_settings()
     registry = RepositoryRegistry.open(settings)
     try:
-        # A ready repository whose bucket is not wired yet (no owner recorded) has nothing
-        # to reconcile: its bucket may not even exist.
+        # A ready repository whose bucket is not wired (not yet, or deleted since) has
+        # nothing to reconcile: its bucket may not even exist.
         ready = registry.repositories("ready")
-        names = [req.repo] if req.repo else [r.fqrn for r in ready if r.bucket_owner_id]
+        states = registry.bucket_states(r.fqrn for r in ready)
+        wired = [
+            r.fqrn
+            for r in ready
+            if r.bucket_owner_id and (r.fqrn not in states or states[r.fqrn].state == "wired")
+        ]
+        names = [req.repo] if req.repo else wired
     finally:
         registry.close()
     results: dict[str, int | None] = {}

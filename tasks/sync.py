@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, ParamSpec, TypeVar
 
+from botocore.exceptions import ClientError
 from prefect import Task, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -20,6 +21,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from bridge.config import BridgeConfig
 from bridge.publisher import EventPublisher
 from bridge.s3_events import KEY_PREFIX
+from buckets.ownership import BucketCheck, judge_bucket
 from cvmfs.tarball import TarPolicy
 from cvmfs.writer import RepositoryWriter
 from metrics.flows import flow_metrics
@@ -112,9 +114,18 @@ def read_bucket_state(
     if req.changed_keys:
         return head_objects(s3, repository.bucket, req.changed_keys)
     prefix = KEY_PREFIX + (req.prefix or "").lstrip("/")
-    truth: dict[str, BucketObject | None] = {
-        obj.key: obj for obj in list_objects(s3, repository.bucket, prefix)
-    }
+    try:
+        truth: dict[str, BucketObject | None] = {
+            obj.key: obj for obj in list_objects(s3, repository.bucket, prefix)
+        }
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
+        _wait_for_bucket_again(settings, repository)
+        raise BadInput(
+            f"bucket {repository.bucket} no longer exists; {repository.fqrn} keeps what it "
+            "published and connects the bucket again once it is created"
+        ) from error
     registry = RepositoryRegistry.open(settings)
     try:
         for record in registry.files(repository.fqrn):
@@ -126,6 +137,21 @@ def read_bucket_state(
     finally:
         registry.close()
     return truth
+
+
+def _wait_for_bucket_again(settings: Settings, repository: Repository) -> None:
+    """A deleted bucket took its notification with it: the repository waits for it again, so
+    the bridge's repository watcher wires it when it is created again (flows/provision.py)."""
+    verdict = judge_bucket(
+        BucketCheck(exists=False), repository.bucket, None, settings.s3_public_url
+    )
+    registry = RepositoryRegistry.open(settings)
+    try:
+        registry.record_bucket_state(
+            repository.fqrn, repository.bucket, verdict.state, verdict.message
+        )
+    finally:
+        registry.close()
 
 
 @step("plan changes")

@@ -12,12 +12,14 @@ import pytest
 
 from cvmfs.reader import RepositoryReader
 from flows.provision import WireBucketRequest, provision, wire_waiting_bucket
+from flows.sync import sync
 from service.auth import TokenVerifier
 from service.bucket_wiring import notification_id_for
 from service.client_config import stratum0_url
 from service.repositories import RepositoryRegistry
 from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
+from tasks.sync import SyncRequest
 from tests.fixtures_s3 import rgw_user_s3
 from tests.fixtures_service import authorized_request, public_key_file
 from tests.issuer import TestIssuer
@@ -126,3 +128,32 @@ def test_client_configuration_is_served_while_the_bucket_waits(
     assert provision(request).status == "ok"
     manifest = httpx.get(f"{stratum0_url(settings, request.fqrn)}/.cvmfspublished")
     assert manifest.status_code == 200 and manifest.content.startswith(b"C")
+
+
+def test_a_deleted_bucket_waits_again_and_is_wired_when_created_again(
+    owner_checked: Settings, oidc_issuer: TestIssuer, token_verifier: TokenVerifier
+) -> None:
+    """Deleting a bucket deletes its notification: a reconcile that finds the bucket gone puts
+    the repository back to waiting (the watcher wires the new bucket), keeping its content."""
+    settings = owner_checked
+    user = f"d{uuid.uuid4().hex[:6]}"
+    bucket = f"{user}-again"
+    s3 = rgw_user_s3(settings, user)
+    s3.create_bucket(Bucket=bucket)
+    request = authorized_request(settings, oidc_issuer, token_verifier, user, bucket)
+    assert provision(request).status == "ok"
+
+    s3.delete_bucket(Bucket=bucket)
+    state = sync(SyncRequest(repo=request.fqrn), return_state=True)
+    assert state.is_failed() and "no longer exists" in str(state.message)
+    registry = RepositoryRegistry.open(settings)
+    try:
+        bucket_state = registry.bucket_state(request.fqrn)
+        assert registry.require(request.fqrn).status == "ready"
+    finally:
+        registry.close()
+    assert bucket_state is not None and bucket_state.state == "waiting"
+
+    s3.create_bucket(Bucket=bucket)
+    assert wire_waiting_bucket(WireBucketRequest(fqrn=request.fqrn)).state == "wired"
+    assert _notification_ids(settings, bucket) == [notification_id_for(request.fqrn)]
