@@ -82,6 +82,12 @@ def merge_exited_processes(directory: Path, alive: Callable[[int], bool] = proce
         for path in dead:  # after the merged file holds their values
             path.unlink()
         merged += len(dead)
+    # A gauge of an exited process means nothing (libraries may make some; ours do not):
+    # drop its file, as prometheus-client's mark_process_dead does for live gauges.
+    for path in directory.glob("gauge_*_*.db"):
+        pid_text = path.stem.rsplit("_", 1)[1]
+        if pid_text.isdigit() and not alive(int(pid_text)):
+            path.unlink()
     return merged
 
 

@@ -29,7 +29,13 @@ from metrics.endpoint import serve_metrics
 from metrics.exporter import Cached, ServiceStateCollector
 from metrics.flows import FlowMetrics, visible_event_times
 from metrics.gateway import GatewayMetrics, GatewayMetricsMiddleware
-from metrics.runner import MULTIPROC_ENV, RunnerCollector, empty_metrics_dir, runner_metrics_dir
+from metrics.runner import (
+    MULTIPROC_ENV,
+    RunnerCollector,
+    empty_metrics_dir,
+    merge_exited_processes,
+    runner_metrics_dir,
+)
 from service.settings import Settings
 from tasks.sync import SyncRequest
 
@@ -143,6 +149,13 @@ def test_the_runner_serves_what_its_exited_flow_run_processes_recorded(tmp_path:
     assert sample("cvmfs_upload_to_visible_seconds_count") == 3  # merged now, counted once
     assert not live_file.exists()
     assert sample("cvmfs_upload_to_visible_seconds_bucket", {"le": "10.0"}) == 3
+
+
+def test_exited_processes_gauge_files_are_dropped_and_live_ones_kept(tmp_path: Path) -> None:
+    for name in ("gauge_all_111.db", "gauge_livesum_222.db", "gauge_all_333.db"):
+        (tmp_path / name).write_bytes(b"")
+    merge_exited_processes(tmp_path, alive=lambda pid: pid == 333)
+    assert [p.name for p in tmp_path.iterdir()] == ["gauge_all_333.db"]
 
 
 def test_gateway_requests_are_counted_by_route_template_not_by_token() -> None:
