@@ -159,12 +159,16 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true", help="skip timing zlib+SHA-1 alone")
     parser.add_argument("--verify", action="store_true", help="fsck + read every file back")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
+    parser.add_argument("--run-floor", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compression", default="zlib", help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.run_floor:
+        print(json.dumps(compute_floor(args.run_floor, args.workers)))
+        return
     if args.run_one:
         figures = run_one(
             args.run_one,
@@ -188,7 +192,12 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     floor_wall: float | None = None
     if not args.no_floor:
-        floor = compute_floor(tree, args.workers)
+        # In a process of its own: Linux carries a parent's peak RSS into a forked child's
+        # ru_maxrss, so a floor measured here (every file read) would inflate the imports'.
+        command = [sys.executable, "-m", "bench.import_tree", "--run-floor", str(tree)]
+        command += ["--workers", str(args.workers)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        floor = json.loads(output.strip().splitlines()[-1])
         floor_wall = float(str(floor["wall_s"]))
         print(" ".join(f"{key}={value}" for key, value in floor.items()))
     rows: list[dict[str, object]] = []
