@@ -22,7 +22,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 from bridge.amqp import connection_parameters
 from cvmfs.writer import RepositoryWriter
@@ -115,7 +120,11 @@ def test_file_and_directory_in_one_batch_publish_the_rest(
     }
     for key, body in uploads.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
-    assert sync(SyncRequest(repo=fqrn, changed_keys=list(uploads))) == 2
+    run = sync(SyncRequest(repo=fqrn, changed_keys=list(uploads)), return_state=True)
+    assert run.result() == 2
+    artifact_rows = _artifact_rows(run.state_details.flow_run_id)
+    assert [r["key"] for r in artifact_rows if r["action"] == "refused"] == ["cvmfs/adv/conflict"]
+    assert "cvmfs/adv/conflict/child.txt" in str(artifact_rows[-1]["size"])
     assert repository_files(settings, fqrn, tmp_path) == {
         "/adv/conflict/child.txt": b"a child\n",
         "/adv/harmless.txt": b"harmless\n",
@@ -179,6 +188,19 @@ def test_a_winner_refused_for_its_content_lets_the_losers_in_and_stale_paths_giv
     assert "escape" in refused["cvmfs/t.cvmfs.tar"].reason
     assert reconcile(ReconcileRequest(repo=fqrn)) == {fqrn: None}
     assert list(refusals(settings, fqrn)) == ["cvmfs/t.cvmfs.tar"]
+
+
+def _artifact_rows(flow_run_id: Any) -> list[dict[str, Any]]:
+    """The table of the sync run's artifact (`report changes`)."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert len(artifacts) == 1, artifacts
+    data = artifacts[0].data
+    rows = json.loads(data) if isinstance(data, str) else data
+    assert isinstance(rows, list)
+    return rows
 
 
 def _task_run_counts(flow_run_id: Any) -> dict[str, int]:
