@@ -51,6 +51,18 @@ def _storage_objects(root: Path) -> tuple[int, int, int]:
     return count, chunks, size
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak RSS: VmHWM of its address space, which starts afresh at exec.
+
+    Not `ru_maxrss`: Linux carries the parent's peak at fork into the child's `ru_maxrss`, so a
+    bench parent that generated the tree or measured the floor inflated every import's figure.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
+
+
 def compute_floor(tree: Path, workers: int) -> dict[str, object]:
     """zlib level 6 then SHA-1 of every file of the tree on `workers` threads: the compute floor
     of any Python writer on this machine, measured in the same run (docs/performance.md)."""
@@ -137,7 +149,7 @@ def run_one(
         "cpu_s": round(cpu, 2),
         "files_per_s": round(stats.files / wall),
         "mb_per_s": round(stats.bytes / MB / wall, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024),
+        "peak_rss_mib": round(peak_rss_kib() / 1024),
         "objects": objects,
         "chunk_objects": chunk_objects,
         "object_mb": round(object_bytes / MB, 1),
@@ -192,8 +204,7 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     floor_wall: float | None = None
     if not args.no_floor:
-        # In a process of its own: Linux carries a parent's peak RSS into a forked child's
-        # ru_maxrss, so a floor measured here (every file read) would inflate the imports'.
+        # In a process of its own, like each import, so no measurement disturbs another.
         command = [sys.executable, "-m", "bench.import_tree", "--run-floor", str(tree)]
         command += ["--workers", str(args.workers)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
