@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from prefect import task
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.commit import CommitOutcome, commit_merge
 from gateway.merge import MAX_LISTED_CHANGES
 from gateway.paths import LeasePath
+from metrics.flows import flow_metrics
 from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import RepositoryRegistry
@@ -57,6 +59,7 @@ def merge_and_publish(settings: Settings, req: GatewayCommitRequest) -> CommitOu
         registry.close()
     owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
     keys = KeyStore.from_settings(settings.vault).read(owner, req.repo)
+    started = time.monotonic()
     outcome = commit_merge(
         repository_storage(settings, req.repo),
         keys,
@@ -67,6 +70,9 @@ def merge_and_publish(settings: Settings, req: GatewayCommitRequest) -> CommitOu
         tag_name=req.tag_name,
         tag_description=req.tag_description,
     )
+    metrics = flow_metrics()  # the gateway process serves them (metrics/gateway.py)
+    metrics.publish_duration.labels("gateway-commit").observe(time.monotonic() - started)
+    metrics.publish_changes.labels("gateway-commit").observe(len(outcome.plan.changes))
     registry = RepositoryRegistry.open(settings)
     try:
         registry.record_publish(req.repo, outcome.revision)

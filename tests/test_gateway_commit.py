@@ -25,6 +25,7 @@ from cvmfs.fsck import fsck
 from cvmfs.reader import RepositoryReader
 from cvmfs.transaction import Transaction
 from gateway.publisher import Publisher, prepare, publisher_transaction, send_objects
+from metrics.flows import flow_metrics
 from service.settings import Settings
 from tests.gateway_support import GatewayWorld, gateway_world
 
@@ -81,8 +82,16 @@ def publish(
 BIG = os.urandom(40 << 20)  # chunked by the publisher's writer (8 MiB average chunks)
 
 
+def _published_count(metric: str) -> float:
+    """Gateway commits run in this process (the test serves the app), so do their metrics."""
+    value = flow_metrics().registry.get_sample_value(metric, {"flow": "gateway-commit"})
+    return value or 0.0
+
+
 def test_new_files_symlinks_nested_catalog_chunked_file_and_tag(world: GatewayWorld) -> None:
     before = revision(world, "one")
+    publishes_before = _published_count("cvmfs_publish_duration_seconds_count")
+    lease_waits_before = _published_count("cvmfs_lease_wait_seconds_count")
 
     def change(txn: Transaction) -> None:
         txn.add_file("/sw/v1/bin/tool", b"#!/bin/sh\necho v1\n", mode=0o755, mtime=1_700_000_000)
@@ -93,6 +102,9 @@ def test_new_files_symlinks_nested_catalog_chunked_file_and_tag(world: GatewayWo
 
     reply = publish(world, "one", "/sw", change, tag="release-1")
     assert reply == {"status": "ok", "final_revision": before + 1}, reply
+    assert _published_count("cvmfs_publish_duration_seconds_count") == publishes_before + 1
+    assert _published_count("cvmfs_lease_wait_seconds_count") == lease_waits_before + 1
+    assert _published_count("cvmfs_publish_changes_sum") >= 5
 
     reader = assert_verifies(world, "one")
     assert reader.revision == before + 1
