@@ -74,8 +74,19 @@ def welcome_text(settings: Settings) -> str:
         f"OIDC issuer     {settings.oidc.issuer_url}  (client {settings.oidc.client_id})\n"
         f"Prefect UI      {settings.prefect.ui_url}\n"
         f"OCI registry    {settings.registry.url}\n"
-        f"stratum-0       {settings.stratum0_public_url}/<fqrn>/\n"
+        f"stratum-0       {settings.stratum0_public_url}/<fqrn>/\n" + _metrics_line(settings)
     )
+
+
+def _metrics_line(settings: Settings) -> str:
+    m = settings.metrics
+    if not m.enabled:
+        return ""
+    ports = (
+        f"bridge :{m.bridge_port}, api :{m.api_port}, gateway :{m.gateway_port}, "
+        f"runner :{m.runner_port}"
+    )
+    return f"metrics         http://{m.bind_host}:<port>/metrics ({ports})\n"
 
 
 def _run_demo(settings: Settings) -> None:

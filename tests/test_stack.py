@@ -172,6 +172,7 @@ def test_cli_up_prints_the_endpoints_and_ctrl_c_leaves_the_stack_running(
     assert s.ceph.demo_access_key in output
     assert s.ceph.demo_secret_key.get_secret_value() in output
     assert f"OCI registry    {s.registry.url}" in output
+    assert f"runner :{s.metrics.runner_port})" in output
     assert f"Dashboard       http://127.0.0.1:{s.api.port}/dashboard/" in output
     assert f"OIDC issuer     http://127.0.0.1:{s.idp.port}/" in output
     for user in DEMO_USERS:
