@@ -24,6 +24,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.repositories import UtcDateTime, utc_now
+from service.schema import create_tables
 
 log = logging.getLogger("cvmfs.dashboard")
 
@@ -53,7 +54,7 @@ class SessionStore:
         self._engine = engine
         self._ttl = dt.timedelta(seconds=ttl_s)
         self._clock = clock
-        _Base.metadata.create_all(engine)
+        create_tables(_Base.metadata, engine)
 
     @classmethod
     def open_url(cls, url: str, ttl_s: int) -> SessionStore:

@@ -10,9 +10,10 @@ import time
 from typing import Any, cast
 
 import httpx
-from prefect import Flow, serve
+from prefect import Flow, get_client, serve
 from prefect.deployments.runner import RunnerDeployment
 
+from deployments.rescue import ensure_rescue_automation
 from flows.maintenance import deprovision, purge_expired_keys, resign_whitelists
 from flows.provision import provision, wire_waiting_bucket
 from flows.rollback import rollback
@@ -85,6 +86,8 @@ def main() -> None:
     settings = Settings.load()
     require_prefect_server(settings.prefect.api_url)
     serve_runner_metrics(settings)  # before any flow run: the runs inherit its directory
+    with get_client(sync_client=True) as client:
+        ensure_rescue_automation(client, settings)
     # pause_on_shutdown=False: stopping one runner must not pause the schedules (prefect-notes §2).
     # query_seconds: Prefect's own setting takes whole seconds; a sub-second poll picks up a
     # bridge's run sooner (bench/README.md, sync latency).

@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from gateway.errors import InvalidLease, PathBusy
 from gateway.paths import LeasePath
+from service.schema import create_tables
 
 
 class _Base(DeclarativeBase):
@@ -94,7 +95,7 @@ class LeaseStore:
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._clock = clock
-        _Base.metadata.create_all(engine)
+        create_tables(_Base.metadata, engine)
 
     @classmethod
     def open_url(cls, url: str) -> LeaseStore:

@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from service.schema import create_tables
 from service.settings import Settings
 
 RepositoryKind = Literal["personal", "group"]
@@ -372,7 +373,7 @@ class RepositoryRegistry:
         return registry
 
     def create_schema(self) -> None:
-        Base.metadata.create_all(self._engine)
+        create_tables(Base.metadata, self._engine)
 
     def close(self) -> None:
         self._engine.dispose()

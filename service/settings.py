@@ -126,6 +126,10 @@ class PrefectSettings(BaseModel):
     # Runner as is; PREFECT_RUNNER_POLL_FREQUENCY only takes whole seconds).
     runner_poll_s: float = Field(default=0.5, gt=0)
     heartbeat_s: int = 30
+    # A flow run whose heartbeats stop this long without a final state (its runner's host
+    # died) is scheduled again (deployments/rescue.py). Three heartbeats, as Prefect's own
+    # zombie recipe; must stay well above heartbeat_s so a busy run is not taken for dead.
+    rescue_after_s: int = Field(default=90, ge=10)
 
     @property
     def api_url(self) -> str:

@@ -20,8 +20,9 @@ from stack.package_locks import wait_for_package_locks
 PYPI_PREFIX = "pypi:"
 # Only the test suite needs these: the dashboard's browser tests drive Debian's Chromium
 # through its chromedriver (never a downloaded browser); the SLO rules (docs/prometheus/) are
-# checked with the prometheus package's promtool. `./svc test` installs them.
-TEST_PACKAGES = ("chromium", "chromium-driver", "prometheus")
+# checked with the prometheus package's promtool; the two-host test joins its network
+# namespaces to the stack with socat and iproute2. `./svc test` installs them.
+TEST_PACKAGES = ("chromium", "chromium-driver", "prometheus", "socat", "iproute2")
 NPM_CI_PREFIX = "npm-ci:"
 
 

@@ -5,11 +5,14 @@ data directory, on loopback, with the registry of repositories and a Prefect ser
 from __future__ import annotations
 
 import subprocess
+import threading
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import Engine
 
 from service.repositories import RepositoryClaim, RepositoryRegistry, database_url
 from service.settings import Settings
@@ -128,3 +131,51 @@ def test_a_prefect_server_runs_on_postgres(postgres: Settings) -> None:
     )
     assert flows == [("pg-probe",)]
     assert not (settings.absolute_data_dir / "prefect-on-postgres" / "home" / "prefect.db").exists()
+
+
+def test_first_starts_at_once_create_the_tables_once(postgres: Settings) -> None:
+    """Several processes opening the stores of an empty database at once (two hosts starting):
+    unserialised, CREATE TABLE raced and one failed with a unique violation in pg_type."""
+    from sqlalchemy import create_engine
+
+    from service.repositories import Base
+    from service.schema import create_tables
+
+    schema = f"first_start_{uuid.uuid4().hex[:8]}"
+    pg = postgres.postgres
+    with psycopg.connect(
+        host=pg.host,
+        port=pg.port,
+        user=pg.user,
+        password=pg.password.get_secret_value(),
+        dbname=pg.registry_database,
+    ) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")  # type: ignore[arg-type]
+    url = database_url(postgres)
+    engines = [
+        create_engine(url, connect_args={"options": f"-csearch_path={schema}"}) for _ in range(6)
+    ]
+    start = threading.Barrier(len(engines))
+    errors: list[BaseException] = []
+
+    def open_store(engine: Engine) -> None:
+        start.wait()
+        try:
+            create_tables(Base.metadata, engine)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_store, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    tables = _sql(
+        postgres,
+        postgres.postgres.registry_database,
+        f"SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}'",
+    )
+    assert tables == [(len(Base.metadata.tables),)]

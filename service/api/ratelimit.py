@@ -16,6 +16,8 @@ from sqlalchemy import Engine, Float, String, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from service.schema import create_tables
+
 
 class _Base(DeclarativeBase):
     pass
@@ -52,7 +54,7 @@ class RateLimiter:
         self._capacity = float(capacity)
         self._rate_per_s = per_minute / 60.0
         self._clock = clock
-        _Base.metadata.create_all(engine)
+        create_tables(_Base.metadata, engine)
 
     @classmethod
     def open_url(cls, url: str, capacity: int, per_minute: float) -> RateLimiter:

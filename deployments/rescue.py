@@ -1,0 +1,84 @@
+"""Flow runs whose runner died are scheduled again: a Prefect automation on missing heartbeats.
+
+A runner host that is killed or cut off leaves its runs `Running` (or `Pending`) for ever
+(Prefect marks nothing by itself), and the bridge has already acknowledged the events of such a
+run. Every flow run sends a heartbeat (settings prefect.heartbeat_s); when one stops for
+prefect.rescue_after_s without a final state, the server's trigger puts the run back to
+`Scheduled` (AwaitingRetry) and any runner serving the deployment runs it again. That is safe
+because every flow re-reads the state it acts on and takes the repository's publish lease
+(which the dead run's lease frees when it expires): a run rescued while it was only slow
+publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect.automations import AutomationCore
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+
+from service.settings import Settings
+
+RESCUE_AUTOMATION = "cvmfs-svc: run again what a dead runner left running"
+_FINAL_EVENTS = {
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Crashed",
+}
+
+
+def rescue_automation(settings: Settings) -> AutomationCore:
+    return AutomationCore(
+        name=RESCUE_AUTOMATION,
+        description=(
+            "A flow run with no heartbeat for prefect.rescue_after_s and no final state is "
+            "scheduled again (its runner's host died); see deployments/rescue.py."
+        ),
+        trigger=EventTrigger(
+            # Pending and Running too: a runner that dies between taking a run and its first
+            # heartbeat leaves it Pending or Running with no heartbeat ever (seen in
+            # tests/test_two_hosts.py: a run killed right after it began stayed Running).
+            after={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Pending",
+                "prefect.flow-run.Running",
+            },
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Running", *_FINAL_EVENTS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=dt.timedelta(seconds=settings.prefect.rescue_after_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="AwaitingRetry",
+                message="no heartbeat from its runner: scheduled again (deployments/rescue.py)",
+                # Pending -> Scheduled is not an orchestrated transition. A run that was only
+                # slow, or that finished as the window closed, then runs once more: its flow
+                # re-reads the bucket and finds nothing left to publish.
+                force=True,
+            )
+        ],
+    )
+
+
+def ensure_rescue_automation(client: SyncPrefectClient, settings: Settings) -> None:
+    """Exactly one rescue automation with the current settings (runners call this at start;
+    several starting at once converge on the oldest one)."""
+    wanted = rescue_automation(settings)
+    existing = sorted(client.read_automations_by_name(RESCUE_AUTOMATION), key=lambda a: str(a.id))
+    if not existing:
+        client.create_automation(wanted)
+        existing = sorted(
+            client.read_automations_by_name(RESCUE_AUTOMATION), key=lambda a: str(a.id)
+        )
+    keep, *extra = existing
+    for duplicate in extra:
+        client.delete_automation(duplicate.id)
+    client.update_automation(keep.id, wanted)  # the current settings' window
