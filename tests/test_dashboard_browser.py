@@ -7,9 +7,6 @@ boto3 with that user's own S3 keys. Screenshots of every page: test-output/scree
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +16,10 @@ import pytest
 from botocore.config import Config
 from mypy_boto3_s3 import S3Client
 
-from service.run import SERVICE_COMMANDS, child_environment
 from service.settings import Settings
 from stack.idp_users import DemoUser, demo_user
 from tests.browser import Browser, screenshots_dir
-from tests.conftest import settings_env
+from tests.service_processes import running_service
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 WAIT_S = 180.0
@@ -42,50 +38,11 @@ def service(
 ) -> Iterator[Settings]:
     """The whole service, its OIDC issuer the stack's provider (the default settings)."""
     settings = vault
-    env = {**child_environment(settings), **settings_env(settings)}
     logs = tmp_path_factory.mktemp("dashboard-service-logs")
-    children = []
-    for command in SERVICE_COMMANDS:
-        with (logs / f"{command}.log").open("wb") as log:
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "service.cli", command],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    try:
-        _wait_for_service(settings)
-        yield settings
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        print(f"\nservice logs: {logs}")
-
-
-def _wait_for_service(settings: Settings) -> None:
-    urls = [
-        f"{settings.api.base_url}/dashboard/",
-        *(
-            f"{settings.prefect.api_url}/deployments/name/{name}"
-            for name in ("provision/provision", "sync/sync", "rollback/rollback", "tag/tag")
-        ),
-    ]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if all(httpx.get(url).is_success for url in urls):
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("the API or the deployments did not come up")
+    print(f"\nservice logs: {logs}")
+    deployments = ("provision/provision", "sync/sync", "rollback/rollback", "tag/tag")
+    with running_service(settings, logs, deployments, page="/dashboard/") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ account is reported, not wired; a provision that failed part way is resumed on i
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +18,20 @@ import pytest
 from service.bucket_wiring import notification_id_for
 from service.demo import DEMO_BUCKET, run_demo
 from service.repositories import RepositoryClaim, RepositoryRegistry, utc_now
-from service.run import SERVICE_COMMANDS, child_environment
 from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.storage import local_stratum0_dir
-from tests.conftest import settings_env
 from tests.fixtures_s3 import rgw_user_s3
 from tests.fixtures_service import open_reader
 from tests.issuer import TestIssuer
-from tests.test_full_chain import _until, _wait_for_api
+from tests.service_processes import CORE_DEPLOYMENTS, running_service, until
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 WAIT_S = 180.0
+
+
+def _until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    until(condition, what, timeout_s)
 
 
 @pytest.fixture(scope="module")
@@ -67,32 +67,12 @@ def service(
             ),
         }
     )
-    env = {**child_environment(settings), **settings_env(settings)}
-    logs = tmp_path_factory.mktemp("service-logs")
-    children = []
-    for command in SERVICE_COMMANDS:
-        with (logs / f"{command}.log").open("wb") as log:
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "service.cli", command],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    try:
-        _wait_for_api(settings)
-        wire = f"{settings.prefect.api_url}/deployments/name/wire-bucket/wire-bucket"
-        _until(lambda: httpx.get(wire).is_success, "the wire-bucket deployment served")
-        yield settings
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    with running_service(
+        settings,
+        tmp_path_factory.mktemp("service-logs"),
+        [*CORE_DEPLOYMENTS, "wire-bucket/wire-bucket"],
+    ) as running:
+        yield running
 
 
 class User:
