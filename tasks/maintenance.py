@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
-
-from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
 
 from cvmfs.whitelist import SignedWhitelist
 from cvmfs.writer import WHITELIST_KEY, resign_whitelist
 from service.bucket_wiring import topic_name_for, unwire_bucket
-from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.policies import PublisherAccess
 from service.repositories import Repository, RepositoryRegistry
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
+from tasks.steps import step
 from tasks.storage import local_stratum0_dir, repository_storage
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
-    return task(
-        name=name,
-        retries=3,
-        retry_delay_seconds=[2, 10, 30],
-        retry_condition_fn=retry_if_transient,
-        cache_policy=NO_CACHE,
-    )
 
 
 def key_owner(repository: Repository) -> KeyOwner:

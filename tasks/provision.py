@@ -7,13 +7,11 @@ inside the tasks that need them.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING
 
 import pika
-from prefect import Task, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from bridge.amqp import connection_parameters
 from buckets.ownership import expected_owner, inspect_bucket, judge_bucket
@@ -21,7 +19,6 @@ from cvmfs.keys import generate_keyset
 from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
 from service.bucket_wiring import BucketWiring, wire_bucket
 from service.client_config import ClientConfigBundle, build_client_config
-from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.policies import PublisherAccess
@@ -29,24 +26,11 @@ from service.replies import publish_reply
 from service.repositories import BucketState, Repository, RepositoryClaim, RepositoryRegistry
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
+from tasks.steps import step
 from tasks.storage import ensure_stratum0_storage, repository_storage
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """A provisioning step: retried with backoff, never cached (each run re-checks state)."""
-    return task(
-        name=name,
-        retries=3,
-        retry_delay_seconds=[2, 10, 30],
-        retry_condition_fn=retry_if_transient,
-        cache_policy=NO_CACHE,
-    )
 
 
 def key_owner(request: AuthorizedProvisionRequest) -> KeyOwner:

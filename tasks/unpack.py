@@ -6,14 +6,12 @@ publish lock, and every step is idempotent (re-running it converges on the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 import hvac
-from prefect import Task, get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from requests import RequestException
 
@@ -38,14 +36,12 @@ from images.unpacker import (
     unpack_image,
 )
 from images.wishlist import expand, parse_wishlist
-from service.faults import retry_if_transient
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.settings import Settings
 from tasks.locks import repository_lease
+from tasks.steps import step
 from tasks.storage import ensure_stratum0_storage, repository_storage
 
-P = ParamSpec("P")
-R = TypeVar("R")
 FQRN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$"
 ROBOT_SECRET_PATH = "registry/robot"  # KV v2, below settings.vault.kv_mount
 
@@ -96,16 +92,6 @@ class UnpackRequest(BaseModel):
 
 def target_fqrn(settings: Settings, request: UnpackRequest) -> str:
     return request.fqrn or f"unpacked.{settings.repository_domain}"
-
-
-def step(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
-    return task(
-        name=name,
-        retries=3,
-        retry_delay_seconds=[2, 10, 30],
-        retry_condition_fn=retry_if_transient,
-        cache_policy=NO_CACHE,
-    )
 
 
 # ------------------------------------------------------------------------------ plain helpers
