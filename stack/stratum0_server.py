@@ -6,15 +6,19 @@ Run as `python -m stack.stratum0_server --root DIR --port N`; GET and HEAD only,
 from __future__ import annotations
 
 import argparse
-import shutil
+import io
+import re
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 from cvmfs.http_cache import content_headers
 
 HEALTH_PATH = "/healthz"
+COPY_BLOCK = 1 << 20
+_SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 def resolve(root: Path, url_path: str) -> Path | None:
@@ -36,6 +40,33 @@ def resolve(root: Path, url_path: str) -> Path | None:
     if not real.is_relative_to(root.resolve()) or not real.is_file():
         return None
     return real
+
+
+class Unsatisfiable(ValueError):
+    """A byte range that starts beyond the end of the file (HTTP 416)."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte of a single `Range: bytes=...` header, or None to serve
+    the whole file (no header, several ranges, or an invalid one: RFC 9110 §14.2 lets a server
+    ignore those). Raises Unsatisfiable for a range that starts past the end.
+    """
+    match = _SINGLE_RANGE.fullmatch(header.strip()) if header is not None else None
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first_text, last_text = match.groups()
+    if not first_text:  # the last N bytes
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable(f"bytes=-{suffix} of {size}")
+        return max(size - suffix, 0), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last_text and last < first:
+        return None
+    if first >= size:
+        raise Unsatisfiable(f"bytes={first}- of {size}")
+    return first, min(last, size - 1)
 
 
 def make_handler(root: Path) -> type[BaseHTTPRequestHandler]:
@@ -72,13 +103,26 @@ def make_handler(root: Path) -> type[BaseHTTPRequestHandler]:
                 return
             with handle:
                 size = path.stat().st_size
-                self.send_response(HTTPStatus.OK)
+                try:
+                    wanted = byte_range(self.headers.get("Range"), size)
+                except Unsatisfiable:
+                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                first, last = wanted if wanted is not None else (0, size - 1)
+                self.send_response(HTTPStatus.PARTIAL_CONTENT if wanted else HTTPStatus.OK)
                 for key, value in content_headers(path.name).items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(size))
+                self.send_header("Accept-Ranges", "bytes")
+                if wanted is not None:
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+                self.send_header("Content-Length", str(max(last - first + 1, 0)))
                 self.end_headers()
                 if send_body:
-                    shutil.copyfileobj(handle, self.wfile)
+                    handle.seek(first)
+                    _copy(handle, self.wfile, last - first + 1)
 
         def _small(self, status: HTTPStatus, body: bytes, send_body: bool) -> None:
             self.send_response(status)
@@ -89,6 +133,15 @@ def make_handler(root: Path) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
     return Stratum0Handler
+
+
+def _copy(source: BinaryIO, target: io.BufferedIOBase, count: int) -> None:
+    while count > 0:
+        block = source.read(min(count, COPY_BLOCK))
+        if not block:
+            return
+        target.write(block)
+        count -= len(block)
 
 
 def main(argv: list[str] | None = None) -> None:

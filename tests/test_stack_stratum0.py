@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cvmfs.http_cache import CVMFS_CONTENT_TYPE
+from cvmfs.http_cache import CVMFS_CONTENT_TYPE, MANIFEST_MAX_AGE_S, OBJECT_MAX_AGE_S
 from service.settings import Settings
 from stack.stratum0_server import resolve
 
@@ -38,10 +38,12 @@ def repo(stratum0_http: Settings) -> Iterator[Repo]:
     yield Repo(fqrn, root, stratum0_http.stratum0.http_port)
 
 
-def request(repo: Repo, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def request(
+    repo: Repo, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", repo.port, timeout=10)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -66,6 +68,39 @@ def test_data_objects_are_served_whole_and_head_has_no_body(repo: Repo) -> None:
     status, headers, body = request(repo, "HEAD", path)
     assert (status, body) == (200, b"")
     assert headers["Content-Length"] == str(len(b"\x78\x9c" + b"x" * 5000))
+
+
+def test_cache_headers_are_the_stock_web_servers(repo: Repo) -> None:
+    _, manifest, _ = request(repo, "GET", f"/cvmfs/{repo.fqrn}/.cvmfspublished")
+    _, data, _ = request(repo, "GET", f"/cvmfs/{repo.fqrn}/data/ab/cdef0123C")
+    assert manifest["Cache-Control"] == f"max-age={MANIFEST_MAX_AGE_S}"
+    assert data["Cache-Control"] == f"max-age={OBJECT_MAX_AGE_S}"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("bytes=0-9", (0, 9)), ("bytes=4990-", (4990, 5001)), ("bytes=-2", (5000, 5001))],
+)
+def test_a_byte_range_is_served_partially(
+    repo: Repo, header: str, expected: tuple[int, int]
+) -> None:
+    content = (repo.root / "data/ab/cdef0123C").read_bytes()
+    status, headers, body = request(
+        repo, "GET", f"/cvmfs/{repo.fqrn}/data/ab/cdef0123C", {"Range": header}
+    )
+    first, last = expected
+    assert status == 206
+    assert headers["Content-Range"] == f"bytes {first}-{last}/{len(content)}"
+    assert body == content[first : last + 1]
+
+
+def test_ranges_past_the_end_or_unparsed(repo: Repo) -> None:
+    path = f"/cvmfs/{repo.fqrn}/data/ab/cdef0123C"
+    status, headers, _ = request(repo, "GET", path, {"Range": "bytes=99999-"})
+    assert (status, headers["Content-Range"]) == (416, "bytes */5002")
+    for ignored in ("bytes=0-1,5-6", "bytes=9-2", "lines=1-2"):
+        status, _, body = request(repo, "GET", path, {"Range": ignored})
+        assert (status, len(body)) == (200, 5002)
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "/data", "/data/", "/data/ab"])
