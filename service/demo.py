@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from bridge.errors import PermanentStartError
+from bridge.errors import PermanentStartError, TransientStartError
 from bridge.flow_starter import PrefectFlowStarter
 from cvmfs.errors import CvmfsError
 from cvmfs.reader import RepositoryReader
@@ -80,7 +80,9 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> DemoRepository:
                 f"provision-{request.request_id}",
             )
             break
-        except PermanentStartError:
+        except (PermanentStartError, TransientStartError):
+            # "not found" is transient since the bridge retries it (a runner being deployed);
+            # here it means the runner started with us has not registered its deployments yet.
             if time.monotonic() > deadline:
                 raise
             time.sleep(2.0)

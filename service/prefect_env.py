@@ -35,6 +35,9 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_RUNNER_POLL_FREQUENCY": str(max(1, math.ceil(settings.prefect.runner_poll_s))),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
         "PREFECT_LOGGING_EXTRA_LOGGERS": "cvmfs",
+        # The service's own loggers also log outside flow runs (bridge, API, gateway): those
+        # lines belong on the console only, without a warning that they are not sent.
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
         "DO_NOT_TRACK": "1",
     }
 
