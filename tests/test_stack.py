@@ -10,6 +10,8 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -28,6 +30,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 ALL = [cls.name for cls in component_classes()]
 CLI = str(Path(sys.executable).parent / "cvmfs-svc")
+# A cold provision + first upload through RGW (its 30 s topic scan) on a loaded machine.
+DEMO_WAIT_S = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +187,45 @@ def test_cli_up_prints_the_endpoints_and_ctrl_c_leaves_the_stack_running(
     assert "service: stopped" in output
     assert all(h.healthy for h in stack.status())
     assert stack_pids(stack) == before
+
+
+def test_cli_up_runs_the_demo_through_the_whole_path(
+    stack: Stack, stack_env: dict[str, str]
+) -> None:
+    """The embedded default job: `up` provisions the demo repository through the served
+    deployment (which registers a few seconds after the processes start), uploads a file and
+    reports the revision that serves it."""
+    proc = subprocess.Popen(
+        [CLI, "up"],
+        env={**stack_env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    outcome: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(("demo: demo-", "demo: failed")):
+                outcome.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + DEMO_WAIT_S
+    try:
+        while not outcome and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    output = "".join(lines)
+    assert outcome, f"no demo outcome in {DEMO_WAIT_S:.0f} s:\n{output[-4000:]}"
+    assert re.match(r"demo: demo-\S+ revision \d+ serves /hello/README.txt", outcome[0]), output
 
 
 def test_missing_packages_are_detected_for_debian_and_python() -> None:
