@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 
+import httpx
+
 from cvmfs.reader import RepositoryReader
+from service.settings import Settings
 
 Tree = dict[str, tuple[str, int, bytes | str | None]]
 TOOL_SCRIPT = b"#!/bin/sh\necho tool\n"
@@ -66,3 +70,15 @@ def sample_uploads() -> dict[str, bytes]:
         "cvmfs/big/blob.bin": os.urandom(1 << 20) * 100,
         "cvmfs/sw/pkg.cvmfs.tar.gz": tool_tarball(),
     }
+
+
+def latest_artifact_rows(settings: Settings, key: str) -> list[dict[str, object]]:
+    """The table of the newest Prefect artifact with `key` (what the operator sees)."""
+    response = httpx.post(
+        f"{settings.prefect.api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
+    )
+    response.raise_for_status()
+    (artifact,) = response.json()
+    data = artifact["data"]
+    return list(json.loads(data) if isinstance(data, str) else data)

@@ -40,6 +40,7 @@ from tests.service_processes import running_service, until
 from tests.sync_support import (
     ELF_BINARY,
     TOOL_SCRIPT,
+    latest_artifact_rows,
     repository_tree,
     sample_uploads,
     sha,
@@ -504,19 +505,8 @@ def test_image_with_dev_nodes_a_fifo_and_a_sticky_tmp_is_unpacked(
         assert reader.root_catalog.schema_revision >= 5
     # the run's artifact names the file that lost its setuid bit
     digest = layout.config_digest("rootfs").split(":")[-1][:16]
-    rows = _artifact_rows(settings, f"unpack-notes-{digest}")
+    rows = latest_artifact_rows(settings, f"unpack-notes-{digest}")
     assert rows == [{"note": "setuid/setgid stripped", "path": f"{root}/usr/bin/su"}]
-
-
-def _artifact_rows(settings: Settings, key: str) -> list[dict[str, object]]:
-    response = httpx.post(
-        f"{settings.prefect.api_url}/artifacts/filter",
-        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
-    )
-    response.raise_for_status()
-    (artifact,) = response.json()
-    data = artifact["data"]
-    return list(json.loads(data) if isinstance(data, str) else data)
 
 
 def test_tarball_with_a_device_and_a_fifo_publishes_them(

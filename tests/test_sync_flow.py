@@ -12,7 +12,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import httpx
 import pika
 import pytest
 
@@ -22,7 +21,14 @@ from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.sync import SyncRequest
 from tests.fixtures_service import ProvisionedRepository, open_reader
-from tests.sync_support import TOOL_SCRIPT, repository_tree, sample_uploads, sha, tool_tarball
+from tests.sync_support import (
+    TOOL_SCRIPT,
+    latest_artifact_rows,
+    repository_tree,
+    sample_uploads,
+    sha,
+    tool_tarball,
+)
 
 pytest_plugins = ("tests.fixtures_auth", "tests.fixtures_service")
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -207,18 +213,6 @@ def rootfs_tarball() -> bytes:
         motd,
         su,
     )
-
-
-def latest_artifact_rows(settings: Settings, key: str) -> list[dict[str, object]]:
-    """The table of the newest Prefect artifact with `key` (what the operator sees)."""
-    response = httpx.post(
-        f"{settings.prefect.api_url}/artifacts/filter",
-        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
-    )
-    response.raise_for_status()
-    (artifact,) = response.json()
-    data = artifact["data"]
-    return list(json.loads(data) if isinstance(data, str) else data)
 
 
 def test_tarball_special_files_are_published_or_skipped_with_a_note(
