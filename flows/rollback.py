@@ -12,10 +12,8 @@ from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvmfs.errors import CvmfsError
-from cvmfs.writer import RepositoryWriter
-from service.api.stratum0 import key_owner, repository_storage
+from service.api.stratum0 import open_writer
 from service.faults import retry_if_transient
-from service.keystore import KeyStore
 from service.messages import RequestId
 from service.repositories import RepositoryRegistry
 from service.runtime import load_settings
@@ -49,9 +47,7 @@ def roll_back(settings: Settings, req: RollbackRequest) -> RollbackResult:
     """The rollback itself (no Prefect): keys from Vault, write to stratum-0, record it."""
     registry = RepositoryRegistry.open(settings)
     try:
-        repository = registry.require(req.repo)
-        keys = KeyStore.from_settings(settings.vault).read(key_owner(repository), req.repo)
-        writer = RepositoryWriter.open(repository_storage(settings, req.repo), req.repo, keys)
+        writer = open_writer(settings, registry.require(req.repo))
         marker = rollback_description(req)
         done = [tag.revision for tag in writer.tags() if tag.description == marker]
         if done:

@@ -13,10 +13,8 @@ from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvmfs.errors import CvmfsError
-from cvmfs.writer import RepositoryWriter
-from service.api.stratum0 import key_owner, repository_storage
+from service.api.stratum0 import open_writer
 from service.faults import retry_if_transient
-from service.keystore import KeyStore
 from service.messages import RequestId
 from service.repositories import RepositoryRegistry
 from service.runtime import load_settings
@@ -47,9 +45,7 @@ def add_tag(settings: Settings, req: TagRequest) -> TagResult:
     """The tagging itself (no Prefect): keys from Vault, a re-signed manifest in stratum-0."""
     registry = RepositoryRegistry.open(settings)
     try:
-        repository = registry.require(req.repo)
-        keys = KeyStore.from_settings(settings.vault).read(key_owner(repository), req.repo)
-        writer = RepositoryWriter.open(repository_storage(settings, req.repo), req.repo, keys)
+        writer = open_writer(settings, registry.require(req.repo))
         current = writer.current_manifest()
         if any(
             t.name == req.tag and t.root_hash == current.root_catalog_hash for t in writer.tags()
