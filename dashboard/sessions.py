@@ -17,14 +17,14 @@ from typing import Any
 
 import anyio.to_thread
 from itsdangerous import BadSignature, Signer
-from sqlalchemy import Engine, String, Text, create_engine, delete, event, select
+from sqlalchemy import Engine, String, Text, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.repositories import UtcDateTime, utc_now
-from service.schema import create_tables
+from service.schema import create_tables, open_engine
 
 log = logging.getLogger("cvmfs.dashboard")
 
@@ -58,15 +58,7 @@ class SessionStore:
 
     @classmethod
     def open_url(cls, url: str, ttl_s: int) -> SessionStore:
-        engine = create_engine(url, pool_pre_ping=True)
-        if engine.dialect.name == "sqlite":
-
-            @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.close()
-
+        engine = open_engine(url)
         return cls(engine, ttl_s)
 
     def close(self) -> None:

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, Float, Integer, String, create_engine, delete, event, select, update
+from sqlalchemy import Engine, Float, Integer, String, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from gateway.errors import InvalidLease, PathBusy
 from gateway.paths import LeasePath
-from service.schema import create_tables
+from service.schema import create_tables, open_engine
 
 
 class _Base(DeclarativeBase):
@@ -99,16 +99,7 @@ class LeaseStore:
 
     @classmethod
     def open_url(cls, url: str) -> LeaseStore:
-        engine = create_engine(url, pool_pre_ping=True)
-        if engine.dialect.name == "sqlite":
-
-            @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_connection: object, _record: object) -> None:
-                cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.close()
-
+        engine = open_engine(url)
         return cls(engine)
 
     def close(self) -> None:

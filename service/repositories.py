@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -25,9 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    create_engine,
     delete,
-    event,
     or_,
     select,
     update,
@@ -36,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from service.schema import create_tables
+from service.schema import create_tables, open_engine
 from service.settings import Settings
 
 RepositoryKind = Literal["personal", "group"]
@@ -331,18 +328,6 @@ def database_url(settings: Settings) -> str:
     return f"sqlite:///{settings.absolute_data_dir / SQLITE_FILE}"
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        # WAL lets readers run beside the writer; busy_timeout makes a second writer wait
-        # for the lock instead of failing at once with "database is locked".
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-
 class RepositoryRegistry:
     """Typed access to the registry tables; no SQL leaves this class."""
 
@@ -363,12 +348,7 @@ class RepositoryRegistry:
 
     @classmethod
     def open_url(cls, url: str, clock: Callable[[], dt.datetime] = utc_now) -> RepositoryRegistry:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_pre_ping=True)
-        if engine.dialect.name == "sqlite":
-            _configure_sqlite(engine)
-        registry = cls(engine, clock)
+        registry = cls(open_engine(url), clock)
         registry.create_schema()
         return registry
 

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Float, String, create_engine, event, func, select, update
+from sqlalchemy import Engine, Float, String, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from service.schema import create_tables
+from service.schema import create_tables, open_engine
 
 
 class _Base(DeclarativeBase):
@@ -58,15 +58,7 @@ class RateLimiter:
 
     @classmethod
     def open_url(cls, url: str, capacity: int, per_minute: float) -> RateLimiter:
-        engine = create_engine(url, pool_pre_ping=True)
-        if engine.dialect.name == "sqlite":
-
-            @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.close()
-
+        engine = open_engine(url)
         return cls(engine, capacity, per_minute)
 
     def close(self) -> None:
