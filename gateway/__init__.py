@@ -13,9 +13,24 @@ Protocol (API v1, read from the cvmfs 2.11.5 sources; nothing copied):
   per-token form. Keys are the `.gw` files `plain_text <id> <secret>` (one per repository here).
 * New lease: body `{"path": "<fqrn>/<sub>", "api_version": "2", "hostname": "..."}`
   (api_version is a string); reply `{"status": "ok", "session_token": ..., "max_api_version":
-  n}`, or `{"status": "path_busy", "time_remaining": <s>}` while an overlapping lease lives
-  (backend/lease_service.go; the publisher reads it as an integer, swissknife_lease_json.cc),
-  or `{"status": "error", "reason": ...}`. Leases last `max_lease_time` (7200 s).
+  n}`, or `{"status": "path_busy", "time_remaining": "1h59m58.5s"}` while an overlapping
+  lease lives: Go's duration string (frontend/leases.go), which 2.11's `cvmfs_server
+  transaction` reads as a string, prints and retries on (publish/repository_session.cc; only
+  the legacy `cvmfs_swissknife lease` wanted an integer), or `{"status": "error", "reason":
+  ...}`. Leases last `max_lease_time` (7200 s). Overlap is per path segment (pathutil.go's
+  rule; lease_entity.go's SQL compares string prefixes, so there `/a/b` also blocks `/a/bc`:
+  not here); a lease on `<fqrn>/` overlaps every path.
+* Reads: `GET /leases` → `{"status": "ok", "data": {"<fqrn>/<path>": lease}}`, `GET
+  /leases/<token>` → `{"data": lease}` (no status; unknown or expired: HTTP 500, text
+  `invalid lease`), a lease `{"key_id", "path", "expires": "2026-12-06 02:55:00.123 +0000
+  UTC", "hostname"}` (Go's time format, empty fields left out); `GET /api/v1` → a welcome.
+* Every reply to a POST or DELETE is JSON with HTTP 200, refusals included: 2.11's
+  MakeEndRequest and SessionContext::DoUpload dereference the parsed reply unchecked, so a
+  non-JSON error text (the Go gateway's 400s for unreadable bodies) would crash the publisher.
+* Admin calls (`POST /repos/<name>`, `POST /gc`) need an admin key upstream; this gateway has
+  only repository keys and answers `no_admin_key`. `DELETE /leases-by-path/...` takes the
+  repository's own key (restricted to its path). Notifications (`/notifications/...`) are
+  not served.
 * Payload (cvmfs/session_context.cc, cvmfs/pack.cc): body = JSON head
   `{"session_token", "payload_digest", "header_size", "api_version"}` then an object pack:
   header `V2\\nS<total bytes>\\nN<count>\\n--\\n` + one line per object

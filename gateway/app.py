@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
@@ -21,7 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from flows.gateway_commit import gateway_commit
@@ -32,6 +31,7 @@ from gateway.keys import GatewayKey
 from gateway.leases import Lease
 from gateway.paths import LeasePath, parse_lease_path
 from gateway.payloads import store_payload
+from gateway.replies import go_duration, go_time_utc
 from gateway.services import GatewayServices
 from metrics.gateway import GatewayMetrics, GatewayMetricsMiddleware
 from service.repositories import RepositoryRegistry
@@ -79,13 +79,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def lease_view(lease: Lease) -> dict[str, str]:
-    expires = dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat()
-    return {
+    """backend/lease_service.go LeaseDTO: `path` is `<fqrn>/<sub path>`, `expires` Go's
+    time format; fields are `omitempty` there, so an empty hostname is left out."""
+    view = {
         "key_id": lease.key_id,
         "path": str(lease.lease_path),
-        "expires": expires,
+        "expires": go_time_utc(lease.expires_at),
         "hostname": lease.hostname,
     }
+    return {name: value for name, value in view.items() if value}
 
 
 class Gateway:
@@ -116,11 +118,9 @@ class Gateway:
 
     # ------------------------------------------------------------------------ routes
     async def root(self, request: Request) -> JSONResponse:
+        # root.go: only a welcome; the protocol version is negotiated by the lease request.
         return JSONResponse(
-            {
-                "welcome": "CernVM-FS repository gateway of the CVMFS distribution service",
-                "api_version": API_PROTOCOL_VERSION,
-            }
+            {"welcome": "CernVM-FS repository gateway of the CVMFS distribution service"}
         )
 
     async def repos(self, request: Request) -> JSONResponse:
@@ -146,13 +146,20 @@ class Gateway:
                 data[repository.fqrn] = entry
         return ok(data=data)
 
-    async def get_leases(self, request: Request) -> JSONResponse:
+    async def get_leases(self, request: Request) -> Response:
+        """leases.go handleGetLeases: the list is `{"status": "ok", "data": {<path>: lease}}`;
+        one lease is `{"data": lease}` (no status), an unknown or expired token HTTP 500 with
+        the text `invalid lease`, as the stock gateway answers (no publisher reads them; the
+        gateway's admin scripts do)."""
         token = request.path_params.get("token")
         if token is None:
             leases = await run_in_threadpool(self.svc.leases.active)
             return ok(data={str(lease.lease_path): lease_view(lease) for lease in leases})
-        lease = await run_in_threadpool(self.svc.leases.find, token)
-        return ok(data=lease_view(lease))
+        try:
+            lease = await run_in_threadpool(self.svc.leases.find, token)
+        except InvalidLease:
+            return PlainTextResponse("invalid lease\n", status_code=500)
+        return JSONResponse({"data": lease_view(lease)})
 
     async def new_lease(self, request: Request) -> JSONResponse:
         body = await read_small_body(request)
@@ -192,10 +199,13 @@ class Gateway:
                 lease_time_s=self.svc.settings.gateway.lease_time_s,
             )
         except PathBusy as busy:
-            # The stock publisher reads time_remaining as a JSON integer (seconds) and only
-            # then reports "path busy" (swissknife_lease_json.cc); an int is what it parses.
+            # leases.go sends Go's duration string ("1h59m58.5s"); `cvmfs_server transaction`
+            # (2.11: cvmfs_publish, publish/repository_session.cc) reads it as a JSON string,
+            # prints it, and retries while its -t timeout lasts. An integer would print
+            # "Time remaining = UNKNOWN". (Only the legacy `cvmfs_swissknife lease`,
+            # swissknife_lease_json.cc, wanted an integer; 2.11's cvmfs_server does not run it.)
             return JSONResponse(
-                {"status": "path_busy", "time_remaining": max(1, round(busy.remaining_s))}
+                {"status": "path_busy", "time_remaining": go_duration(busy.remaining_s)}
             )
         log.info(
             "event=lease_granted repo=%s path=%s key_id=%s host=%s revision=%d",
@@ -347,6 +357,15 @@ class Gateway:
         )
         return ok()
 
+    async def admin_only(self, request: Request) -> JSONResponse:
+        """frontend.go's admin calls (`POST /repos/<name>` enable/disable, `POST /gc`) need a
+        key marked admin (authz.go WithAdminAuthz); this gateway has only repository keys."""
+        what = "garbage collection" if request.url.path.endswith("/gc") else "enabling/disabling"
+        return refused(
+            f"no_admin_key: this gateway has no admin keys; {what} of repositories is done by "
+            "the service itself (its maintenance flows and API), not through the gateway"
+        )
+
 
 async def read_prefix(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, bytes]:
     """The first `size` bytes of the body and what the last chunk held beyond them."""
@@ -396,9 +415,10 @@ def refuse_bucket_fed(registry: RepositoryRegistry, lease_path: LeasePath) -> No
 
 
 def handle_refusals(
-    handler: Callable[[Request], Awaitable[JSONResponse]],
-) -> Callable[[Request], Awaitable[JSONResponse]]:
-    async def wrapped(request: Request) -> JSONResponse:
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def wrapped(request: Request) -> Response:
+        response: Response
         started = time.monotonic()
         try:
             response = await handler(request)
@@ -417,9 +437,7 @@ def handle_refusals(
 
 
 def routes(gateway: Gateway) -> list[Route]:
-    def route(
-        path: str, handler: Callable[[Request], Awaitable[JSONResponse]], method: str
-    ) -> Route:
+    def route(path: str, handler: Callable[[Request], Awaitable[Response]], method: str) -> Route:
         return Route(API_ROOT + path, handle_refusals(handler), methods=[method])
 
     return [
@@ -434,6 +452,8 @@ def routes(gateway: Gateway) -> list[Route]:
         route("/leases-by-path/{path:path}", gateway.drop_leases_by_path, "DELETE"),
         route("/payloads", gateway.payloads, "POST"),
         route("/payloads/{token}", gateway.payloads, "POST"),
+        route("/repos/{name}", gateway.admin_only, "POST"),
+        route("/gc", gateway.admin_only, "POST"),
     ]
 
 
