@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from dashboard.login import oauth_client
 from dashboard.pages import BASE, dashboard_router
+from dashboard.refresh import TokenRefresher
 from dashboard.sessions import ServerSessionMiddleware, SessionStore
 from service.repositories import database_url
 from service.settings import Settings
@@ -81,6 +82,7 @@ def install_dashboard(app: FastAPI, settings: Settings) -> SessionStore:
     """Add the dashboard to `app`; the returned store is closed with the app."""
     store = SessionStore.open_url(database_url(settings), settings.dashboard.session_ttl_s)
     app.include_router(dashboard_router(oauth_client(settings)))
+    app.state.token_refresher = TokenRefresher(settings.oidc)
     app.mount(f"{BASE}/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
 
     @app.get("/", include_in_schema=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
+import httpx
 from authlib.integrations.starlette_client import OAuthError
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 
 from dashboard import instructions
 from dashboard.login import csrf_ok, csrf_token, start_session
+from dashboard.refresh import RenewalRefused, TokenRefresher
 from dashboard.runs import recent_runs, run_url
 from service.api import operations
 from service.api.errors import ApiError, NotFound
@@ -37,7 +39,7 @@ from service.api.models import (
 )
 from service.api.security import Caller
 from service.api.services import ApiServices
-from service.auth import AuthError, IssuerUnavailable
+from service.auth import AuthError, IssuerUnavailable, TokenExpired
 
 log = logging.getLogger("cvmfs.dashboard")
 
@@ -56,20 +58,44 @@ def _services(request: Request) -> ApiServices:
 
 
 def _caller(request: Request) -> Caller:
-    token = request.session.get("access_token")
-    if not token:
+    """The logged-in user; an access token about to expire is renewed first (dashboard/refresh)."""
+    session = request.session
+    if not session.get("access_token"):
         raise LoginRequired()
     svc = _services(request)
+    refresher = request.app.state.token_refresher
+    assert isinstance(refresher, TokenRefresher)
     try:
-        identity = svc.verifier.verify(str(token))
+        if refresher.due(session):
+            _renew(request, refresher)
+        try:
+            identity = svc.verifier.verify(str(session["access_token"]))
+        except TokenExpired:
+            if not session.get("refresh_token"):
+                raise
+            # The clock of the issuer or of expires_at disagreed with ours: renew once.
+            _renew(request, refresher)
+            identity = svc.verifier.verify(str(session["access_token"]))
     except IssuerUnavailable:
         raise
     except AuthError as error:
         log.info("event=dashboard-session-ended reason=%s", error.reason)
-        request.session.clear()
+        session.clear()
         _flash(request, "error", f"Your login is no longer valid ({error.reason}); log in again.")
         raise LoginRequired() from None
-    return Caller(identity, str(token), svc.settings.api.manager_subgroup)
+    return Caller(identity, str(session["access_token"]), svc.settings.api.manager_subgroup)
+
+
+def _renew(request: Request, refresher: TokenRefresher) -> None:
+    """New tokens into the session; a refusal ends the login (AuthError), an outage does not."""
+    try:
+        refresher.renew(request.session)
+    except RenewalRefused as refused:
+        raise AuthError(f"the identity provider did not renew it: {refused}") from None
+    except (OSError, httpx.HTTPError) as error:
+        raise IssuerUnavailable(
+            f"the identity provider cannot be reached ({type(error).__name__}); retry in a minute"
+        ) from None
 
 
 def _flash(request: Request, kind: str, text: str, link: str | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -21,9 +22,11 @@ from pydantic import SecretStr
 from dashboard.app import COOKIE_NAME
 from dashboard.sessions import SessionStore
 from service.api import ApiServices, create_app
+from service.auth import TokenVerifier
 from service.repositories import database_url
 from service.settings import Settings
 from stack.idp_users import demo_user
+from tests.idp_login import discovery
 from tests.test_api_support import ServedApp
 from tests.test_bridge_support import declare, isolated
 
@@ -155,3 +158,56 @@ def test_a_code_without_the_sessions_pkce_verifier_is_refused(dashboard: Setting
     with httpx.Client(timeout=30.0) as attacker:
         refused = attacker.get(callback)
         assert refused.status_code == 400 and "login refused" in refused.text
+
+
+def _session_of(http: httpx.Client, store: SessionStore) -> tuple[str, dict[str, object]]:
+    """The server-side session behind the browser's cookie (`<id>.<signature>`)."""
+    session_id = http.cookies[COOKIE_NAME].rsplit(".", 1)[0]
+    data = store.load(session_id)
+    assert data is not None
+    return session_id, data
+
+
+def _age_the_login(store: SessionStore, session_id: str, data: dict[str, object]) -> None:
+    """As the session sees it, its access token expires now (the hour has passed)."""
+    store.save(session_id, {**data, "expires_at": int(time.time()) - 5})
+
+
+def test_an_hour_later_the_page_renews_the_login_at_the_provider(dashboard: Settings) -> None:
+    store = SessionStore.open_url(database_url(dashboard), 60)
+    try:
+        with httpx.Client(timeout=30.0) as http, TokenVerifier(dashboard.oidc) as verifier:
+            http.get(_authorize(http, dashboard, "bob"))
+            session_id, first = _session_of(http, store)
+            assert first["refresh_token"], "the provider issued no refresh token"
+            _age_the_login(store, session_id, first)
+
+            page = http.get(f"{dashboard.api.base_url}/dashboard/")
+            assert 'id="username">bob<' in page.text  # still logged in, no login page
+            _, renewed = _session_of(http, store)
+            assert renewed["access_token"] != first["access_token"]
+            assert int(str(renewed["expires_at"])) > time.time() + 600
+            identity = verifier.verify(str(renewed["access_token"]))
+            assert identity.username == "bob" and "atlas" in identity.groups
+
+            # The provider ends the grant (as signing out there does): the next renewal is
+            # refused and the dashboard asks for a new login, saying why.
+            revoked = http.post(
+                str(discovery(dashboard, http)["revocation_endpoint"]),
+                data={"token": renewed["refresh_token"], "token_type_hint": "refresh_token"},
+                auth=(dashboard.oidc.client_id, _client_secret(dashboard)),
+            )
+            assert revoked.status_code == 200, revoked.text
+            _age_the_login(store, session_id, renewed)
+            ended = http.get(f"{dashboard.api.base_url}/dashboard/")
+            assert 'href="/dashboard/login"' in ended.text and ">bob<" not in ended.text
+            assert "did not renew it: invalid_grant" in ended.text
+            assert store.load(session_id) is None
+    finally:
+        store.close()
+
+
+def _client_secret(settings: Settings) -> str:
+    secret = settings.oidc.client_secret
+    assert secret is not None
+    return secret.get_secret_value()

@@ -91,6 +91,10 @@ const provider = new Provider(config.issuer, {
   // ID tokens carry the profile claims even when an access token is issued (as IAM's do).
   conformIdTokenClaims: false,
   pkce: { required: () => true },
+  // As INDIGO IAM does for a client allowed the refresh_token grant: the code grant also issues
+  // a refresh token (without offline_access it stays bound to the login session, so signing
+  // out here ends it). The dashboard renews its hour-long access tokens with it.
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   features: {
     devInteractions: { enabled: false },
     rpInitiatedLogout: {
