@@ -16,12 +16,13 @@ HTTP with the verifying reader), uploads/s visible, publishes and publishes/s; t
 (fsck of every revision, no revision repeating the one before, every flow run completed, runs
 rescued after the kill). Run as root:
 
-    .venv/bin/python -m bench.two_hosts --repos 20 --uploads 10 --clients 4
+    .venv/bin/python -m bench.two_hosts --repos 20 --uploads 10 --clients 4 [--runner worker]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -48,21 +49,54 @@ from tests.two_hosts import (
 COMPONENTS = ["postgres", "rabbitmq", "ceph", "openbao", "prefect"]
 
 
-def bench_settings(offset: int, data_dir: Path) -> Settings:
+def bench_settings(offset: int, data_dir: Path, work_pool: str | None = None) -> Settings:
     base = Settings().with_port_offset(offset, data_dir)
     return base.model_copy(
         update={
             "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
             "postgres": base.postgres.model_copy(update={"enabled": True}),
-            "prefect": base.prefect.model_copy(update={"database_url": None}),
+            "prefect": base.prefect.model_copy(
+                update={"database_url": None, "work_pool": work_pool}
+            ),
             "stratum0": base.stratum0.model_copy(
                 update={"backend": "s3", "bucket": "stratum0-bench"}
             ),
             "provisioning": base.provisioning.model_copy(
-                update={"trusted_legacy_user_ids": [base.rabbitmq.username]}
+                # The clients upload as the demo S3 user into buckets of many identities, as
+                # the test suite's settings do: with the owner check on, every bucket was
+                # `foreign`, never wired, and no upload reached RabbitMQ (the first runs).
+                update={
+                    "trusted_legacy_user_ids": [base.rabbitmq.username],
+                    "require_bucket_owner": False,
+                }
             ),
         }
     )
+
+
+def cpu_line(
+    hosts: dict[str, Host], before: dict[str, tuple[int, dict[str, float]]], publishes: int
+) -> str:
+    """CPU seconds the round cost on the hosts whose processes lived through it, by process;
+    the runner's reaped children are its finished flow runs."""
+    used: dict[str, float] = {}
+    skipped = []
+    for name, host in hosts.items():
+        starts, start_cpu = before[name]
+        if host.starts != starts or not host.processes:
+            skipped.append(name)
+            continue
+        for key, value in host.cpu_s().items():
+            used[key] = used.get(key, 0.0) + value - start_cpu.get(key, 0.0)
+    runs_key = next((k for k in used if k.endswith(" children") and "bridge" not in k), None)
+    per_publish = (
+        f"; flow-run CPU per publish {used[runs_key] / publishes:.1f} s"
+        if runs_key and publishes
+        else ""
+    )
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items()) if v >= 0.05)
+    note = f" (not counted: host {', '.join(skipped)}, stopped or killed)" if skipped else ""
+    return f"CPU s: {parts or 'none'}{per_publish}{note}"
 
 
 def main() -> None:
@@ -73,11 +107,19 @@ def main() -> None:
     parser.add_argument("--port-offset", type=int, default=770)
     parser.add_argument("--timeout", type=float, default=900.0, help="per round, seconds")
     parser.add_argument("--keep", action="store_true", help="leave the stack and logs")
+    parser.add_argument(
+        "--runner",
+        choices=["serve", "worker"],
+        default="serve",
+        help="each host's runner: serve-deployments, or ./svc worker on a work pool",
+    )
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix=f"cvmfs-svc-two-hosts-{args.port_offset}-"))
     data_dir.chmod(0o755)
-    settings = bench_settings(args.port_offset, data_dir)
+    settings = bench_settings(
+        args.port_offset, data_dir, "cvmfs-bench" if args.runner == "worker" else None
+    )
     stack = Stack(settings)
     network = Network(args.port_offset)
     forwarders = Forwarders(network.shared_ip, shared_ports(settings), data_dir / "logs")
@@ -110,11 +152,14 @@ def main() -> None:
 
         def round_(label: str, phase: str, seed: int, **kwargs: object) -> None:
             uploads = make_uploads(repos, args.uploads, phase, seed)
+            before = {name: (host.starts, host.cpu_s()) for name, host in hosts.items()}
+            load = os.getloadavg()[0]
             figures = load_and_measure(
                 settings, repositories, repos, expected, uploads, args.clients, label,
                 args.timeout, **kwargs,  # type: ignore[arg-type]
             )  # fmt: skip
-            print(figures.line(), flush=True)
+            print(f"{figures.line()} (load {load:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+            print("  " + cpu_line(hosts, before, figures.publishes), flush=True)
 
         warm = make_uploads(repos, 1, "warm", 0)
         load_and_measure(

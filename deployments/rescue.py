@@ -12,16 +12,21 @@ publishes nothing twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 
 from prefect.automations import AutomationCore
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.exceptions import PrefectHTTPStatusError
 
 from service.settings import Settings
 
+# Runners starting together settle who keeps the automation within a few reads.
+ENSURE_ATTEMPTS = 5
 RESCUE_AUTOMATION = "cvmfs-svc: run again what a dead runner left running"
 _FINAL_EVENTS = {
     "prefect.flow-run.Completed",
@@ -68,17 +73,41 @@ def rescue_automation(settings: Settings) -> AutomationCore:
     )
 
 
-def ensure_rescue_automation(client: SyncPrefectClient, settings: Settings) -> None:
+@contextlib.contextmanager
+def _deleted_meanwhile_is_fine() -> Iterator[None]:
+    try:
+        yield
+    except PrefectHTTPStatusError as error:
+        if error.response.status_code != 404:
+            raise
+
+
+def ensure_rescue_automation(
+    client: SyncPrefectClient, settings: Settings, attempts: int = ENSURE_ATTEMPTS
+) -> None:
     """Exactly one rescue automation with the current settings (runners call this at start;
-    several starting at once converge on the oldest one)."""
+    several starting at once converge on the one with the lowest id).
+
+    Two runners that both found none both create one; the one that then sees both deletes the
+    other's, which the other may be updating: that update's 404 means "look again", not
+    failure (seen: bench/two_hosts.py's host b exited on it when both hosts started at once).
+    """
     wanted = rescue_automation(settings)
-    existing = sorted(client.read_automations_by_name(RESCUE_AUTOMATION), key=lambda a: str(a.id))
-    if not existing:
-        client.create_automation(wanted)
+    for attempt in range(attempts):
         existing = sorted(
             client.read_automations_by_name(RESCUE_AUTOMATION), key=lambda a: str(a.id)
         )
-    keep, *extra = existing
-    for duplicate in extra:
-        client.delete_automation(duplicate.id)
-    client.update_automation(keep.id, wanted)  # the current settings' window
+        if not existing:
+            client.create_automation(wanted)
+            continue
+        keep, *extra = existing
+        try:
+            for duplicate in extra:
+                with _deleted_meanwhile_is_fine():
+                    client.delete_automation(duplicate.id)
+            client.update_automation(keep.id, wanted)  # the current settings' window
+            return
+        except PrefectHTTPStatusError as error:
+            if error.response.status_code != 404 or attempt == attempts - 1:
+                raise
+    raise RuntimeError(f"the rescue automation did not settle after {attempts} attempts")

@@ -12,6 +12,7 @@ from typing import Any, cast
 import httpx
 from prefect import Flow, get_client, serve
 from prefect.deployments.runner import RunnerDeployment
+from prefect.types.entrypoint import EntrypointType
 
 from deployments.rescue import ensure_rescue_automation
 from flows.maintenance import deprovision, purge_expired_keys, resign_whitelists
@@ -31,27 +32,40 @@ CONCURRENT_RUNS = 4
 PREFECT_WAIT_S = 30.0
 
 
-def _deployment(flow: Flow[Any, Any], **options: Any) -> RunnerDeployment:
+def _deployment(
+    flow: Flow[Any, Any], entrypoint_type: EntrypointType, **options: Any
+) -> RunnerDeployment:
     """`<flow>/<flow>`: the name the bridge and the API start runs by."""
-    return cast(RunnerDeployment, flow.to_deployment(name=flow.name, tags=["cvmfs"], **options))
+    return cast(
+        RunnerDeployment,
+        flow.to_deployment(
+            name=flow.name, tags=["cvmfs"], entrypoint_type=entrypoint_type, **options
+        ),
+    )
 
 
-def deployments(settings: Settings) -> list[RunnerDeployment]:
+def deployments(
+    settings: Settings, entrypoint_type: EntrypointType = EntrypointType.FILE_PATH
+) -> list[RunnerDeployment]:
+    """Every deployment. A work pool's workers load flows by module path (`flows.sync.sync`,
+    from the installed package), so the checkout's path on the registering host never matters."""
     unpacked_fqrn = f"unpacked.{settings.repository_domain}"
+    gc_parameters = {"req": {"fqrn": unpacked_fqrn}}
+    kind = entrypoint_type
     return [
-        _deployment(provision),
-        _deployment(wire_waiting_bucket),
-        _deployment(deprovision),
-        _deployment(sync),
-        _deployment(reconcile, cron=RECONCILE_CRON),
-        _deployment(rollback),
-        _deployment(tag),
-        _deployment(resign_whitelists, cron=DAILY_CRON),
-        _deployment(purge_expired_keys, cron=DAILY_CRON),
-        _deployment(unpack),
-        _deployment(unpack_delete),
-        _deployment(unpack_gc, cron=GC_CRON, parameters={"req": {"fqrn": unpacked_fqrn}}),
-        _deployment(unpack_wishlist),
+        _deployment(provision, kind),
+        _deployment(wire_waiting_bucket, kind),
+        _deployment(deprovision, kind),
+        _deployment(sync, kind),
+        _deployment(reconcile, kind, cron=RECONCILE_CRON),
+        _deployment(rollback, kind),
+        _deployment(tag, kind),
+        _deployment(resign_whitelists, kind, cron=DAILY_CRON),
+        _deployment(purge_expired_keys, kind, cron=DAILY_CRON),
+        _deployment(unpack, kind),
+        _deployment(unpack_delete, kind),
+        _deployment(unpack_gc, kind, cron=GC_CRON, parameters=gc_parameters),
+        _deployment(unpack_wishlist, kind),
     ]
 
 
@@ -84,6 +98,12 @@ def require_prefect_server(api_url: str, wait_s: float = PREFECT_WAIT_S) -> None
 
 def main() -> None:
     settings = Settings.load()
+    if settings.prefect.work_pool is not None:
+        raise SystemExit(
+            f"serve-deployments: prefect.work_pool is {settings.prefect.work_pool!r}, so the "
+            "deployments belong to that pool: run `./svc worker` on each runner host (or unset "
+            "CVMFS_SVC_PREFECT__WORK_POOL for the embedded `serve`)"
+        )
     require_prefect_server(settings.prefect.api_url)
     serve_runner_metrics(settings)  # before any flow run: the runs inherit its directory
     with get_client(sync_client=True) as client:

@@ -158,6 +158,19 @@ def serve_deployments() -> None:
 
 
 @app.command()
+def worker() -> None:
+    """Production runner: a Prefect process worker on the work pool prefect.work_pool (creates
+    the pool and registers the deployments in it if missing)."""
+    from service.prefect_env import apply_prefect_environment
+    from service.settings import Settings
+
+    apply_prefect_environment(Settings.load())  # before prefect is imported
+    from deployments.worker import main as worker_main
+
+    worker_main()
+
+
+@app.command()
 def bridge() -> None:
     """Consume RabbitMQ (bucket events, repository requests, registry events) into flow runs."""
     from service.prefect_env import apply_prefect_environment

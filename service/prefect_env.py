@@ -33,6 +33,9 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
         # Whole seconds only; deployments/serve.py hands the runner the exact interval.
         "PREFECT_RUNNER_POLL_FREQUENCY": str(max(1, math.ceil(settings.prefect.runner_poll_s))),
+        # A worker (work-pool layout) asks for runs every 10 s by default: the same interval as
+        # the runner's, so a bridge's run starts as soon on either layout.
+        "PREFECT_WORKER_QUERY_SECONDS": str(settings.prefect.runner_poll_s),
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(settings.prefect.heartbeat_s),
         "PREFECT_LOGGING_EXTRA_LOGGERS": "cvmfs",
         # The service's own loggers also log outside flow runs (bridge, API, gateway): those

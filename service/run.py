@@ -25,6 +25,14 @@ STOP_GRACE_S = 15.0
 SERVICE_COMMANDS = ("serve-deployments", "bridge", "api", "gateway")
 
 
+def service_commands(settings: Settings) -> tuple[str, ...]:
+    """The runner is `serve-deployments` (embedded default) or, with prefect.work_pool set, a
+    `worker` on that pool."""
+    if settings.prefect.work_pool is None:
+        return SERVICE_COMMANDS
+    return tuple("worker" if c == "serve-deployments" else c for c in SERVICE_COMMANDS)
+
+
 def child_environment(settings: Settings) -> dict[str, str]:
     """Prefect clients talk to the stack's server; runs poll often and send heartbeats."""
     return {**os.environ, **prefect_environment(settings)}
@@ -46,8 +54,9 @@ def serve_forever(settings: Settings, after_start: Callable[[], None] | None = N
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     env = child_environment(settings)
-    children = {command: _start(command, env) for command in SERVICE_COMMANDS}
-    print("service: running " + ", ".join(SERVICE_COMMANDS) + "; Ctrl-C stops it", flush=True)
+    commands = service_commands(settings)
+    children = {command: _start(command, env) for command in commands}
+    print("service: running " + ", ".join(commands) + "; Ctrl-C stops it", flush=True)
     if after_start is not None:
         threading.Thread(target=after_start, name="after-start", daemon=True).start()
     try:

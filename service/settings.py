@@ -130,6 +130,10 @@ class PrefectSettings(BaseModel):
     # died) is scheduled again (deployments/rescue.py). Three heartbeats, as Prefect's own
     # zombie recipe; must stay well above heartbeat_s so a busy run is not taken for dead.
     rescue_after_s: int = Field(default=90, ge=10)
+    # Production runners: the Prefect work pool (process type) the deployments are registered
+    # in and `./svc worker` polls on each runner host. None: the embedded default, one
+    # `./svc serve-deployments` serving them (no pool to create, nothing to deploy).
+    work_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
     @property
     def api_url(self) -> str:

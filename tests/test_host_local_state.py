@@ -5,6 +5,7 @@ and every file a service process writes for itself is under the data directory.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from pathlib import Path
 
@@ -89,3 +90,26 @@ def test_sqlite_stays_the_embedded_default_and_explicit_urls_win() -> None:
         }
     )
     assert explicit.registry_database_url == "postgresql+psycopg://u:p@db.example.org/reg"
+
+
+def test_work_pool_layout_runs_workers_that_load_flows_by_module_path(tmp_path: Path) -> None:
+    from prefect.types.entrypoint import EntrypointType
+
+    from deployments.serve import deployments
+    from deployments.worker import absolute_paths_for_runs
+    from service.run import SERVICE_COMMANDS, service_commands
+
+    embedded = Settings(data_dir=tmp_path / "data")
+    assert service_commands(embedded) == SERVICE_COMMANDS  # `serve` stays the default
+    pooled = embedded.model_copy(
+        update={"prefect": embedded.prefect.model_copy(update={"work_pool": "cvmfs"})}
+    )
+    assert service_commands(pooled) == ("worker", "bridge", "api", "gateway")
+    # A worker host's checkout may live anywhere: flows load from the installed package.
+    entrypoints = [d.entrypoint for d in deployments(pooled, EntrypointType.MODULE_PATH)]
+    assert "flows.sync.sync" in entrypoints
+    assert all(e is not None and ":" not in e for e in entrypoints)
+    # Flow runs start in a temporary directory: a relative data directory must not move.
+    relative = Settings(data_dir=Path("relative-data"))
+    absolute_paths_for_runs(relative)
+    assert Path(os.environ.pop("CVMFS_SVC_DATA_DIR")) == relative.absolute_data_dir

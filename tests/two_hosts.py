@@ -40,7 +40,9 @@ from stack import procs
 from tests.conftest import settings_env
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-HOST_COMMANDS = ("serve-deployments", "bridge", "api")
+# A host's runner: `serve-deployments` (the embedded default), or `worker` on the work pool
+# prefect.work_pool (the production layout); then the bridge and the API.
+OTHER_HOST_COMMANDS = ("bridge", "api")
 HOST_NAMES = ("a", "b")
 POLL_S = 0.5
 
@@ -198,6 +200,14 @@ class Host:
     starts: int = 0
 
     @property
+    def runner(self) -> str:
+        return "serve-deployments" if self.settings.prefect.work_pool is None else "worker"
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        return (self.runner, *OTHER_HOST_COMMANDS)
+
+    @property
     def api_url(self) -> str:
         return f"http://{self.network.host_ip(self.name)}:{self.settings.api.port}"
 
@@ -218,7 +228,7 @@ class Host:
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = self.environment()
-        for command in HOST_COMMANDS:
+        for command in self.commands:
             with self.log(command).open("wb") as out:
                 self.processes[command] = subprocess.Popen(
                     [
@@ -248,7 +258,7 @@ class Host:
                     raise RuntimeError(f"host {self.name}: {command} exited: {tail}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.api_url}/openapi.json", timeout=5).is_success and (
-                    "deployment" in self.log("serve-deployments").read_text(errors="replace")
+                    "deployment" in self.log(self.runner).read_text(errors="replace")
                     or self.starts > 1
                 ):
                     return
@@ -287,9 +297,19 @@ class Host:
                 break
         self.processes.clear()
 
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far per process of this start (`<command>`: its own; `<command>
+        children`: of the children it reaped, which for the runner are the finished flow runs)."""
+        used: dict[str, float] = {}
+        for command, process in self.processes.items():
+            own, children = process_cpu_s(process.pid)
+            used[command] = own
+            used[f"{command} children"] = children
+        return used
+
     def flow_runs_in_progress(self) -> int:
         """Flow runs begun and not finished in this host's runner (current start), from its log."""
-        text = self.log("serve-deployments").read_text("utf-8", "replace")
+        text = self.log(self.runner).read_text("utf-8", "replace")
         begun = len(re.findall(r"Flow run '[^']+' - Beginning flow run", text))
         finished = len(re.findall(r"Flow run '[^']+' - Finished in state", text))
         return begun - finished
@@ -308,12 +328,24 @@ class Host:
     def flow_runs_finished(self, start: int) -> int:
         """Flow runs that finished in this host's runner during its `start`-th start (the
         flow-run processes log to the runner's output)."""
-        path = self.log_dir / f"{self.name}-serve-deployments-{start}.log"
+        path = self.log_dir / f"{self.name}-{self.runner}-{start}.log"
         if not path.exists():
             return 0
         return len(
             re.findall(r"Flow run '[^']+' - Finished in state", path.read_text("utf-8", "replace"))
         )
+
+
+def process_cpu_s(pid: int) -> tuple[float, float]:
+    """(user + system CPU seconds of `pid`, of its reaped children), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0, 0.0
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    ticks = os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime) / ticks, (cutime + cstime) / ticks
 
 
 @dataclass(frozen=True)
@@ -354,6 +386,17 @@ def provision_repositories(settings: Settings, count: int, tag: str) -> list[Rep
             f"{count} repositories provisioned",
             600,
         )
+        # Ready is not enough: a bucket that is `foreign` (another S3 account owns it, as the
+        # demo user does here unless provisioning.require_bucket_owner is off) is never
+        # wired, and its uploads reach no queue. Say so now rather than time out later.
+        states = registry.bucket_states([repo.fqrn for repo in repos])
+        unwired = {
+            fqrn: f"{state.state}: {state.message}"
+            for fqrn, state in states.items()
+            if state.state != "wired"
+        }
+        if unwired or len(states) < len(repos):
+            raise RuntimeError(f"buckets not wired after provisioning: {unwired}")
     finally:
         registry.close()
     return repos
