@@ -1,7 +1,8 @@
-"""Deflate implementations for content objects: stock zlib, or ISA-L's faster zlib streams.
+"""Deflate implementations for objects: stock zlib, or ISA-L's faster zlib streams.
 
 Both write standard zlib streams (RFC 1950) that every CVMFS client inflates; only the bytes
 differ, hence the object names. Measured on the benchmark tree (bench/README.md, "Fast mode").
+Content objects use the repository's choice; catalogs always use ISA-L (`CATALOG_COMPRESSION`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ class Compression(enum.StrEnum):
 
     ZLIB = "zlib"  # stdlib zlib level 6: byte-identical to the stock publisher's objects
     ISAL = "isal"  # python-isal level 3: ~10x faster, ~5 % larger, object names differ
+
+
+# Catalogs are SQLite files full of hashes: ISA-L deflates a 100,000-row catalog (15.7 MB) to
+# the same size as zlib level 6 (2.12x against 2.13x) in a sixth of the CPU (0.036 s against
+# 0.228 s), and that catalog is rewritten by every publish that touches it (bench/README.md,
+# "Publish one changed file"). A catalog's bytes never match another publisher's anyway (they
+# carry the revision and timestamps), so no deduplication is lost; every client inflates them.
+CATALOG_COMPRESSION = Compression.ISAL
 
 
 class Deflater(Protocol):

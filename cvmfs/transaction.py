@@ -68,7 +68,7 @@ from cvmfs.catalog_writer import (
     zero_counters,
 )
 from cvmfs.chunking import ChunkingParams, iter_chunks
-from cvmfs.codecs import Compression
+from cvmfs.codecs import CATALOG_COMPRESSION, Compression
 from cvmfs.errors import CvmfsError, InvalidPathError, NotFoundError
 from cvmfs.objects import (
     ContentHash,
@@ -105,7 +105,7 @@ class IngestOptions:
 
     hash_algorithm: HashAlgorithm = HashAlgorithm.SHA1
     compress: bool = True
-    # Deflate of content objects (catalogs, history and certificate always use stock zlib)
+    # Deflate of content objects (catalogs: CATALOG_COMPRESSION; history, certificate: zlib)
     compression: Compression = Compression.ZLIB
     chunking: ChunkingParams | None = field(default_factory=ChunkingParams)
     # Threads compressing, hashing and uploading (zlib and hashlib release the GIL). One per
@@ -1056,7 +1056,9 @@ class Transaction:
                 subtree=subtree,
             )
             data = db_path.read_bytes()
-            stored, content_hash = compress_and_hash(data, self.options.hash_algorithm)
+            stored, content_hash = compress_and_hash(
+                data, self.options.hash_algorithm, CATALOG_COMPRESSION
+            )
             self._pipeline.upload(object_path(content_hash, ObjectSuffix.CATALOG), stored)
             written.append(FinalizedCatalog(node.mountpoint, content_hash, len(data), revision))
             db_path.unlink()

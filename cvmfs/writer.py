@@ -40,7 +40,12 @@ from pathlib import Path
 from cvmfs.catalog import DEFAULT_TTL_S, DIRECTORY_SIZE, FLAG_DIR
 from cvmfs.catalog_writer import CatalogWriter, Row
 from cvmfs.chunking import ChunkingParams
-from cvmfs.codecs import Compression, compression_from_metainfo, metainfo_with_compression
+from cvmfs.codecs import (
+    CATALOG_COMPRESSION,
+    Compression,
+    compression_from_metainfo,
+    metainfo_with_compression,
+)
 from cvmfs.errors import ConflictError, CvmfsError, NotFoundError
 from cvmfs.history import (
     TAG_TRUNK,
@@ -224,7 +229,8 @@ class RepositoryWriter:
         return self._get_object(manifest.certificate_hash, ObjectSuffix.CERTIFICATE)
 
     def _put_object(self, data: bytes, suffix: ObjectSuffix) -> ContentHash:
-        stored, content_hash = compress_and_hash(data, self.options.hash_algorithm)
+        compression = CATALOG_COMPRESSION if suffix is ObjectSuffix.CATALOG else Compression.ZLIB
+        stored, content_hash = compress_and_hash(data, self.options.hash_algorithm, compression)
         key = object_path(content_hash, suffix)
         if not self.storage.exists(key):
             self.storage.put(key, stored)
