@@ -21,18 +21,20 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from cvmfs.keys import KeySet, generate_keyset, parse_gateway_key
-from cvmfs.storage import LocalStorage
+from cvmfs.storage import LocalStorage, Storage
 from cvmfs.tarball import import_directory
 from cvmfs.writer import RepositoryWriter, create_repository
 from gateway.publisher import Publisher, prepare, publisher_transaction, send_objects
@@ -64,6 +66,12 @@ def child_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -89,6 +97,12 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, help="the bench.tree directory (made if missing)")
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 10,000 files, 1 GiB")
     parser.add_argument("--offset", type=int, default=100, help="test stack port offset")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another source tree (e.g. `git archive main | tar -x -C DIR`): its gateway runs "
+        "beside this one and the small-file rounds alternate between the two",
+    )
     args = parser.parse_args()
 
     with exclusive(lock_path_for_test_stack(args.offset), wait_s=900, what="The test stack"):
@@ -106,6 +120,7 @@ def main() -> None:
         os.environ["PREFECT_HOME"] = str(data_dir / "prefect-home")
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
         gateway: subprocess.Popen[bytes] | None = None
+        against: subprocess.Popen[bytes] | None = None
         try:
             stack.up(COMPONENTS)
             vault = settings.vault.model_copy(update={"token": root_token(settings)})
@@ -121,16 +136,35 @@ def main() -> None:
             api_url = f"http://127.0.0.1:{settings.gateway.port}/api/v1"
             wait_for(api_url)
             print(f"gateway pid={gateway.pid} rss_after_start_mib={peak_rss_mib(gateway.pid):.0f}")
-            small_file(settings, fqrn, keys, api_url, args.repeat)
+            gateways = {"this tree": api_url}
+            if args.against is not None:
+                other = settings.model_copy(
+                    update={"gateway": settings.gateway.model_copy(update={"port": free_port()})}
+                )
+                other_log = (data_dir / "gateway-against.log").open("wb")
+                # `-m` puts the working directory first on sys.path: the other tree's code
+                against = subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", "gateway"],
+                    env=child_env(other),
+                    cwd=args.against,
+                    stdout=other_log,
+                    stderr=subprocess.STDOUT,
+                )
+                gateways[str(args.against)] = f"http://127.0.0.1:{other.gateway.port}/api/v1"
+                wait_for(gateways[str(args.against)])
+            small_file(settings, fqrn, keys, gateways, args.repeat)
             print_phases(data_dir / "gateway.log")
+            if against is not None:
+                print_phases(data_dir / "gateway-against.log", f" ({args.against})")
             print(f"gateway peak_rss_mib={peak_rss_mib(gateway.pid):.0f} (after small files)")
             if args.tree is not None:
                 tree(settings, fqrn, keys, api_url, args.tree, args.scale, data_dir)
                 print(f"gateway peak_rss_mib={peak_rss_mib(gateway.pid):.0f} (after the tree)")
         finally:
-            if gateway is not None:
-                gateway.terminate()
-                gateway.wait(timeout=30)
+            for process in (gateway, against):
+                if process is not None:
+                    process.terminate()
+                    process.wait(timeout=30)
             stack.down(COMPONENTS)
             shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -170,71 +204,108 @@ def _publisher(api_url: str, keys: KeySet) -> Publisher:
     return Publisher(api_url, key_id, secret)
 
 
-def small_file(settings: Settings, fqrn: str, keys: KeySet, api_url: str, repeat: int) -> None:
+@dataclass
+class SmallFileFigures:
+    total: list[float] = field(default_factory=list)
+    own: list[float] = field(default_factory=list)
+    gateway: list[float] = field(default_factory=list)
+    lease: list[float] = field(default_factory=list)
+    payload: list[float] = field(default_factory=list)
+    commit: list[float] = field(default_factory=list)
+    native: list[float] = field(default_factory=list)
+
+
+def small_file(
+    settings: Settings, fqrn: str, keys: KeySet, gateways: dict[str, str], repeat: int
+) -> None:
+    """`repeat` rounds per gateway; with two, A B then B A, ... on the same repository."""
     from tasks.storage import repository_storage
 
-    publisher = _publisher(api_url, keys)
     storage = repository_storage(settings, fqrn)
     writer = RepositoryWriter.open(storage, fqrn, keys)
-    total: list[float] = []
-    own: list[float] = []
-    gateway_s: list[float] = []
-    lease_s: list[float] = []
-    payload_s: list[float] = []
-    commit_s: list[float] = []
-    native: list[float] = []
+    figures = {label: SmallFileFigures() for label in gateways}
+    labels = list(gateways)
     for attempt in range(repeat + 1):  # the first round warms up Prefect and the caches
-        content = f"small file {attempt} {uuid.uuid4()}\n".encode()
-        began = time.perf_counter()
-        token = publisher.acquire_token(f"{fqrn}/small")
-        leased = time.perf_counter()
-        with publisher_transaction(storage, fqrn) as txn:
-            txn.add_file(f"/small/file-{attempt}", content)
-            prepared = prepare(txn)
-        built = time.perf_counter()
-        send_objects(publisher, token, prepared.capture)
-        sent = time.perf_counter()
-        reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
-        committed = time.perf_counter()
-        assert reply.get("status") == "ok", reply
-        while writer.current_manifest().revision < reply["final_revision"]:
-            time.sleep(0.01)
-        visible = time.perf_counter()
-        started_native = time.perf_counter()
-        with writer.transaction() as direct:
-            direct.add_file(f"/native/file-{attempt}", content)
-            direct.publish()
-        native_s = time.perf_counter() - started_native
-        if attempt == 0:
-            continue
-        total.append(visible - began)
-        own.append(built - leased)
-        lease_s.append(leased - began)
-        payload_s.append(sent - built)
-        commit_s.append(committed - sent)
-        gateway_s.append((leased - began) + (sent - built) + (committed - sent))
-        native.append(native_s)
+        for label in labels if attempt % 2 == 0 else labels[::-1]:
+            publisher = _publisher(gateways[label], keys)
+            name = f"{attempt}-{labels.index(label)}"
+            one_small_file(
+                publisher, storage, writer, fqrn, name, figures[label] if attempt else None
+            )
 
     def p50(values: list[float]) -> str:
         return f"{statistics.median(values):.3f}"
 
-    print(
-        f"small file x{repeat}: publish-to-visible p50={p50(total)} s (max {max(total):.3f}); "
-        f"publisher's own work p50={p50(own)} s; gateway calls p50={p50(gateway_s)} s "
-        f"(lease {p50(lease_s)}, payload {p50(payload_s)}, commit {p50(commit_s)}); "
-        f"native publish of the same change p50={p50(native)} s; "
-        f"gateway overhead over native p50="
-        f"{statistics.median(t - n for t, n in zip(total, native, strict=True)):.3f} s"
-    )
+    for label, f in figures.items():
+        print(
+            f"small file x{repeat} [{label}]: publish-to-visible p50={p50(f.total)} s "
+            f"(max {max(f.total):.3f}); publisher's own work p50={p50(f.own)} s; gateway calls "
+            f"p50={p50(f.gateway)} s (lease {p50(f.lease)}, payload {p50(f.payload)}, commit "
+            f"{p50(f.commit)}); native publish of the same change p50={p50(f.native)} s; "
+            f"gateway overhead over native p50="
+            f"{statistics.median(t - n for t, n in zip(f.total, f.native, strict=True)):.3f} s"
+        )
+    if len(labels) == 2:
+        a, b = figures[labels[0]], figures[labels[1]]
+        pairs = list(zip(a.commit, b.commit, strict=True))
+        print(
+            f"commit call, pair by pair [{labels[0]}] - [{labels[1]}]: median "
+            f"{statistics.median(x - y for x, y in pairs):+.3f} s, ratio median "
+            f"{statistics.median(x / y for x, y in pairs):.2f}"
+        )
 
 
-def print_phases(log: Path) -> None:
+def one_small_file(
+    publisher: Publisher,
+    storage: Storage,
+    writer: RepositoryWriter,
+    fqrn: str,
+    name: str,
+    figures: SmallFileFigures | None,
+) -> None:
+    """One file through the gateway, then the same change published natively."""
+    content = f"small file {name} {uuid.uuid4()}\n".encode()
+    began = time.perf_counter()
+    token = publisher.acquire_token(f"{fqrn}/small")
+    leased = time.perf_counter()
+    with publisher_transaction(storage, fqrn) as txn:
+        txn.add_file(f"/small/file-{name}", content)
+        prepared = prepare(txn)
+    built = time.perf_counter()
+    send_objects(publisher, token, prepared.capture)
+    sent = time.perf_counter()
+    reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
+    committed = time.perf_counter()
+    assert reply.get("status") == "ok", reply
+    while writer.current_manifest().revision < reply["final_revision"]:
+        time.sleep(0.01)
+    visible = time.perf_counter()
+    started_native = time.perf_counter()
+    with writer.transaction() as direct:
+        direct.add_file(f"/native/file-{name}", content)
+        direct.publish()
+    native_s = time.perf_counter() - started_native
+    if figures is None:
+        return
+    figures.total.append(visible - began)
+    figures.own.append(built - leased)
+    figures.lease.append(leased - began)
+    figures.payload.append(sent - built)
+    figures.commit.append(committed - sent)
+    figures.gateway.append((leased - began) + (sent - built) + (committed - sent))
+    figures.native.append(native_s)
+
+
+def print_phases(log: Path, label: str = "") -> None:
     """Medians of the phases the gateway logs per commit (flow and merge)."""
     text = log.read_text(errors="replace")
     for name in ("lock_s", "task_s", "report_s", "merge_s"):
         values = [float(v) for v in re.findall(rf"{name}=([0-9.]+)", text)]
         if values:
-            print(f"  commit phase {name}: p50={statistics.median(values):.3f} s (n={len(values)})")
+            print(
+                f"  commit phase {name}{label}: p50={statistics.median(values):.3f} s "
+                f"(n={len(values)})"
+            )
 
 
 def tree(

@@ -1,7 +1,9 @@
 """Flow `gateway-commit`: a stock publisher's commit through the gateway, as one run.
 
 The gateway process runs it when `POST /api/v1/leases/<token>` arrives, so every commit shows
-in the Prefect UI with its repository, path, publisher host, key id and hashes.
+in the Prefect UI with its repository, path, publisher host, key id and hashes, and answers
+the waiting publisher as soon as the revision is published (gateway/commit_runner.py); the
+change summary and the run's final state follow.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import time
 
 from prefect import flow, get_run_logger
 
+from gateway.announce import announce_published
 from service.runtime import load_settings
-from tasks.gateway_commit import GatewayCommitRequest, merge_and_publish
+from tasks.gateway_commit import GatewayCommitRequest, merge_and_publish, report_commit
 from tasks.locks import repository_lease
 
 
@@ -25,7 +28,9 @@ def gateway_commit(req: GatewayCommitRequest) -> int:
     with repository_lease(req.repo):
         locked = time.perf_counter()
         outcome = merge_and_publish(settings, req)
+        announce_published(outcome.revision)
     merged = time.perf_counter()
+    report_commit(req, outcome)
     get_run_logger().info(
         "gateway commit repo=%s path=%s key_id=%s host=%s revision=%d→%d changes=%s "
         "lock_s=%.3f task_s=%.3f",

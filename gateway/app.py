@@ -23,9 +23,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from flows.gateway_commit import gateway_commit
 from gateway.auth import check_hmac, parse_authorization
 from gateway.body import BodyStream, BodyTooLarge, feed_worker
+from gateway.commit_runner import CommitFailed
 from gateway.errors import GatewayError, InvalidLease, PathBusy
 from gateway.keys import GatewayKey
 from gateway.leases import Lease
@@ -235,7 +235,8 @@ class Gateway:
         return await run_in_threadpool(self._commit_lease, token, header, body)
 
     def _commit_lease(self, token: str, header: str | None, body: bytes) -> JSONResponse:
-        """leases.go handleCommitLease; the merge runs as a `gateway-commit` flow run."""
+        """leases.go handleCommitLease; the merge runs as a `gateway-commit` flow run, which
+        answers as soon as it has published (gateway/commit_runner.py)."""
         lease, key = self.lease_for_token(token, header)
         message = parse_json_object(body)
         hashes = [message.get("old_root_hash"), message.get("new_root_hash")]
@@ -254,16 +255,16 @@ class Gateway:
             tag_name=tag_name if isinstance(tag_name, str) else "",
             tag_description=tag_description if isinstance(tag_description, str) else "",
         )
-        state = gateway_commit(request, return_state=True)
-        if not state.is_completed():
-            error = state.result(raise_on_failure=False)
+        try:
+            revision = self.svc.commits.commit(request)
+        except CommitFailed as failed:
+            error = failed.state.result(raise_on_failure=False)
             if isinstance(error, GatewayError):
                 return refused(error.reason)
             return refused(
                 f"commit failed ({type(error).__name__}: {error}); nothing was published and "
                 "the lease is kept: run `cvmfs_server publish` again"
             )
-        revision = state.result()
         # Published: the reply must say so even if the lease ran out during a long commit and
         # a new grant already removed it.
         with contextlib.suppress(InvalidLease):

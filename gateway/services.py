@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cvmfs.errors import CvmfsError
 from cvmfs.manifest import Manifest, SignedManifest
 from cvmfs.storage import Storage
+from gateway.commit_runner import CommitRunner
 from gateway.errors import GatewayError
 from gateway.keys import RepositoryKeys
 from gateway.leases import LeaseStore
@@ -24,6 +25,7 @@ class GatewayServices:
     registry: RepositoryRegistry
     leases: LeaseStore
     keys: RepositoryKeys
+    commits: CommitRunner = field(default_factory=CommitRunner)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayServices:
@@ -41,6 +43,7 @@ class GatewayServices:
         )
 
     def close(self) -> None:
+        self.commits.close()  # the runs in progress finish their bookkeeping first
         self.leases.close()
         self.registry.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -121,13 +122,22 @@ def test_new_files_symlinks_nested_catalog_chunked_file_and_tag(world: GatewayWo
     stats = reader.root_catalog.statistics()
     assert stats["subtree_chunked"] + stats["self_chunked"] >= 1
 
-    # the commit is a Prefect run with the change summary as an artifact
+    # the commit is a Prefect run with the change summary as an artifact; the publisher is
+    # answered once the revision is published, the run completes just after
     fqrn = world.repos["one"]
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"gateway-commit-{fqrn}"]))
-        )
-        assert runs and runs[0].state is not None and runs[0].state.is_completed()
+        deadline = time.monotonic() + 30
+        while True:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=[f"gateway-commit-{fqrn}"])
+                )
+            )
+            if runs and runs[0].state is not None and runs[0].state.is_final():
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.1)
+        assert runs[0].state.is_completed(), runs[0].state
         assert runs[0].parameters["req"]["path"] == "/sw"
         assert runs[0].parameters["req"]["key_id"] == fqrn
         artifacts = client.read_artifacts(
