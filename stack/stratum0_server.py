@@ -1,14 +1,18 @@
 """A read-only HTTP server for stratum-0 storage: /cvmfs/<fqrn>/... from <root>/<fqrn>/...
 
-Run as `python -m stack.stratum0_server --root DIR --port N`; GET and HEAD only, no listings.
+Run as `python -m stack.stratum0_server --root DIR --port N`; GET and HEAD only, no listings;
+validators (ETag, Last-Modified) and 304s, so a Squid in front revalidates instead of refetching.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
 import io
+import os
 import re
 import urllib.parse
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +44,36 @@ def resolve(root: Path, url_path: str) -> Path | None:
     if not real.is_relative_to(root.resolve()) or not real.is_file():
         return None
     return real
+
+
+def entity_tag(stat: os.stat_result) -> str:
+    """A strong validator that changes whenever the file does: writers replace a manifest by
+    renaming a new file over it (a new inode), and objects never change."""
+    return f'"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+
+
+def not_modified(headers: Message, stat: os.stat_result) -> bool:
+    """Whether a conditional GET/HEAD may be answered 304 (RFC 9110 §13.2.2: If-None-Match
+    decides when present). Squid revalidates an expired manifest with these, as with Apache.
+
+    If-Modified-Since alone answers 304 only for a file last changed in a whole second before
+    the given date: Last-Modified has one-second resolution, and a manifest replaced within the
+    second a cache fetched it has the same Last-Modified as the copy the cache holds.
+    """
+    tags = headers.get("If-None-Match")
+    if tags is not None:
+        wanted = {tag.strip().removeprefix("W/") for tag in tags.split(",")}
+        return "*" in wanted or entity_tag(stat) in wanted
+    since = headers.get("If-Modified-Since")
+    if since is None:
+        return False
+    try:
+        date = email.utils.parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False  # an invalid date is ignored (RFC 9110 §13.1.3)
+    if date.tzinfo is None:
+        return False
+    return int(stat.st_mtime) < int(date.timestamp())
 
 
 class Unsatisfiable(ValueError):
@@ -102,7 +136,19 @@ def make_handler(root: Path) -> type[BaseHTTPRequestHandler]:
                 self._small(HTTPStatus.NOT_FOUND, b"not found\n", send_body)
                 return
             with handle:
-                size = path.stat().st_size
+                stat = os.fstat(handle.fileno())
+                size = stat.st_size
+                validators = {
+                    "ETag": entity_tag(stat),
+                    "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True),
+                }
+                if not_modified(self.headers, stat):
+                    self.send_response(HTTPStatus.NOT_MODIFIED)
+                    for key, value in {**content_headers(path.name), **validators}.items():
+                        if key != "Content-Type":
+                            self.send_header(key, value)
+                    self.end_headers()
+                    return
                 try:
                     wanted = byte_range(self.headers.get("Range"), size)
                 except Unsatisfiable:
@@ -113,7 +159,7 @@ def make_handler(root: Path) -> type[BaseHTTPRequestHandler]:
                     return
                 first, last = wanted if wanted is not None else (0, size - 1)
                 self.send_response(HTTPStatus.PARTIAL_CONTENT if wanted else HTTPStatus.OK)
-                for key, value in content_headers(path.name).items():
+                for key, value in {**content_headers(path.name), **validators}.items():
                     self.send_header(key, value)
                 self.send_header("Accept-Ranges", "bytes")
                 if wanted is not None:

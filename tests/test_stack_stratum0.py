@@ -4,8 +4,10 @@ GET and HEAD only, no listings, no way out of the served tree, CVMFS content typ
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,3 +152,34 @@ def test_resolve_accepts_only_regular_files_below_the_root(tmp_path: Path) -> No
     assert resolve(tmp_path, "/cvmfs/outside") is None  # not below a repository
     assert resolve(tmp_path, "/cvmfs/r.example.org/../outside") is None
     assert resolve(tmp_path, "/cvmfs/r.example.org/data/f\0") is None
+
+
+def test_revalidation_answers_304_until_the_file_is_replaced(repo: Repo) -> None:
+    # What a Squid in front does once its copy of the manifest is older than max-age=61.
+    path = f"/cvmfs/{repo.fqrn}/.cvmfspublished"
+    _, first, _ = request(repo, "GET", path)
+    assert first["Last-Modified"].endswith(" GMT")
+    status, headers, body = request(repo, "GET", path, {"If-None-Match": first["ETag"]})
+    assert (status, body) == (304, b"")
+    assert headers["ETag"] == first["ETag"]
+    assert headers["Cache-Control"] == f"max-age={MANIFEST_MAX_AGE_S}"
+    # A publish renames a new manifest over the old one, within the same second here.
+    replacement = repo.root / ".cvmfspublished.new"
+    replacement.write_bytes(b"Cdef\nRdeadbeef\n--\n")
+    replacement.replace(repo.root / ".cvmfspublished")
+    status, headers, body = request(
+        repo,
+        "GET",
+        path,
+        {"If-None-Match": first["ETag"], "If-Modified-Since": first["Last-Modified"]},
+    )
+    assert (status, body) == (200, b"Cdef\nRdeadbeef\n--\n")
+    assert headers["ETag"] != first["ETag"]
+    # If-Modified-Since alone: the same second is not enough to say "not modified".
+    status, _, _ = request(repo, "GET", path, {"If-Modified-Since": headers["Last-Modified"]})
+    assert status == 200
+    old = time.time() - 3600
+    os.utime(repo.root / ".cvmfspublished", (old, old))
+    now = email.utils.formatdate(time.time(), usegmt=True)
+    status, _, body = request(repo, "GET", path, {"If-Modified-Since": now})
+    assert (status, body) == (304, b"")

@@ -308,11 +308,15 @@ class Host:
         return used
 
     def flow_runs_in_progress(self) -> int:
-        """Flow runs begun and not finished in this host's runner (current start), from its log."""
-        text = self.log(self.runner).read_text("utf-8", "replace")
-        begun = len(re.findall(r"Flow run '[^']+' - Beginning flow run", text))
-        finished = len(re.findall(r"Flow run '[^']+' - Finished in state", text))
-        return begun - finished
+        """Flow runs executing in this host's runner now: its `python -m prefect.engine`
+        children (serve and worker alike). Counting the log's begun and finished lines drifted
+        over a long bench (it read -19 after some 500 runs)."""
+        runner = self.processes.get(self.runner)
+        if runner is None or runner.poll() is not None:
+            return 0
+        return sum(
+            1 for pid in procs.descendants(runner.pid) if "prefect.engine" in procs.cmdline(pid)
+        )
 
     def kill_while_running(self, wait_s: float = 180.0) -> tuple[int, int]:
         """Wait (bounded) until the host executes a flow run, then SIGKILL all its processes
