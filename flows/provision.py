@@ -9,12 +9,15 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.sync import sync
 from service.faults import kind_of
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.repositories import BucketState, ClaimRefused
 from service.runtime import load_settings
+from service.settings import Settings
 from tasks.locks import ensure_publish_lock
 from tasks.provision import (
+    bucket_holds_objects,
     claim_repository,
     connect_bucket,
     create_stratum0,
@@ -25,6 +28,7 @@ from tasks.provision import (
     send_reply,
     store_keys,
 )
+from tasks.sync import SyncRequest
 
 
 @flow(name="provision", flow_run_name="provision-{request.fqrn}")
@@ -71,6 +75,7 @@ def provision(request: AuthorizedProvisionRequest) -> ProvisionReply:
     )
     send_reply(settings, reply)
     logger.info("provisioned repo=%s revision=%d bucket=%s", request.fqrn, revision, bucket.state)
+    publish_what_the_bucket_holds(settings, request.fqrn, bucket)
     return reply
 
 
@@ -84,6 +89,25 @@ class WireBucketRequest(BaseModel):
 def wire_waiting_bucket(req: WireBucketRequest) -> BucketState:
     """Connect a repository's bucket that appeared after provisioning (started by the
     bridge's repository watcher, or by hand from the UI); safe to repeat."""
-    state = connect_bucket(load_settings(), req.fqrn)
+    settings = load_settings()
+    state = connect_bucket(settings, req.fqrn)
     get_run_logger().info("wire-bucket repo=%s state=%s", req.fqrn, state.state)
+    publish_what_the_bucket_holds(settings, req.fqrn, state)
     return state
+
+
+def publish_what_the_bucket_holds(settings: Settings, fqrn: str, bucket: BucketState) -> None:
+    """A backfill `sync` of a just-wired bucket that already holds objects: those put before
+    its notification existed made no event (seen by hand: a user who created the bucket and
+    uploaded at once waited for the 30-minute reconcile). An empty bucket costs one listing.
+    A failed backfill fails nothing here: the scheduled reconcile repairs it."""
+    if bucket.state != "wired" or not bucket_holds_objects(settings, fqrn):
+        return
+    state = sync(SyncRequest(repo=fqrn), return_state=True)
+    if not state.is_completed():
+        get_run_logger().warning(
+            "backfill of the new bucket failed repo=%s state=%s; the scheduled reconcile "
+            "publishes what it holds",
+            fqrn,
+            state.name,
+        )

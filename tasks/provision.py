@@ -17,7 +17,7 @@ from bridge.amqp import connection_parameters
 from buckets.ownership import expected_owner, inspect_bucket, judge_bucket
 from cvmfs.keys import generate_keyset
 from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
-from service.bucket_wiring import BucketWiring, wire_bucket
+from service.bucket_wiring import NOTIFICATION_PREFIX, BucketWiring, wire_bucket
 from service.client_config import ClientConfigBundle, build_client_config
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
@@ -123,6 +123,21 @@ def connect_bucket(settings: Settings, fqrn: str) -> BucketState:
         )
     finally:
         registry.close()
+
+
+@step("check the bucket for objects put before wiring")
+def bucket_holds_objects(settings: Settings, fqrn: str) -> bool:
+    """Whether the wired bucket already has objects under `cvmfs/`: those put before its
+    notification existed made no event, so only a backfill publishes them."""
+    registry = RepositoryRegistry.open(settings)
+    try:
+        bucket = registry.require(fqrn).bucket
+    finally:
+        registry.close()
+    listing = bucket_agent_s3(settings).list_objects_v2(
+        Bucket=bucket, Prefix=NOTIFICATION_PREFIX, MaxKeys=1
+    )
+    return bool(listing.get("KeyCount", 0))
 
 
 def _wire(settings: Settings, s3: S3Client, fqrn: str, bucket: str) -> BucketWiring:

@@ -135,6 +135,9 @@ def test_bucket_created_after_the_request_is_wired_and_publishes(
     assert config.status_code == 200 and f"{fqrn}.pub" in "".join(config.json()["files"])
 
     alice.s3.create_bucket(Bucket=bucket)  # and nothing else: the service notices it
+    # At once, before the bucket is wired: no event is sent for it, the wiring's backfill
+    # publishes it.
+    alice.s3.put_object(Bucket=bucket, Key="cvmfs/early/first.txt", Body=b"before wiring\n")
     _until(lambda: _ready_and(alice, fqrn, "wired"), f"bucket {bucket} wired", WAIT_S)
     assert _notification_ids(settings, bucket) == [notification_id_for(fqrn)]
     assert "is connected" in alice.repository(fqrn)["bucket_state"]["message"]
@@ -143,7 +146,9 @@ def test_bucket_created_after_the_request_is_wired_and_publishes(
 
     def published() -> bool:
         with open_reader(settings, fqrn, tmp_path) as reader:
-            return reader.read("/hello/README.txt") == b"hello, later\n"
+            return reader.read("/hello/README.txt") == b"hello, later\n" and (
+                reader.read("/early/first.txt") == b"before wiring\n"
+            )
 
     _until(published, f"the upload published in {fqrn}", WAIT_S)
 
