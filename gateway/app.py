@@ -36,7 +36,7 @@ from gateway.services import GatewayServices
 from metrics.gateway import GatewayMetrics, GatewayMetricsMiddleware
 from service.repositories import RepositoryRegistry
 from service.settings import Settings
-from tasks.gateway_commit import GatewayCommitRequest
+from tasks.gateway_commit import GatewayCommitRequest, commit_failure_reason
 
 log = logging.getLogger("cvmfs.gateway")
 
@@ -259,12 +259,9 @@ class Gateway:
             revision = self.svc.commits.commit(request)
         except CommitFailed as failed:
             error = failed.state.result(raise_on_failure=False)
-            if isinstance(error, GatewayError):
-                return refused(error.reason)
-            return refused(
-                f"commit failed ({type(error).__name__}: {error}); nothing was published and "
-                "the lease is kept: run `cvmfs_server publish` again"
-            )
+            if not isinstance(error, BaseException):  # a run that ended without an error
+                error = RuntimeError(failed.state.message or failed.state.name)
+            return refused(commit_failure_reason(error))
         # Published: the reply must say so even if the lease ran out during a long commit and
         # a new grant already removed it.
         with contextlib.suppress(InvalidLease):

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from cvmfs.errors import ConflictError, CvmfsError, FormatError
+from cvmfs.errors import CvmfsError, FormatError
 from cvmfs.keys import KeySet
 from cvmfs.objects import ContentHash
 from cvmfs.reader import RepositoryReader
@@ -19,6 +19,7 @@ from cvmfs.writer import RepositoryWriter
 from gateway.errors import GatewayError
 from gateway.merge import MergePlan, apply_plan, check_objects_present, plan_merge
 from gateway.paths import LeasePath
+from service.faults import is_transient
 
 log = logging.getLogger("cvmfs.gateway")
 
@@ -67,6 +68,8 @@ def commit_merge(
             old_view = reader.at_root_hash(old_hash)
             new_view = reader.at_root_hash(new_hash)
         except CvmfsError as error:
+            if is_transient(error):
+                raise  # stratum-0 could not be read: retried, then reported as a failure
             raise GatewayError(
                 f"commit refused: a catalog of the publisher's revision cannot be read ({error}): "
                 "its payload never arrived; publish again"
@@ -80,9 +83,12 @@ def commit_merge(
                     tag=tag_name or None,
                     description=tag_description or f"gateway commit of {lease_path}",
                 )
-            except ConflictError:
-                raise  # transient: the task retries on the new current revision
-            except CvmfsError as error:  # a bad tag name, an expired whitelist...
+            except CvmfsError as error:
+                # A conflict (another writer won) or a stratum-0 fault is transient: the task
+                # retries, and if it keeps failing the publisher is told to publish again.
+                # Anything else (a bad tag name, an expired whitelist) is a refusal.
+                if is_transient(error):
+                    raise
                 raise GatewayError(f"commit refused: {error}") from error
     finally:
         reader.close()

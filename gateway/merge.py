@@ -169,10 +169,10 @@ def check_objects_present(plan: MergePlan, storage: Storage) -> None:
 
 
 def _refuse_unsupported(entry: DirectoryEntry) -> None:
-    if entry.is_special or entry.is_external or (not entry.is_regular and not entry.is_symlink):
+    if entry.is_external or not entry.is_regular:
         raise GatewayError(
-            f"commit refused: {entry.path} is a special or external file, which this gateway "
-            "does not publish; remove it and publish again"
+            f"commit refused: {entry.path} is an external file (or of an unknown type), which "
+            "this gateway does not publish; remove it and publish again"
         )
 
 
@@ -211,6 +211,20 @@ def apply_plan(txn: Transaction, plan: MergePlan) -> None:
                     uid=entry.uid,
                     gid=entry.gid,
                     allow_variables=True,  # the publisher chose it: variant symlinks stay
+                )
+                continue
+            if entry.is_special:
+                # FIFOs, sockets, char/block devices as the stock publisher writes them
+                # (catalog_sql.cc CreateDatabaseFlags: kFlagFile | kFlagFileSpecial, no
+                # content; a device's number in `size`). A hard-linked one becomes a node of
+                # its own: the writer links regular files only.
+                txn.add_special_file(
+                    path,
+                    entry.mode,
+                    rdev=entry.size if entry.is_device else 0,
+                    mtime=entry.mtime,
+                    uid=entry.uid,
+                    gid=entry.gid,
                 )
                 continue
             _refuse_unsupported(entry)

@@ -6,11 +6,12 @@ import time
 from typing import Annotated
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.commit import CommitOutcome, commit_merge
+from gateway.errors import GatewayError
 from gateway.merge import MAX_LISTED_CHANGES
 from gateway.paths import LeasePath
 from metrics.flows import flow_metrics
@@ -99,4 +100,34 @@ def report_commit(req: GatewayCommitRequest, outcome: CommitOutcome) -> None:
             f"{counts or 'no changes'}"
             + (f" (first {MAX_LISTED_CHANGES} listed)" if len(rows) == MAX_LISTED_CHANGES else "")
         ),
+    )
+
+
+def commit_failure_reason(error: BaseException) -> str:
+    """What the publisher is told when its commit failed (it prints it)."""
+    if isinstance(error, GatewayError):
+        return error.reason
+    return (
+        f"commit failed ({type(error).__name__}: {error}); nothing was published and the "
+        "lease is kept: run `cvmfs_server publish` again"
+    )
+
+
+@task(name="explain failure", cache_policy=NO_CACHE)
+def explain_failed_commit(req: GatewayCommitRequest, reason: str) -> None:
+    """A failed run says why, and why the UI's Retry is not how it is retried."""
+    where = f"{req.repo}{'' if req.path == '/' else req.path}"
+    create_markdown_artifact(
+        key=f"gateway-commit-failed-{req.repo.replace('.', '-')}",
+        markdown=(
+            f"**Not published**: {reason}\n\n"
+            f"The repository is unchanged. Do not retry this run from the Prefect UI: a "
+            f"gateway commit runs inside the gateway while its publisher waits for the reply "
+            f"(there is no deployment to run it again), and only the publisher knows whether "
+            f"it still wants this change. The publisher ({req.hostname or 'unknown host'}, key "
+            f"{req.key_id}) got the reason above; its lease on {where} and the objects it sent "
+            f"stay until the lease expires, so `cvmfs_server publish {req.repo}` on it retries "
+            f"the commit, and `cvmfs_server abort {req.repo}` gives it up."
+        ),
+        description=f"gateway commit of {where} failed: not published",
     )

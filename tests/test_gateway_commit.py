@@ -9,6 +9,8 @@ Every repository is checked with the verifier (cvmfs.fsck) over its signed trust
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -162,6 +164,9 @@ def test_overwrite_delete_and_hard_links_merge_onto_a_moved_revision(world: Gate
         txn.add_file("/pkg/a.txt", b"a2 overwritten\n")
         txn.remove("/pkg/gone")
         txn.link("/pkg/b.txt", "/pkg/b-link.txt")
+        # special files, published as the stock publisher writes them (flags 20, no object)
+        txn.add_special_file("/pkg/dev/fifo", stat.S_IFIFO | 0o644)
+        txn.add_special_file("/pkg/dev/null", stat.S_IFCHR | 0o666, rdev=os.makedev(1, 3))
         prepared = prepare(txn)
     # meanwhile another writer (as the bucket sync does) publishes elsewhere
     with world.writer("two").transaction() as other:
@@ -177,6 +182,9 @@ def test_overwrite_delete_and_hard_links_merge_onto_a_moved_revision(world: Gate
     assert reader.read("/from-bucket/readme") == b"bucket file\n"  # kept by the merge
     b, link = reader.stat("/pkg/b.txt"), reader.stat("/pkg/b-link.txt")
     assert b.linkcount == link.linkcount == 2 and b.hardlink_group == link.hardlink_group != 0
+    fifo, null = reader.stat("/pkg/dev/fifo"), reader.stat("/pkg/dev/null")
+    assert (fifo.special_kind, stat.S_IMODE(fifo.mode), fifo.flags) == ("fifo", 0o644, 20)
+    assert (null.special_kind, null.device, null.flags) == ("char-device", (1, 3), 20)
     # the token is gone after the commit
     assert "invalid lease" in str(publisher.drop(token)["reason"])
 
@@ -258,3 +266,56 @@ def test_bad_commits_are_refused_and_publish_nothing(world: GatewayWorld) -> Non
     reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
     assert reply == {"status": "ok", "final_revision": before + 1}, reply
     assert_verifies(world, "one")
+
+
+def test_a_commit_failed_by_stratum0_says_why_and_the_publisher_publishes_again(
+    world: GatewayWorld,
+) -> None:
+    """A real stratum-0 fault (the repository directory made immutable: even root cannot
+    write the manifest) outlasts the task's retries: the run fails, the repository is
+    unchanged, the publisher is told, and the run's artifact says why the UI has no Retry.
+    The publisher's own retry then completes: its lease and objects were kept."""
+    publisher = world.publisher("two")
+    fqrn = world.repos["two"]
+    before = revision(world, "two")
+    token = publisher.acquire_token(f"{fqrn}/retried")
+    with publisher_transaction(world.storage("two"), fqrn) as txn:
+        txn.add_file("/retried/file", b"published on the second try\n")
+        prepared = prepare(txn)
+    send_objects(publisher, token, prepared.capture)
+    root = world.storage("two").root
+    subprocess.run(["chattr", "+i", str(root)], check=True)
+    try:
+        reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
+    finally:
+        subprocess.run(["chattr", "-i", str(root)], check=True)
+    assert reply["status"] == "error", reply
+    assert "StorageError" in str(reply["reason"]), reply
+    assert "nothing was published" in str(reply["reason"]), reply
+    assert "cvmfs_server publish" in str(reply["reason"]), reply
+    assert revision(world, "two") == before
+    with get_client(sync_client=True) as client:
+        runs = [
+            run
+            for run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=[f"gateway-commit-{fqrn}"])
+                )
+            )
+            if run.parameters["req"]["path"] == "/retried"
+        ]
+        assert len(runs) == 1 and runs[0].state is not None and runs[0].state.is_failed(), runs
+        assert runs[0].deployment_id is None  # nothing the UI's Retry could run it on
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"gateway-commit-failed-{fqrn.replace('.', '-')}"])
+            )
+        )
+        assert artifacts and artifacts[0].flow_run_id == runs[0].id
+        explanation = str(artifacts[0].data)
+        assert "Do not retry this run from the Prefect UI" in explanation
+        assert f"cvmfs_server publish {fqrn}" in explanation
+    # the publisher runs `cvmfs_server publish` again: the same lease, the same objects
+    reply = publisher.commit(token, prepared.old_root_hash, prepared.new_root_hash)
+    assert reply == {"status": "ok", "final_revision": before + 1}, reply
+    assert assert_verifies(world, "two").read("/retried/file") == b"published on the second try\n"
