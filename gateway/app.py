@@ -428,6 +428,24 @@ def handle_refusals(
                 request.url.path[:200],
                 error.reason,
             )
+        except Exception as error:
+            # The HTTP boundary: 2.11's MakeEndRequest and DoUpload dereference the parsed
+            # reply unchecked, so a text 500 would crash the stock publisher; it gets JSON
+            # (HTTP 500 still), the traceback goes to the log.
+            log.exception(
+                "event=internal_error method=%s path=%s", request.method, request.url.path[:200]
+            )
+            response = JSONResponse(
+                {
+                    "status": "error",
+                    "reason": (
+                        f"the gateway failed ({type(error).__name__}: {str(error)[:300]}); "
+                        "this request changed nothing: retry, and tell the service's "
+                        "operators if it persists"
+                    ),
+                },
+                status_code=500,
+            )
         log.debug("event=request method=%s dt_s=%.3f", request.method, time.monotonic() - started)
         return response
 

@@ -7,19 +7,24 @@ test stack's OpenBao, leases live in the registry database.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from cvmfs.keys import generate_gateway_key, parse_gateway_key
 from gateway.app import create_app
 from gateway.auth import authorization_header
+from gateway.leases import Lease, LeaseStore
 from gateway.publisher import Publisher
+from gateway.services import GatewayServices
 from service.keystore import KeyOwner, secret_path, vault_client
-from service.repositories import FileProvenance
+from service.repositories import FileProvenance, database_url
+from service.schema import open_engine
 from service.settings import Settings
 from tests.gateway_support import GatewayWorld, gateway_world
 from tests.test_api_support import ServedApp, free_port
@@ -300,3 +305,35 @@ def test_a_key_restricted_to_a_sub_path_leases_only_below_it(vault: Settings) ->
         assert "invalid_path" in error_reason(publisher.drop_by_path(f"{fqrn}/team-b"))
         listing = httpx.get(f"{world.api_url}/repos/{fqrn}").json()
         assert listing["data"]["keys"] == {fqrn: "/team-a"}
+
+
+class FailingLeaseStore(LeaseStore):
+    """Test double, for a fault the shared test stack cannot cause for real: the registry
+    database failing under a running gateway."""
+
+    def find(self, token: str) -> Lease:
+        raise OperationalError("SELECT ...", {}, sqlite3.OperationalError("disk I/O error"))
+
+
+def test_an_internal_failure_is_still_a_json_reply(world: GatewayWorld) -> None:
+    """The stock publisher dereferences the parsed reply of a commit or payload unchecked
+    (swissknife_lease_curl.cc, session_context.cc): a text error page would crash it."""
+    services = GatewayServices.from_settings(world.settings)
+    services.leases.close()
+    services.leases = FailingLeaseStore(open_engine(database_url(world.settings)))
+    port = free_port()
+    with ServedApp(create_app(world.settings, services), port):
+        publisher = world.publisher("alpha")
+        publisher.api_url = f"http://127.0.0.1:{port}/api/v1"
+        reply = publisher.client.post(
+            f"{publisher.api_url}/leases/SOMETOKEN",
+            content=b"{}",
+            headers={
+                "Authorization": authorization_header(
+                    publisher.key_id, publisher.secret, b"SOMETOKEN"
+                )
+            },
+        )
+    assert reply.status_code == 500
+    assert reply.json()["status"] == "error"
+    assert "OperationalError" in reply.json()["reason"]
