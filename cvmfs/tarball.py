@@ -173,6 +173,50 @@ class _Prepended(io.RawIOBase):
         return len(data)
 
 
+class _SequentialFile:
+    """The plain tar bytes as `tarfile.TarFile` in mode 'r' reads them: `read`, `tell`, and
+    `seek` forwards only (reading and dropping the bytes skipped).
+
+    Stream mode ('r|') reads through tarfile's `_Stream`, which gathers 10 KiB reads in Python and
+    re-slices its buffer on every read: on the main thread, where the next file waits for it
+    (bench/README.md, "The tarball reader"). Mode 'r' over this object reads a member's data
+    with one `read` per request from the C buffered reader below. TarFile seeks only forwards
+    here: to the next header after a member's data (its padding, or data nobody read) and, inside
+    a member, to where the previous read ended.
+    """
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+        self._position = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._inner.read(size)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seekable(self) -> bool:
+        return False
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._position
+        elif whence != io.SEEK_SET:
+            raise tarfile.ReadError("a tar stream cannot be read from its end")
+        if offset < self._position:
+            raise tarfile.ReadError(
+                f"a tar stream cannot be read backwards (to byte {offset} from {self._position})"
+            )
+        while self._position < offset:
+            skipped = self._inner.read(min(offset - self._position, _BUFFER))
+            if not skipped:
+                break  # the end of the data: TarFile's next read reports it
+            self._position += len(skipped)
+        return self._position
+
+
 def detect_compression(head: bytes) -> Compression:
     """Compression of a tarball from its first bytes (magic numbers); anything else is plain."""
     if head.startswith(_MAGIC_GZIP):
@@ -302,7 +346,7 @@ def iter_tar_entries(
 ) -> Iterator[TarEntry]:
     """Stream the checked entries of a tarball, placed under the repository path `prefix`.
 
-    Reads the tarball once, sequentially (`tarfile` mode 'r|': no seeking, bounded memory).
+    Reads the tarball once, sequentially (never backwards: `_SequentialFile`), bounded memory.
     Raises `TarballError` before yielding anything the policy refuses.
     """
     policy = policy or TarPolicy()
@@ -311,8 +355,11 @@ def iter_tar_entries(
     tree = _Tree(prefix)
     _, plain = decompressed(stream)
     try:
-        archive = tarfile.open(  # noqa: SIM115 (closed by the `with` below)
-            fileobj=plain, mode="r|", encoding="utf-8", errors="surrogateescape"
+        archive = tarfile.TarFile(  # closed by the `with` below
+            fileobj=cast(IO[bytes], _SequentialFile(plain)),
+            mode="r",
+            encoding="utf-8",
+            errors="surrogateescape",
         )
     except _READ_ERRORS as error:
         raise TarballError(f"not a readable tarball: {error}") from error
