@@ -581,6 +581,17 @@ class ImportTarget(Protocol):
         gid: int | None = ...,
     ) -> None: ...
 
+    def add_local_file(
+        self,
+        path: str,
+        fd: int,
+        *,
+        mode: int = ...,
+        mtime: int | None = ...,
+        uid: int | None = ...,
+        gid: int | None = ...,
+    ) -> None: ...
+
     def symlink(
         self,
         path: str,
@@ -832,21 +843,22 @@ def import_directory(
     _apply_all(transaction, directories, policy, preserve_ownership)
     for entry in plan:
         if entry.type is EntryType.FILE:
-            with _open_checked(entry) as content:
-                transaction.add_file(
-                    entry.path,
-                    content,
-                    mode=entry.mode,
-                    mtime=entry.mtime,
-                    uid=entry.uid if preserve_ownership else None,
-                    gid=entry.gid if preserve_ownership else None,
-                )
+            # the transaction takes the descriptor over: small files are read on its workers
+            transaction.add_local_file(
+                entry.path,
+                _open_checked(entry),
+                mode=entry.mode,
+                mtime=entry.mtime,
+                uid=entry.uid if preserve_ownership else None,
+                gid=entry.gid if preserve_ownership else None,
+            )
     _apply_all(transaction, links, policy, preserve_ownership)
     return stats
 
 
-def _open_checked(entry: _PlannedEntry) -> BinaryIO:
-    """Open a planned regular file without following symlinks; it must be the one checked."""
+def _open_checked(entry: _PlannedEntry) -> int:
+    """Open a planned regular file without following symlinks; it must be the one checked.
+    Returns the open descriptor."""
     try:
         descriptor = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
@@ -855,4 +867,4 @@ def _open_checked(entry: _PlannedEntry) -> BinaryIO:
     if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != entry.identity:
         os.close(descriptor)
         raise TarballError(f"{entry.source!r} changed while it was being imported: refused")
-    return os.fdopen(descriptor, "rb")
+    return descriptor

@@ -170,6 +170,38 @@ class _ContentPipeline:
         future.add_done_callback(lambda _f: self._budget.release(size))
         return future
 
+    def submit_local_file(self, fd: int, size: int, limit: int) -> Future[tuple[ContentHash, int]]:
+        """Read the open file `fd` (which this takes over and closes) on a worker, then store it
+        as one whole-file object; the future gives its hash and the bytes read."""
+        self._budget.acquire(size)
+        try:
+            future = self._pool.submit(self._read_and_store, fd, limit)
+        except BaseException:
+            self._budget.release(size)
+            os.close(fd)
+            raise
+        future.add_done_callback(lambda _f: self._budget.release(size))
+        return future
+
+    def _read_and_store(self, fd: int, limit: int) -> tuple[ContentHash, int]:
+        try:
+            pieces = []
+            have = 0
+            while have <= limit:
+                piece = os.read(fd, limit + 1 - have)
+                if not piece:
+                    break
+                pieces.append(piece)
+                have += len(piece)
+        finally:
+            os.close(fd)
+        if have > limit:
+            raise TransactionError(
+                f"a file grew beyond {limit} bytes while it was being imported: import it again"
+            )
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return self.store(data, ObjectSuffix.FILE), len(data)
+
     def encode(self, data: bytes) -> tuple[bytes, ContentHash]:
         if self.options.compress:
             return compress_and_hash(data, self.options.hash_algorithm, self.options.compression)
@@ -224,8 +256,12 @@ class _PendingFile:
     whole: Future[ContentHash] | None = None
     content_hash: ContentHash | None = None
     chunks: list[tuple[int, int, Future[ContentHash]]] = field(default_factory=list)
+    # read and stored on a worker (`add_local_file`): the hash and the size read
+    local: Future[tuple[ContentHash, int]] | None = None
 
     def done(self) -> bool:
+        if self.local is not None:
+            return self.local.done()
         futures = [f for _o, _s, f in self.chunks]
         if self.whole is not None:
             futures.append(self.whole)
@@ -714,6 +750,64 @@ class Transaction:
         self._drain(block=False)
 
     @_guarded
+    def add_local_file(
+        self,
+        path: str,
+        fd: int,
+        *,
+        mode: int = 0o644,
+        mtime: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        """Add or replace a regular file from the open local file `fd`, which the transaction
+        takes over (it closes it, whatever happens).
+
+        A file that is not chunked (at most the minimum chunk size) is read on a worker, with
+        its compression, so the caller's thread only hands it over: an import of a directory
+        then keeps its main thread for the catalog (bench/README.md, "Reading on the workers").
+        Larger files are read here, as `add_file` does.
+        """
+        try:
+            self._check_open()
+            path = repository_path(path)
+            if path == "":
+                raise InvalidPathError("the repository root is a directory, not a file")
+            size = os.fstat(fd).st_size
+            limit = self._whole_file_limit()
+        except BaseException:
+            os.close(fd)
+            raise
+        if limit is None or size > limit:
+            with os.fdopen(fd, "rb") as stream:
+                self.add_file(path, stream, mode=mode, mtime=mtime, uid=uid, gid=gid)
+            return
+        try:
+            self._ensure_dir(parent_path(path))
+        except BaseException:
+            os.close(fd)
+            raise
+        row = Row(
+            path=path,
+            mode=stat.S_IFREG | sanitize_mode(mode),
+            mtime=self.now if mtime is None else int(mtime),
+            flags=self._file_flags(False),
+            uid=self.default_uid if uid is None else uid,
+            gid=self.default_gid if gid is None else gid,
+            xattr=None,
+        )
+        pending = _PendingFile(row, local=self._pipeline.submit_local_file(fd, size, limit))
+        self._pending.append(pending)
+        self.files_added += 1
+        self._drain(block=False)
+
+    def _whole_file_limit(self) -> int | None:
+        """Files up to this size are stored whole (spec §1.5: never cut below the minimum)."""
+        if self.options.chunking is None:
+            return None  # streamed through `_store_unchunked`, any size
+        return self.options.chunking.min_size
+
+    @_guarded
     def add_stored_file(
         self,
         path: str,
@@ -782,6 +876,12 @@ class Transaction:
         """Write the rows of finished files, in the order they were added."""
         while self._pending and (block or self._pending[0].done()):
             pending = self._pending.popleft()
+            if pending.local is not None:
+                local_hash, local_size = pending.local.result()
+                self._put_leaf(
+                    replace(pending.row, size=local_size, content_hash=local_hash.digest)
+                )
+                continue
             chunks: list[ChunkRow] = []
             content_hash = pending.content_hash
             if pending.whole is not None:
