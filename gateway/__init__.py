@@ -24,8 +24,9 @@ Protocol (API v1, read from the cvmfs 2.11.5 sources; nothing copied):
   /leases/<token>` → `{"data": lease}` (no status; unknown or expired: HTTP 500, text
   `invalid lease`), a lease `{"key_id", "path", "expires": "2026-12-06 02:55:00.123 +0000
   UTC", "hostname"}` (Go's time format, empty fields left out); `GET /api/v1` → a welcome.
-* Every reply to a POST or DELETE is JSON, refusals with HTTP 200 and an unexpected failure
-  with HTTP 500: 2.11's MakeEndRequest and SessionContext::DoUpload dereference the parsed
+* Every reply to a POST or DELETE is JSON: refusals with HTTP 200, an undecodable body (not
+  JSON, a non-numeric api_version or header_size, a missing Message-Size) with HTTP 400 as the
+  Go gateway answers it, an unexpected failure with HTTP 500: 2.11's MakeEndRequest and SessionContext::DoUpload dereference the parsed
   reply unchecked, so a non-JSON error text (the Go gateway's 400s for unreadable bodies, a
   framework's error page) would crash the publisher.
 * Admin calls (`POST /repos/<name>`, `POST /gc`) need an admin key upstream; this gateway has

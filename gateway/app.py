@@ -26,7 +26,7 @@ from starlette.routing import Route
 from gateway.auth import check_hmac, parse_authorization
 from gateway.body import BodyStream, BodyTooLarge, feed_worker
 from gateway.commit_runner import CommitFailed
-from gateway.errors import GatewayError, InvalidLease, PathBusy
+from gateway.errors import BadRequest, GatewayError, InvalidLease, PathBusy
 from gateway.keys import GatewayKey
 from gateway.leases import Lease
 from gateway.paths import LeasePath, parse_lease_path
@@ -72,9 +72,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise GatewayError("invalid request body: not JSON") from None
+        raise BadRequest("invalid request body: not JSON") from None
     if not isinstance(value, dict):
-        raise GatewayError("invalid request body: a JSON object is expected")
+        raise BadRequest("invalid request body: a JSON object is expected")
     return value
 
 
@@ -172,7 +172,7 @@ class Gateway:
         try:
             version = int(str(message.get("api_version", "")))
         except ValueError:
-            raise GatewayError("invalid request body: api_version is not a number") from None
+            raise BadRequest("invalid request body: api_version is not a number") from None
         if version < MIN_API_PROTOCOL_VERSION:
             return refused(
                 f"incompatible request version: {version}, min version: {MIN_API_PROTOCOL_VERSION}"
@@ -313,8 +313,10 @@ class Gateway:
             raise GatewayError("invalid request body: session_token is missing")
         digest = message.get("payload_digest")
         header_size_text = str(message.get("header_size", ""))
-        if not isinstance(digest, str) or not header_size_text.isdigit():
-            raise GatewayError("invalid header_size or payload_digest")
+        if not header_size_text.isdigit():
+            raise BadRequest("invalid header_size")
+        if not isinstance(digest, str):
+            raise GatewayError("invalid payload_digest")
         signed = token.encode() if url_token else head
         header = request.headers.get("authorization")
         lease, _key = await run_in_threadpool(self.lease_for_token, token, header, signed)
@@ -372,7 +374,7 @@ async def read_prefix(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, b
         try:
             data += await chunks.__anext__()
         except StopAsyncIteration:
-            raise GatewayError("invalid request body: shorter than message-size") from None
+            raise BadRequest("invalid request body: shorter than message-size") from None
     return data[:size], data[size:]
 
 
@@ -421,7 +423,9 @@ def handle_refusals(
         try:
             response = await handler(request)
         except GatewayError as error:
-            response = refused(error.reason)
+            response = JSONResponse(
+                {"status": "error", "reason": error.reason}, status_code=error.status_code
+            )
             log.info(
                 "event=refused method=%s path=%s reason=%r",
                 request.method,

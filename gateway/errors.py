@@ -9,9 +9,19 @@ from __future__ import annotations
 class GatewayError(Exception):
     """A request is refused; `reason` is what the publisher shows its user."""
 
+    status_code = 200  # the stock gateway's refusals are JSON replies with HTTP 200
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class BadRequest(GatewayError):
+    """A body the stock gateway cannot decode (not JSON, a non-numeric api_version or
+    header_size): HTTP 400 there (frontend/leases.go, payloads.go), and here, but with the
+    JSON reply the publisher can parse."""
+
+    status_code = 400
 
 
 class InvalidLease(GatewayError):

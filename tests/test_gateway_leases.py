@@ -172,7 +172,12 @@ def test_refusals_of_bad_lease_requests(world: GatewayWorld) -> None:
     reply = httpx.post(
         f"{world.api_url}/leases", content=b"nope", headers={"Authorization": header}
     )
-    assert "not JSON" in error_reason(reply.json())
+    # a body the stock gateway cannot decode is HTTP 400 there (leases.go), JSON here
+    assert reply.status_code == 400 and "not JSON" in error_reason(reply.json())
+    body = f'{{"path" : "{fqrn}/x", "api_version" : "two"}}'.encode()
+    header = authorization_header(publisher.key_id, publisher.secret, body)
+    reply = httpx.post(f"{world.api_url}/leases", content=body, headers={"Authorization": header})
+    assert reply.status_code == 400 and "api_version" in error_reason(reply.json())
     # an unknown token
     assert "invalid lease" in error_reason(publisher.drop("NOSUCHTOKEN"))
     # none of these left a lease behind

@@ -114,6 +114,19 @@ def test_bad_payloads_are_refused_and_store_nothing_bad(
         headers={"Authorization": authorization_header(publisher.key_id, publisher.secret, b"")},
     )
     assert reply.status_code == 400 and "message-size" in reply.json()["reason"]
+    # a header_size that is not a number: HTTP 400, as payloads.go answers it
+    head = publisher.payload_head(token, header).replace(
+        f'"header_size" : "{len(header)}"'.encode(), b'"header_size" : "many"'
+    )
+    reply = httpx.post(
+        f"{world.api_url}/payloads",
+        content=head + header + body,
+        headers={
+            "Authorization": authorization_header(publisher.key_id, publisher.secret, head),
+            "Message-Size": str(len(head)),
+        },
+    )
+    assert reply.status_code == 400 and "invalid header_size" in reply.json()["reason"]
     assert not storage.exists(good_key)
 
     # and the lease still works for a good payload afterwards
