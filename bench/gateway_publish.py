@@ -72,6 +72,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -152,7 +158,18 @@ def main() -> None:
                 )
                 gateways[str(args.against)] = f"http://127.0.0.1:{other.gateway.port}/api/v1"
                 wait_for(gateways[str(args.against)])
+            pids = {"this tree": gateway.pid}
+            if against is not None:
+                pids[str(args.against)] = against.pid
+            cpu_before = {label: cpu_seconds(pid) for label, pid in pids.items()}
             small_file(settings, fqrn, keys, gateways, args.repeat)
+            time.sleep(3)  # each run's bookkeeping after its reply ends within ~1 s
+            for label, pid in pids.items():
+                used = cpu_seconds(pid) - cpu_before[label]
+                print(
+                    f"gateway CPU [{label}] pid {pid}: {used:.2f} s for {args.repeat + 1} commits "
+                    f"({used / (args.repeat + 1):.3f} s each, user + system, from /proc)"
+                )
             print_phases(data_dir / "gateway.log")
             if against is not None:
                 print_phases(data_dir / "gateway-against.log", f" ({args.against})")
