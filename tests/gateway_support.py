@@ -8,6 +8,7 @@ app with uvicorn on a free port.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -114,3 +115,4 @@ def gateway_world(
             keys=keys,
         )
     registry.close()
+    shutil.rmtree(tmp, ignore_errors=True)  # 40 MiB a commit test (the chunked file)
