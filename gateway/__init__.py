@@ -26,9 +26,10 @@ Protocol (API v1, read from the cvmfs 2.11.5 sources; nothing copied):
   UTC", "hostname"}` (Go's time format, empty fields left out); `GET /api/v1` → a welcome.
 * Every reply to a POST or DELETE is JSON: refusals with HTTP 200, an undecodable body (not
   JSON, a non-numeric api_version or header_size, a missing Message-Size) with HTTP 400 as the
-  Go gateway answers it, an unexpected failure with HTTP 500: 2.11's MakeEndRequest and SessionContext::DoUpload dereference the parsed
-  reply unchecked, so a non-JSON error text (the Go gateway's 400s for unreadable bodies, a
-  framework's error page) would crash the publisher.
+  Go gateway answers it, an unexpected failure with HTTP 500: 2.11's MakeEndRequest and
+  SessionContext::DoUpload dereference the parsed reply unchecked, so a non-JSON error text
+  (the Go gateway's 400s for unreadable bodies, a framework's error page) would crash the
+  publisher.
 * Admin calls (`POST /repos/<name>`, `POST /gc`) need an admin key upstream; this gateway has
   only repository keys and answers `no_admin_key`. `DELETE /leases-by-path/...` takes the
   repository's own key (restricted to its path). Notifications (`/notifications/...`) are
