@@ -200,6 +200,13 @@ def main() -> None:
             f"{len(runs)} sync/provision runs, {len(unfinished)} not completed, "
             f"{rescued} ran more than once"
         )
+        for run in unfinished:
+            state = run.get("state") or {}
+            assert isinstance(state, dict)
+            print(
+                f"  not completed: {run.get('name')} {run.get('id')} {state.get('type')} "
+                f"({state.get('name')}): {str(state.get('message') or '')[:300]}"
+            )
     finally:
         for host in hosts.values():
             host.stop()
