@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cvmfs.errors import CvmfsError, FormatError
 from cvmfs.keys import KeySet
-from cvmfs.objects import ContentHash
+from cvmfs.objects import ContentHash, ObjectSuffix
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import Storage
 from cvmfs.writer import RepositoryWriter
@@ -33,8 +33,12 @@ class CommitOutcome:
 
 
 def _content_hash(text: str, what: str) -> ContentHash:
+    """A root catalog's hash as the publisher sends it: shash::Any::ToString(true), i.e. with
+    the catalog suffix `C` (swissknife_sync.cc; the stock receiver parses it suffixed). The bare
+    form is taken too."""
+    bare = text.removesuffix(ObjectSuffix.CATALOG)
     try:
-        return ContentHash.from_hex(text)
+        return ContentHash.from_hex(bare)
     except FormatError:
         raise GatewayError(f"commit refused: {what} {text[:80]!r} is not a root hash") from None
 

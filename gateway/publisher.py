@@ -21,6 +21,7 @@ from typing import IO, Any, BinaryIO
 import httpx
 
 from cvmfs.keys import KeySet, generate_keyset
+from cvmfs.objects import ObjectSuffix
 from cvmfs.storage import Storage
 from cvmfs.transaction import Transaction
 from cvmfs.writer import RepositoryWriter
@@ -217,7 +218,12 @@ def prepare(txn: Transaction) -> PreparedPublish:
     catalogs = txn.finalize_catalogs(last_modified=int(time.time()))
     capture = txn.storage
     assert isinstance(capture, CapturingStorage)
-    return PreparedPublish(txn.base_root_hash.hex, catalogs[-1].content_hash.hex, capture)
+    # swissknife_sync.cc sends both root hashes with the catalog suffix (ToString(true)).
+    return PreparedPublish(
+        txn.base_root_hash.hex + ObjectSuffix.CATALOG,
+        catalogs[-1].content_hash.hex + ObjectSuffix.CATALOG,
+        capture,
+    )
 
 
 def object_name(key: str) -> str:
