@@ -4,6 +4,7 @@ links, dedup, conflicts, crash injection between storage writes, tags, rollback,
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import stat
 from pathlib import Path
@@ -701,3 +702,48 @@ def test_a_crash_at_any_write_of_create_leaves_storage_a_fresh_create_completes(
     # rev0 catalog, reflog, certificate, whitelist, replica marker, rev1 catalog, history,
     # reflog, manifest
     assert crashing.writes == crash_at - 1 == 9
+
+
+def test_local_files_read_on_the_workers_match_add_file_and_a_read_error_refuses_publish(
+    tmp_path: Path, keys: KeySet
+) -> None:
+    """`add_local_file` (what `import_directory` uses) reads small files on the pipeline's
+    workers: same catalog rows and objects as `add_file`, every descriptor closed, and a real
+    read error on a worker (a directory's descriptor: EISDIR) spoils the transaction."""
+    options = WriterOptions(chunking=SMALL_CHUNKS)
+    sizes = [0, 100, 64 << 10, (64 << 10) + 1, 300_000]  # up to and above the minimum chunk
+    rng = random.Random(7)
+    contents = [rng.randbytes(size) for size in sizes]
+    sources = []
+    for i, content in enumerate(contents):
+        source = tmp_path / f"src{i}"
+        source.write_bytes(content)
+        sources.append(source)
+    by_stream, by_stream_writer = _new_repo(tmp_path / "a", keys, options)
+    by_fd, by_fd_writer = _new_repo(tmp_path / "b", keys, options)
+    descriptors = []
+    with by_stream_writer.transaction() as txn:
+        for i, content in enumerate(contents):
+            txn.add_file(f"/d/f{i}", content, mode=0o755, mtime=T0)
+        txn.publish()
+    with by_fd_writer.transaction() as txn:
+        for i, source in enumerate(sources):
+            descriptors.append(os.open(source, os.O_RDONLY))
+            txn.add_local_file(f"/d/f{i}", descriptors[-1], mode=0o755, mtime=T0)
+        txn.publish()
+    for descriptor in descriptors:
+        with pytest.raises(OSError):
+            os.fstat(descriptor)  # closed by the transaction
+    assert _tree(_reader(by_fd, keys)) == _tree(_reader(by_stream, keys))
+    assert sorted(by_fd.list("data/")) == sorted(by_stream.list("data/"))
+    assert fsck(_reader(by_fd, keys)).ok
+
+    before = by_fd.get(MANIFEST_KEY)
+    txn = by_fd_writer.transaction()
+    with pytest.raises(IsADirectoryError):  # from the call itself or the next that waits
+        txn.add_local_file("/broken", os.open(tmp_path, os.O_RDONLY))  # a directory: EISDIR
+        txn.mkdir("/after")
+    with pytest.raises(TransactionError, match="cannot be published"):
+        txn.publish()
+    txn.abort()
+    assert by_fd.get(MANIFEST_KEY) == before
