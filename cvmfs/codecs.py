@@ -63,6 +63,26 @@ def compressobj(compression: Compression) -> Deflater:
     return compressor
 
 
+class Inflater(Protocol):
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+def inflater() -> Inflater:
+    """A streaming inflater for any zlib stream, whoever deflated it: ISA-L's, which inflates a
+    15.7 MB catalog in 19 ms where zlib takes 39 ms (every transaction opens the catalogs it
+    changes, every reader the ones it walks). Errors: `inflate_errors()`."""
+    decompressor: Inflater = _isal_zlib().decompressobj()
+    return decompressor
+
+
+def inflate_errors() -> tuple[type[Exception], ...]:
+    """What `inflater()` raises on a corrupt stream."""
+    return (zlib.error, _isal_zlib().error)
+
+
 def _zlib_compress(data: bytes) -> bytes:
     return zlib.compress(data, STOCK_ZLIB_LEVEL)
 

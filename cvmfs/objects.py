@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from cvmfs._ripemd160 import Ripemd160
-from cvmfs.codecs import Compression, compress_function, compressobj
+from cvmfs.codecs import Compression, compress_function, compressobj, inflate_errors, inflater
 from cvmfs.errors import FormatError, IntegrityError
 
 ZLIB_EMPTY = b"\x78\x9c\x03\x00\x00\x00\x00\x01"  # spec §1.4 test vector: zlib of b""
@@ -236,7 +235,7 @@ class VerifyingDecoder:
         self.expected_size = expected_size
         self.what = what
         self._hasher = new_hasher(expected.algorithm)
-        self._decompressor = zlib.decompressobj() if compressed else None
+        self._decompressor = inflater() if compressed else None
         self.plain_size = 0
         self.stored_size = 0
 
@@ -250,7 +249,7 @@ class VerifyingDecoder:
                 raise IntegrityError(f"{self.what}: trailing bytes after the zlib stream")
             try:
                 out = self._decompressor.decompress(stored)
-            except zlib.error as exc:
+            except inflate_errors() as exc:
                 raise IntegrityError(f"{self.what}: corrupt zlib stream ({exc})") from exc
         self.plain_size += len(out)
         if self.expected_size is not None and self.plain_size > self.expected_size:
