@@ -180,7 +180,13 @@ class _ContentPipeline:
             self._budget.release(size)
             os.close(fd)
             raise
-        future.add_done_callback(lambda _f: self._budget.release(size))
+
+        def settle(done: Future[tuple[ContentHash, int]]) -> None:
+            self._budget.release(size)
+            if done.cancelled():  # an aborted transaction: never read, so close it here
+                os.close(fd)
+
+        future.add_done_callback(settle)
         return future
 
     def _read_and_store(self, fd: int, limit: int) -> tuple[ContentHash, int]:

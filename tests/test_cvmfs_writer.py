@@ -747,3 +747,27 @@ def test_local_files_read_on_the_workers_match_add_file_and_a_read_error_refuses
         txn.publish()
     txn.abort()
     assert by_fd.get(MANIFEST_KEY) == before
+
+    # Aborted with files still queued (one worker, many files): none of their descriptors leak.
+    _one_worker, one_worker_writer = _new_repo(
+        tmp_path / "c", keys, WriterOptions(chunking=SMALL_CHUNKS, workers=1)
+    )
+    txn = one_worker_writer.transaction()
+    for i in range(100):
+        txn.add_local_file(
+            f"/q/f{i}", os.open(sources[2], os.O_RDONLY)
+        )  # 64 KiB: a worker reads it
+    txn.abort()
+    assert _descriptors_of(sources[2]) == []
+
+
+def _descriptors_of(path: Path) -> list[str]:
+    """This process's open descriptors on `path`."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                found.append(name)
+        except FileNotFoundError:  # closed meanwhile (the listing's own descriptor)
+            continue
+    return found
