@@ -602,6 +602,26 @@ def load_and_measure(
     return Figures(label, len(uploads), upload_s, visible_s, publishes)
 
 
+def rescued_by_automation(settings: Settings, runs: list[dict[str, object]]) -> int:
+    """How many of `runs` the rescue automation scheduled again (deployments/rescue.py): an
+    AwaitingRetry with its message in their state history. run_count alone misses a run
+    killed before it was Running (rescued, it runs once)."""
+    rescued = 0
+    for run in runs:
+        answer = httpx.get(
+            f"{settings.prefect.api_url}/flow_run_states/",
+            params={"flow_run_id": str(run["id"])},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        if any(
+            state.get("name") == "AwaitingRetry" and "no heartbeat" in (state.get("message") or "")
+            for state in answer.json()
+        ):
+            rescued += 1
+    return rescued
+
+
 def flow_runs(settings: Settings, flow_names: list[str]) -> list[dict[str, object]]:
     """Every flow run of these flows (id, name, state type, run_count)."""
     found: list[dict[str, object]] = []
