@@ -27,6 +27,8 @@ from service.settings import Settings
 
 # Runners starting together settle who keeps the automation within a few reads.
 ENSURE_ATTEMPTS = 5
+# Raise when the trigger or action below changes, so running runners' automation is replaced.
+RESCUE_DEFINITION = 2
 RESCUE_AUTOMATION = "cvmfs-svc: run again what a dead runner left running"
 _FINAL_EVENTS = {
     "prefect.flow-run.Completed",
@@ -39,9 +41,12 @@ _FINAL_EVENTS = {
 def rescue_automation(settings: Settings) -> AutomationCore:
     return AutomationCore(
         name=RESCUE_AUTOMATION,
+        # Names the window and the definition's version: a runner updates the automation only
+        # when this differs (see ensure_rescue_automation).
         description=(
-            "A flow run with no heartbeat for prefect.rescue_after_s and no final state is "
-            "scheduled again (its runner's host died); see deployments/rescue.py."
+            f"A flow run with no heartbeat for {settings.prefect.rescue_after_s} s "
+            "(prefect.rescue_after_s) and no final state is scheduled again (its runner's host "
+            f"died); see deployments/rescue.py, definition {RESCUE_DEFINITION}."
         ),
         trigger=EventTrigger(
             # Pending and Running too: a runner that dies between taking a run and its first
@@ -105,7 +110,11 @@ def ensure_rescue_automation(
             for duplicate in extra:
                 with _deleted_meanwhile_is_fine():
                     client.delete_automation(duplicate.id)
-            client.update_automation(keep.id, wanted)  # the current settings' window
+            # An update replaces the trigger with one of a new id, and the server keeps a
+            # proactive trigger's open windows by trigger id: updating at every runner start
+            # would forget the runs whose runner died less than rescue_after_s before.
+            if keep.description != wanted.description:
+                client.update_automation(keep.id, wanted)  # the current settings' window
             return
         except PrefectHTTPStatusError as error:
             if error.response.status_code != 404 or attempt == attempts - 1:
