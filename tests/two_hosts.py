@@ -308,15 +308,24 @@ class Host:
         return used
 
     def flow_runs_in_progress(self) -> int:
-        """Flow runs executing in this host's runner now: its `python -m prefect.engine`
-        children (serve and worker alike). Counting the log's begun and finished lines drifted
-        over a long bench (it read -19 after some 500 runs)."""
+        """Flow runs executing in this host's runner now: begun (the run's "Beginning flow
+        run" line, logged once it is Running) and not finished in the runner's log, and at most
+        the runner's live `python -m prefect.engine` children (serve and worker alike).
+
+        The process count alone also counts runs still starting (Pending), whose rescue leaves
+        run_count at 1 (seen: 0 runs counted as rescued); the log count alone drifted over a
+        long bench (it read -19 after some 500 runs).
+        """
         runner = self.processes.get(self.runner)
         if runner is None or runner.poll() is not None:
             return 0
-        return sum(
+        text = self.log(self.runner).read_text("utf-8", "replace")
+        begun = len(re.findall(r"Flow run '[^']+' - Beginning flow run", text))
+        finished = len(re.findall(r"Flow run '[^']+' - Finished in state", text))
+        processes = sum(
             1 for pid in procs.descendants(runner.pid) if "prefect.engine" in procs.cmdline(pid)
         )
+        return min(begun - finished, processes)
 
     def kill_while_running(self, wait_s: float = 180.0) -> tuple[int, int]:
         """Wait (bounded) until the host executes a flow run, then SIGKILL all its processes
