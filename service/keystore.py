@@ -111,6 +111,16 @@ class KeyOwner(BaseModel):
         return cls.personal(owner_subject)
 
 
+# The service itself owns unpacked repositories (`unpacked.<domain>`): their keys live in Vault
+# like every other repository's, at `<mount>/data/groups/cvmfs-service/cvmfs_keys/<fqrn>`.
+SERVICE_KEY_OWNER = KeyOwner.of_group("cvmfs-service")
+
+
+def unpacked_fqrn(repository_domain: str) -> str:
+    """The repository image unpacks go into (DUCC layout)."""
+    return f"unpacked.{repository_domain}"
+
+
 def secret_path(owner: KeyOwner, fqrn: str) -> str:
     """The KV v2 path inside the mount (the API path is `<mount>/data/<this>`).
 

@@ -8,7 +8,7 @@ import shutil
 from cvmfs.whitelist import SignedWhitelist
 from cvmfs.writer import WHITELIST_KEY, resign_whitelist
 from service.bucket_wiring import topic_name_for, unwire_bucket
-from service.keystore import KeyOwner, KeyStore, vault_client
+from service.keystore import KeyOwner, KeyStore, unpacked_fqrn, vault_client
 from service.policies import PublisherAccess
 from service.repositories import Repository, RepositoryRegistry
 from service.s3_clients import bucket_agent_s3, bucket_agent_sns
@@ -46,7 +46,7 @@ def resign_if_expiring(settings: Settings, fqrn: str, owner: KeyOwner, now: dt.d
 @step("find unpacked repositories")
 def unpacked_repositories(settings: Settings) -> list[str]:
     """Unpacked repositories are the service's own (not in the registry of repositories)."""
-    fqrn = f"unpacked.{settings.repository_domain}"
+    fqrn = unpacked_fqrn(settings.repository_domain)
     exists = repository_storage(settings, fqrn).exists(WHITELIST_KEY)
     return [fqrn] if exists else []
 

@@ -36,7 +36,7 @@ from images.unpacker import (
     unpack_image,
 )
 from images.wishlist import expand, parse_wishlist
-from service.keystore import KeyOwner, KeyStore, vault_client
+from service.keystore import SERVICE_KEY_OWNER, KeyStore, unpacked_fqrn, vault_client
 from service.settings import Settings
 from tasks.locks import repository_lease
 from tasks.steps import step
@@ -91,13 +91,10 @@ class UnpackRequest(BaseModel):
 
 
 def target_fqrn(settings: Settings, request: UnpackRequest) -> str:
-    return request.fqrn or f"unpacked.{settings.repository_domain}"
+    return request.fqrn or unpacked_fqrn(settings.repository_domain)
 
 
 # ------------------------------------------------------------------------------ plain helpers
-# The service itself owns unpacked repositories: their keys live in Vault like every other
-# repository's, at `<mount>/data/groups/cvmfs-service/cvmfs_keys/<fqrn>`.
-SERVICE_KEY_OWNER = KeyOwner.of_group("cvmfs-service")
 
 
 def unpacked_repository_keys(settings: Settings, fqrn: str) -> KeySet:

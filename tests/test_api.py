@@ -21,9 +21,11 @@ from prefect import get_client
 
 from bridge.consumer import BridgeConsumer
 from bridge.provision_requests import ProvisionRequestParameters
+from cvmfs.keys import generate_keyset
 from cvmfs.reader import RepositoryReader
 from service.api import ApiServices, create_app
 from service.auth import TokenVerifier
+from service.keystore import SERVICE_KEY_OWNER, unpacked_fqrn
 from service.messages import AuthorizedProvisionRequest, ProvisionReply, RequestParser
 from service.settings import Settings
 from tests.test_api_support import (
@@ -315,6 +317,15 @@ def test_client_config_is_public_material_that_mounts_the_repository(world: ApiW
     # The bundle is enough to read the repository from the stratum-0 URL, signatures checked.
     with RepositoryReader.open(bundle["server_url"], w.alice_repo, [public_key]) as reader:
         assert reader.read("/software/tool") == b"#!/bin/sh\necho v2 here\n"
+    # The unpacked images' repository is the service's own: any signed-in user gets its bundle.
+    unpacked = unpacked_fqrn(w.settings.repository_domain)
+    keys, _ = w.key_store.store_if_absent(SERVICE_KEY_OWNER, unpacked, generate_keyset(unpacked))
+    with w.client(w.bob()) as client:
+        images = client.get(f"/repositories/{unpacked}/client-config")
+    assert images.status_code == 200, images.text
+    assert "PRIVATE" not in images.text
+    files = images.json()["files"]
+    assert files[next(path for path in files if path.endswith(".pub"))] == keys.master_public_pem
 
 
 def test_publisher_setup_holds_what_a_remote_publisher_needs_and_no_private_key(

@@ -56,7 +56,14 @@ from service.api.security import Caller, Right
 from service.api.services import ApiServices
 from service.api.stratum0 import key_owner
 from service.client_config import build_client_config
-from service.keystore import KeysNotFound, KeystoreError, VaultUnavailable, secret_path
+from service.keystore import (
+    SERVICE_KEY_OWNER,
+    KeysNotFound,
+    KeystoreError,
+    VaultUnavailable,
+    secret_path,
+    unpacked_fqrn,
+)
 from service.messages import ProvisionRequest, Refusal
 from service.repositories import BucketState, Repository, RequestConflict
 
@@ -101,6 +108,18 @@ def keyset(svc: ApiServices, repo: Repository) -> KeySet:
     except KeystoreError as error:
         log.error("event=keystore-error fqrn=%s error=%s", repo.fqrn, error)
         raise BackendError(f"the key store refused reading the keys of {repo.fqrn}") from None
+
+
+def unpacked_public_key(svc: ApiServices, fqrn: str) -> str:
+    try:
+        return svc.key_store().read(SERVICE_KEY_OWNER, fqrn).master_public_pem
+    except KeysNotFound:
+        raise NotPublished(f"{fqrn} does not exist yet: no image has been unpacked") from None
+    except VaultUnavailable:
+        raise Unavailable("the key store (Vault) is unavailable; retry later") from None
+    except KeystoreError as error:
+        log.error("event=keystore-error fqrn=%s error=%s", fqrn, error)
+        raise BackendError(f"the key store refused reading the keys of {fqrn}") from None
 
 
 @contextmanager
@@ -283,9 +302,14 @@ def repository_status(svc: ApiServices, caller: Caller, fqrn: str) -> Repository
 
 
 def client_config(svc: ApiServices, caller: Caller, fqrn: str) -> ClientConfig:
-    repo = authorized(svc, caller, fqrn, "read")
-    keys = keyset(svc, repo)
-    bundle = build_client_config(svc.settings, fqrn, keys.master_public_pem)
+    """A readable repository's, or the unpacked images' (`unpacked.<domain>`) for any signed-in
+    user: its key is the service's own and was handed out nowhere (found by hand mounting it
+    with the stock client, docs/stock-tools.md)."""
+    if fqrn == unpacked_fqrn(svc.settings.repository_domain):
+        public_pem = unpacked_public_key(svc, fqrn)
+    else:
+        public_pem = keyset(svc, authorized(svc, caller, fqrn, "read")).master_public_pem
+    bundle = build_client_config(svc.settings, fqrn, public_pem)
     return ClientConfig.model_validate(bundle.model_dump())
 
 
