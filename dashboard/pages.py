@@ -40,6 +40,7 @@ from service.api.models import (
 from service.api.security import Caller
 from service.api.services import ApiServices
 from service.auth import AuthError, IssuerUnavailable, TokenExpired
+from service.keystore import unpacked_fqrn
 
 log = logging.getLogger("cvmfs.dashboard")
 
@@ -240,6 +241,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             pending=[p for p in pending if p.status == "pending"],
             failed=[p for p in pending if p.status in ("refused", "failed")],
             groups=operations.visible_groups(svc, caller),
+            unpacked=unpacked_fqrn(svc.settings.repository_domain),
         )
 
     @router.post("/repositories")

@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from cvmfs.keys import generate_keyset
 from dashboard.app import COOKIE_NAME, session_secret
 from dashboard.sessions import SessionStore, session_signer
+from service.keystore import SERVICE_KEY_OWNER, unpacked_fqrn
 from service.repositories import SyncRefusal, database_url
 from service.settings import Settings
 from tests.test_api_support import ApiWorld, api_world
@@ -135,6 +137,22 @@ def test_client_files_download_with_the_key_and_the_server_url(world: ApiWorld) 
     assert pub.text == world.keys[fqrn].master_public_pem
     other = browser.get(f"/dashboard/repositories/{fqrn}/client/passwd")
     assert other.status_code == 404
+
+
+def test_every_user_finds_the_unpacked_images_client_files(world: ApiWorld) -> None:
+    unpacked = unpacked_fqrn(world.settings.repository_domain)
+    browser = Browser(world, world.bob())
+    link = f"/dashboard/repositories/{unpacked}/client/{unpacked}.pub"
+    # As the first unpack stores them (the Vault is shared: another test may have already).
+    keys, _ = world.key_store.store_if_absent(
+        SERVICE_KEY_OWNER, unpacked, generate_keyset(unpacked)
+    )
+    index = browser.get("/dashboard/").text
+    assert f'href="{link}"' in index
+    pub = browser.get(link)
+    assert pub.status_code == 200 and pub.text == keys.master_public_pem
+    conf = browser.get(f"/dashboard/repositories/{unpacked}/client/{unpacked}.conf").text
+    assert f"/cvmfs/{unpacked}\n" in conf
 
 
 def test_keys_go_only_to_the_owner_or_a_manager_and_every_download_is_audited(
