@@ -7,12 +7,10 @@ back over HTTP with signature verification, as a client would.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cvmfs.reader import RepositoryReader
@@ -29,6 +27,7 @@ from service.keystore import KeyStore, secret_path
 from service.settings import Settings
 from tasks.unpack import SERVICE_KEY_OWNER, UnpackRequest
 from tests.conftest import settings_env
+from tests.sync_support import latest_artifact_rows
 from tests.test_images_support import OciLayout
 
 FQRN = "unpacked.flow.example.org"
@@ -191,14 +190,7 @@ def test_unpack_leaves_special_files_out_when_configured_and_lists_them(
         assert reader.read(f"{flat}/etc/motd") == b"hi\n"
         assert not [e.path for e in reader.walk(flat) if e.is_special]
     key = f"unpack-notes-{outcome.config_digest.split(':')[-1][:16]}"
-    response = httpx.post(
-        f"{stack.prefect.api_url}/artifacts/filter",
-        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
-    )
-    response.raise_for_status()
-    (artifact,) = response.json()
-    data = artifact["data"]
-    rows = json.loads(data) if isinstance(data, str) else data
+    rows = latest_artifact_rows(stack, key)
     assert sorted(row["path"] for row in rows if row["note"] == "skipped special file") == (
         outcome.skipped_special
     )
