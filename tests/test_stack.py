@@ -147,17 +147,22 @@ def test_cli_stack_status_fails_for_a_stack_that_does_not_run(
     assert "UNHEALTHY" in result.stdout
 
 
-def test_cli_up_prints_the_endpoints_and_ctrl_c_leaves_the_stack_running(
-    stack: Stack, stack_env: dict[str, str]
-) -> None:
-    before = stack_pids(stack)
-    proc = subprocess.Popen(
+def _start_up(stack_env: dict[str, str]) -> subprocess.Popen[str]:
+    """`cvmfs-svc up` as a user starts it, its output (stdout and stderr) line by line."""
+    return subprocess.Popen(
         [CLI, "up"],
         env={**stack_env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_cli_up_prints_the_endpoints_and_ctrl_c_leaves_the_stack_running(
+    stack: Stack, stack_env: dict[str, str]
+) -> None:
+    before = stack_pids(stack)
+    proc = _start_up(stack_env)
     assert proc.stdout is not None
     lines: list[str] = []
     try:
@@ -195,13 +200,7 @@ def test_cli_up_runs_the_demo_through_the_whole_path(
     """The embedded default job: `up` provisions the demo repository through the served
     deployment (which registers a few seconds after the processes start), uploads a file and
     reports the revision that serves it."""
-    proc = subprocess.Popen(
-        [CLI, "up"],
-        env={**stack_env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_up(stack_env)
     assert proc.stdout is not None
     lines: list[str] = []
     outcome: list[str] = []
