@@ -14,8 +14,8 @@ import argparse
 import random
 import time
 
-from service.bucket_rules import target_of
-from service.bucket_sync import BucketObject, PlanInputs, plan_changes
+from buckets.bucket_rules import target_of
+from buckets.bucket_sync import BucketObject, PlanInputs, plan_changes
 from service.repositories import FileProvenance
 
 FQRN = "bench.example.org"

@@ -2,7 +2,7 @@
 PUTs and deletes until radosgw crashes or the count is reached; prints how far it got and how
 many events reached RabbitMQ.
 
-The bucket is wired like service/bucket_wiring does it (bucket agent's topic and notification on
+The bucket is wired like buckets/bucket_wiring does it (bucket agent's topic and notification on
 the demo user's bucket); a private quorum queue bound to the events exchange with the topic's
 routing key counts what arrives. `--broker-outage-at N` stops RabbitMQ (the stack component)
 before PUT N and starts it again `--outage-puts` PUTs later: the events in between must come from
@@ -30,13 +30,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bridge.config import BridgeConfig
 from bridge.topology import declare_topology
-from service.bucket_wiring import (
+from buckets.bucket_wiring import (
     AMQP_ACK_LEVEL,
     ensure_bucket_notification,
     ensure_topic,
     topic_name_for,
 )
-from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
+from buckets.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import Settings
 from stack.ceph import RGW_NAME, Ceph
 from stack.rabbitmq import RabbitMQ
@@ -194,7 +194,7 @@ def main() -> None:
         "--ack-level",
         choices=["broker", "none", "routable"],
         default=AMQP_ACK_LEVEL,
-        help="default: what service/bucket_wiring uses",
+        help="default: what buckets/bucket_wiring uses",
     )
     parser.add_argument("--persistent", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--interval-s", type=float, default=0.0, help="pause after each PUT")

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from buckets.s3_clients import demo_s3
 from cvmfs.reader import RepositoryReader
 from service.client_config import stratum0_url
 from service.runtime import load_settings
-from service.s3_clients import demo_s3
 from service.settings import Settings
 
 if TYPE_CHECKING:

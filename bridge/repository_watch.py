@@ -149,7 +149,7 @@ class RepositoryWatcher:
 def run_watcher(settings: Settings, stop: threading.Event) -> None:
     """The watcher thread's body: its own registry connection, S3 client and Prefect starter."""
     from bridge.flow_starter import PrefectFlowStarter  # imports prefect: ~1.5 s
-    from service.s3_clients import bucket_agent_s3
+    from buckets.s3_clients import bucket_agent_s3
 
     registry = RepositoryRegistry.open(settings)
     try:

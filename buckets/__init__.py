@@ -1,2 +1,2 @@
-"""The bucket side of a repository: whether its bucket exists, whose it is, and what to tell
-its owner. (bucket_sync, bucket_wiring, object_metadata and s3_clients belong here too.)"""
+"""The bucket side of a repository: its rules, the sync planner, the S3 clients, the wiring of
+its notifications, the file attributes kept in object metadata, and its ownership."""

@@ -1,6 +1,6 @@
 """What the dashboard tells a user to type: client setup and uploads with aws cli, s3cmd, rclone.
 
-Each tool keeps file modes its own way (service/object_metadata.py reads them): s3cmd stores
+Each tool keeps file modes its own way (buckets/object_metadata.py reads them): s3cmd stores
 `x-amz-meta-s3cmd-attrs` (with --preserve, its default), rclone its mtime metadata; the aws cli
 keeps none, so executables are recognised by content (ELF, `#!`).
 """

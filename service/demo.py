@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from bridge.errors import PermanentStartError, TransientStartError
 from bridge.flow_starter import PrefectFlowStarter
+from buckets.s3_clients import demo_s3
 from cvmfs.errors import CvmfsError
 from cvmfs.reader import RepositoryReader
 from service.client_config import stratum0_url
@@ -21,7 +22,6 @@ from service.identity import Identity
 from service.keystore import KeyOwner, KeyStore
 from service.messages import AuthorizedProvisionRequest
 from service.naming import RepositoryNamer
-from service.s3_clients import demo_s3
 from service.settings import Settings
 
 DEMO_BUCKET = "demo-software"

@@ -762,7 +762,7 @@ keyring = {base}/rgw/keyring
 rgw_data = {base}/rgw
 # civetweb, not beast: beast aborts on DeleteObjects when the bucket has AMQP notifications
 # (services-notes §2.7 pitfall 2). Topics must use amqp-ack-level=none (see
-# service/bucket_wiring.AMQP_ACK_LEVEL): with broker acks this radosgw segfaults.
+# buckets/bucket_wiring.AMQP_ACK_LEVEL): with broker acks this radosgw segfaults.
 rgw_frontends = civetweb port={LOOPBACK}:{c.rgw_port} num_threads=64
 rgw_thread_pool_size = 64
 rgw_enable_usage_log = false

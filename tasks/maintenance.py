@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 
+from buckets.bucket_wiring import topic_name_for, unwire_bucket
+from buckets.s3_clients import bucket_agent_s3, bucket_agent_sns
 from cvmfs.whitelist import SignedWhitelist
 from cvmfs.writer import WHITELIST_KEY, resign_whitelist
-from service.bucket_wiring import topic_name_for, unwire_bucket
 from service.keystore import KeyOwner, KeyStore, unpacked_fqrn, vault_client
 from service.policies import PublisherAccess
 from service.repositories import Repository, RepositoryRegistry
-from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
 from tasks.steps import step
 from tasks.storage import local_stratum0_dir, repository_storage

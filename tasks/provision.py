@@ -14,17 +14,17 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from bridge.amqp import connection_parameters
+from buckets.bucket_wiring import NOTIFICATION_PREFIX, BucketWiring, wire_bucket
 from buckets.ownership import expected_owner, inspect_bucket, judge_bucket
+from buckets.s3_clients import bucket_agent_s3, bucket_agent_sns
 from cvmfs.keys import generate_keyset
 from cvmfs.writer import MANIFEST_KEY, RepositoryWriter, create_repository
-from service.bucket_wiring import NOTIFICATION_PREFIX, BucketWiring, wire_bucket
 from service.client_config import ClientConfigBundle, build_client_config
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
 from service.policies import PublisherAccess
 from service.replies import publish_reply
 from service.repositories import BucketState, Repository, RepositoryClaim, RepositoryRegistry
-from service.s3_clients import bucket_agent_s3, bucket_agent_sns
 from service.settings import Settings
 from tasks.steps import step
 from tasks.storage import ensure_stratum0_storage, repository_storage

@@ -21,12 +21,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from bridge.config import BridgeConfig
 from bridge.publisher import EventPublisher
 from bridge.s3_events import KEY_PREFIX
-from buckets.ownership import BucketCheck, judge_bucket
-from cvmfs.tarball import TarPolicy
-from cvmfs.writer import RepositoryWriter
-from metrics.flows import flow_metrics
-from service.bucket_rules import Refused
-from service.bucket_sync import (
+from buckets.bucket_rules import Refused
+from buckets.bucket_sync import (
     ApplyReport,
     BucketObject,
     ChangeRefused,
@@ -41,10 +37,14 @@ from service.bucket_sync import (
     plan_changes,
     read_what_the_plan_needs,
 )
+from buckets.ownership import BucketCheck, judge_bucket
+from buckets.s3_clients import bucket_agent_s3
+from cvmfs.tarball import TarPolicy
+from cvmfs.writer import RepositoryWriter
+from metrics.flows import flow_metrics
 from service.faults import BadInput, Transient, retry_if_transient
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import FileProvenance, Repository, RepositoryRegistry, SyncRefusal
-from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.storage import repository_storage
 

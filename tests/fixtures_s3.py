@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from service.s3_clients import service_s3
+from buckets.s3_clients import service_s3
 from service.settings import Settings
 from stack.ceph import Ceph
 

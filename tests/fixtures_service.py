@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from buckets.s3_clients import demo_s3
 from cvmfs.reader import RepositoryReader
 from flows.provision import provision
 from service.auth import TokenVerifier
@@ -21,7 +22,6 @@ from service.client_config import stratum0_url
 from service.keystore import KeyOwner, KeyStore
 from service.messages import AmqpProperties, AuthorizedProvisionRequest, RequestParser
 from service.repositories import RepositoryRegistry
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from tests.conftest import settings_env
 from tests.issuer import TestIssuer

@@ -1,6 +1,6 @@
 """End to end on the real stack: uploads to a Ceph RGW bucket → RabbitMQ → bridge → flow starter.
 
-The bucket is wired with the service's own topic and notification code (service/bucket_wiring);
+The bucket is wired with the service's own topic and notification code (buckets/bucket_wiring);
 the bridge's queue is private to the test but bound to the real events exchange.
 """
 
@@ -13,8 +13,8 @@ import pytest
 from bridge.config import QueueRoute
 from bridge.consumer import BridgeConsumer
 from bridge.repositories import RepositoryTarget, StaticRepositoryLookup
-from service.bucket_wiring import ensure_bucket_notification, ensure_topic, topic_name_for
-from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
+from buckets.bucket_wiring import ensure_bucket_notification, ensure_topic, topic_name_for
+from buckets.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import Settings
 from tests.test_bridge_support import (
     RecordingStarter,

@@ -1,4 +1,4 @@
-"""The bucket rules alone: each case of `service.bucket_rules` and the planner that applies them."""
+"""The bucket rules alone: each case of `buckets.bucket_rules` and the planner that applies them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from service.bucket_rules import Refused, Target, key_verdict, resolve_collisions, target_of
-from service.bucket_sync import BucketObject, Plan, PlanInputs, Put, Remove, plan_changes
+from buckets.bucket_rules import Refused, Target, key_verdict, resolve_collisions, target_of
+from buckets.bucket_sync import BucketObject, Plan, PlanInputs, Put, Remove, plan_changes
 from service.repositories import FileProvenance
 
 FQRN = "rules.example.org"

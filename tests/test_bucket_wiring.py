@@ -10,8 +10,8 @@ import pika
 import pytest
 
 from bridge.config import BridgeConfig
-from service.bucket_wiring import describe_topic, topic_name_for, unwire_bucket, wire_bucket
-from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
+from buckets.bucket_wiring import describe_topic, topic_name_for, unwire_bucket, wire_bucket
+from buckets.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import Settings
 
 pytestmark = [pytest.mark.stack]

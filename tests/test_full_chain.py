@@ -25,12 +25,12 @@ from prometheus_client.samples import Sample
 
 from bridge.amqp import connection_parameters
 from bridge.run_requests import reconcile_parameters
+from buckets.s3_clients import demo_s3
 from cvmfs.reader import RepositoryReader
 from service.client_config import stratum0_url
 from service.keystore import KeyStore
 from service.replies import REPLY_QUEUE
 from service.run import SERVICE_COMMANDS
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from stack.rabbitmq import RabbitMQ
 from tasks.unpack import SERVICE_KEY_OWNER

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from buckets.s3_clients import demo_s3
 from cvmfs.fsck import fsck
 from cvmfs.keys import parse_gateway_key
 from flows.sync import sync
@@ -18,7 +19,6 @@ from gateway.app import create_app
 from gateway.publisher import Publisher, prepare, publisher_transaction, send_objects
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import RepositoryRegistry
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.storage import repository_storage
 from tasks.sync import SyncRequest

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from buckets.s3_clients import bucket_agent_s3
 from cvmfs.whitelist import SignedWhitelist
 from cvmfs.writer import WHITELIST_KEY, resign_whitelist
 from flows.maintenance import DeprovisionRequest, deprovision, resign_whitelists
 from service.keystore import KeyOwner, KeyStore, vault_client
 from service.policies import PublisherAccess
 from service.repositories import RepositoryRegistry
-from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.storage import local_stratum0_dir, repository_storage
 from tests.fixtures_service import ProvisionedRepository, open_reader

@@ -1,6 +1,6 @@
 import pytest
 
-from service.object_metadata import attributes_from_metadata
+from buckets.object_metadata import attributes_from_metadata
 
 
 @pytest.mark.parametrize(

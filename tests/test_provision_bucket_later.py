@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.bucket_wiring import notification_id_for
+from buckets.bucket_wiring import notification_id_for
+from buckets.s3_clients import bucket_agent_s3
 from service.demo import DEMO_BUCKET, run_demo
 from service.repositories import RepositoryClaim, RepositoryRegistry, utc_now
-from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.storage import local_stratum0_dir
 from tests.fixtures_s3 import rgw_user_s3

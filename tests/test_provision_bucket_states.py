@@ -10,14 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from buckets.bucket_wiring import notification_id_for
+from buckets.s3_clients import bucket_agent_s3
 from cvmfs.reader import RepositoryReader
 from flows.provision import WireBucketRequest, provision, wire_waiting_bucket
 from flows.sync import sync
 from service.auth import TokenVerifier
-from service.bucket_wiring import notification_id_for
 from service.client_config import stratum0_url
 from service.repositories import RepositoryRegistry
-from service.s3_clients import bucket_agent_s3
 from service.settings import Settings
 from tasks.sync import SyncRequest
 from tests.fixtures_s3 import rgw_user_s3

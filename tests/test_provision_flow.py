@@ -14,6 +14,7 @@ import pika
 import pytest
 
 from bridge.config import BridgeConfig
+from buckets.s3_clients import demo_s3
 from cvmfs.reader import RepositoryReader
 from flows.provision import provision
 from service.auth import TokenVerifier
@@ -21,7 +22,6 @@ from service.client_config import stratum0_url
 from service.keystore import KeyOwner, secret_path
 from service.replies import REPLY_QUEUE
 from service.repositories import RepositoryRegistry
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from tests.fixtures_service import authorized_request
 from tests.issuer import TestIssuer

@@ -14,13 +14,13 @@ import pytest
 
 from bridge.config import BridgeConfig
 from bridge.topology import declare_topology
-from service.bucket_wiring import (
+from buckets.bucket_wiring import (
     describe_topic,
     ensure_bucket_notification,
     ensure_topic,
     topic_name_for,
 )
-from service.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
+from buckets.s3_clients import bucket_agent_s3, bucket_agent_sns, demo_s3
 from service.settings import RabbitMQSettings, Settings
 from stack.rabbitmq import RabbitMQ
 from tests.test_bridge_support import channel

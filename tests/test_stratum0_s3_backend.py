@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from buckets.s3_clients import demo_s3
 from cvmfs.fsck import fsck
 from cvmfs.http_cache import MANIFEST_MAX_AGE_S, OBJECT_MAX_AGE_S
 from cvmfs.objects import ObjectSuffix
 from flows.provision import provision
 from service.auth import TokenVerifier
 from service.client_config import stratum0_url
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.storage import ensure_stratum0_storage, repository_storage
 from tests.fixtures_s3 import empty_and_delete

@@ -28,15 +28,15 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Scheduled
 
+from buckets.bucket_sync import list_objects
+from buckets.s3_clients import bucket_agent_s3, demo_s3
 from cvmfs.fsck import fsck
 from cvmfs.objects import ObjectSuffix
 from cvmfs.reader import RepositoryReader
 from cvmfs.storage import LocalStorage, is_object_key
 from flows.sync import sync
-from service.bucket_sync import list_objects
 from service.client_config import stratum0_url
 from service.run import child_environment
-from service.s3_clients import bucket_agent_s3, demo_s3
 from service.settings import Settings
 from tasks.locks import publish_lock_name
 from tasks.storage import local_stratum0_dir

@@ -16,8 +16,8 @@ import pika
 import pytest
 
 from bridge.amqp import connection_parameters
+from buckets.s3_clients import demo_s3
 from flows.sync import ReconcileRequest, reconcile, sync
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.sync import SyncRequest
 from tests.fixtures_service import ProvisionedRepository, open_reader

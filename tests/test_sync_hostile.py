@@ -30,13 +30,13 @@ from prefect.client.schemas.filters import (
 )
 
 from bridge.amqp import connection_parameters
+from buckets.s3_clients import demo_s3
 from cvmfs.writer import RepositoryWriter
 from flows.provision import provision
 from flows.sync import ReconcileRequest, reconcile, sync
 from service.auth import TokenVerifier
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import RepositoryRegistry, SyncRefusal
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from tasks.storage import repository_storage
 from tasks.sync import SyncRequest

@@ -29,12 +29,12 @@ import httpx
 import pika
 
 from bridge.amqp import connection_parameters
+from buckets.s3_clients import demo_s3
 from cvmfs.fsck import fsck
 from cvmfs.reader import RepositoryReader
 from service.client_config import stratum0_url
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import RepositoryRegistry
-from service.s3_clients import demo_s3
 from service.settings import Settings
 from stack import procs
 from tests.conftest import settings_env

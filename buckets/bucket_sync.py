@@ -25,11 +25,7 @@ from botocore.exceptions import ClientError
 
 from bridge.errors import RejectedMessage
 from bridge.s3_events import KEY_PREFIX
-from cvmfs.errors import InvalidPathError, NotFoundError
-from cvmfs.paths import ancestors, is_within
-from cvmfs.tarball import ImportStats, TarballError, TarPolicy, import_tarball
-from cvmfs.transaction import Transaction, TransactionError
-from service.bucket_rules import (
+from buckets.bucket_rules import (
     Refused,
     Target,
     directories_of,
@@ -37,7 +33,11 @@ from service.bucket_rules import (
     resolve_collisions,
     target_of,
 )
-from service.object_metadata import SNIFF_BYTES, attributes_from_metadata
+from buckets.object_metadata import SNIFF_BYTES, attributes_from_metadata
+from cvmfs.errors import InvalidPathError, NotFoundError
+from cvmfs.paths import ancestors, is_within
+from cvmfs.tarball import ImportStats, TarballError, TarPolicy, import_tarball
+from cvmfs.transaction import Transaction, TransactionError
 from service.repositories import FileProvenance
 
 if TYPE_CHECKING:

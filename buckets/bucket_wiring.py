@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.config import BridgeConfig
 from bridge.topology import declare_topology
-from service.s3_clients import delete_bucket_notification
+from buckets.s3_clients import delete_bucket_notification
 from service.settings import RabbitMQSettings, Settings
 
 if TYPE_CHECKING:
