@@ -1,6 +1,8 @@
 """Operator commands on a repository (`cvmfs-svc repo …`): ls, cat, info, fsck.
 
-One typer app, `repo_app`; write-side commands are added to the same app by the writer module.
+One click group, `repo_app`; write-side commands are added to the same group by the writer module.
+Plain click rather than typer: typer 0.29 builds a pydantic `TypeAdapter` per parameter of the
+invoked command, ~40 % of a one-file `repo import` (bench/README.md, "One-file publish").
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ import datetime as dt
 import json
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import typer
+import click
 
 from cvmfs.errors import CvmfsError
 
@@ -22,39 +24,62 @@ if TYPE_CHECKING:  # each command imports what it uses, so `repo import` never l
     from cvmfs.catalog import DirectoryEntry
     from cvmfs.reader import RepositoryReader
 
-repo_app = typer.Typer(no_args_is_help=True, help="Read, verify and change CVMFS repositories.")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Default values shown in every command's help, as the operator expects from `--help`.
+CONTEXT_SETTINGS = {"show_default": True}
+
+
+@click.group("repo", no_args_is_help=True, context_settings=CONTEXT_SETTINGS)
+def repo_app() -> None:
+    """Read, verify and change CVMFS repositories."""
+
 
 DEFAULT_KEYS_DIR = Path("/etc/cvmfs/keys")  # where clients and cvmfs_server keep keys (spec §3.5)
 
-LocationArg = Annotated[
-    str, typer.Argument(help="Repository URL (http://host/cvmfs/<fqrn>) or stratum-0 directory.")
-]
-FqrnOpt = Annotated[
-    str | None,
-    typer.Option("--fqrn", "-n", help="Repository name; default: last component of LOCATION."),
-]
-KeyOpt = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--key",
-        "-k",
-        help="Master public key (<fqrn>.pub) or a directory of *.pub; repeatable. "
-        "Default: /etc/cvmfs/keys/<fqrn>.pub.",
-    ),
-]
-NowOpt = Annotated[
-    str | None,
-    typer.Option("--now", help="Check the whitelist expiry at this UTC time (ISO 8601)."),
-]
-TagOpt = Annotated[str | None, typer.Option("--tag", "-t", help="Read the revision of this tag.")]
-RootHashOpt = Annotated[
-    str | None, typer.Option("--root-hash", help="Read the revision with this root catalog hash.")
-]
+
+def _location_arg(command: F) -> F:
+    return click.argument(
+        "location", help="Repository URL (http://host/cvmfs/<fqrn>) or stratum-0 directory."
+    )(command)
 
 
-def _fail(command: str, exc: Exception) -> typer.Exit:
-    typer.echo(f"repo {command}: {exc}", err=True)
-    return typer.Exit(2)
+def _read_options(command: F) -> F:
+    """--fqrn, --key, --now, --tag, --root-hash: which repository, revision and trust."""
+    for option in reversed(
+        [
+            click.option(
+                "--fqrn",
+                "-n",
+                default=None,
+                help="Repository name; default: last component of LOCATION.",
+            ),
+            click.option(
+                "--key",
+                "-k",
+                multiple=True,
+                type=click.Path(path_type=Path),
+                help="Master public key (<fqrn>.pub) or a directory of *.pub; repeatable. "
+                "Default: /etc/cvmfs/keys/<fqrn>.pub.",
+            ),
+            click.option(
+                "--now",
+                default=None,
+                help="Check the whitelist expiry at this UTC time (ISO 8601).",
+            ),
+            click.option("--tag", "-t", default=None, help="Read the revision of this tag."),
+            click.option(
+                "--root-hash", default=None, help="Read the revision with this root catalog hash."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _fail(command: str, exc: Exception) -> click.exceptions.Exit:
+    click.echo(f"repo {command}: {exc}", err=True)
+    return click.exceptions.Exit(2)
 
 
 def _parse_now(now: str | None) -> dt.datetime | None:
@@ -69,7 +94,7 @@ def _reader(
     command: str,
     location: str,
     fqrn: str | None,
-    keys: list[Path] | None,
+    keys: tuple[Path, ...],
     now: str | None,
     tag: str | None = None,
     root_hash: str | None = None,
@@ -117,16 +142,21 @@ def _long_line(entry: DirectoryEntry) -> str:
 
 
 @repo_app.command("ls")
+@_location_arg
+@click.argument("path", default="/", help="Directory or file in the repository.")
+@_read_options
+@click.option("--long", "-l", is_flag=True, help="Mode, size, mtime, target.")
+@click.option("--recursive", "-R", is_flag=True, help="Whole subtree.")
 def ls_command(
-    location: LocationArg,
-    path: Annotated[str, typer.Argument(help="Directory or file in the repository.")] = "/",
-    fqrn: FqrnOpt = None,
-    key: KeyOpt = None,
-    now: NowOpt = None,
-    tag: TagOpt = None,
-    root_hash: RootHashOpt = None,
-    long: Annotated[bool, typer.Option("--long", "-l", help="Mode, size, mtime, target.")] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-R", help="Whole subtree.")] = False,
+    location: str,
+    path: str,
+    fqrn: str | None,
+    key: tuple[Path, ...],
+    now: str | None,
+    tag: str | None,
+    root_hash: str | None,
+    long: bool,
+    recursive: bool,
 ) -> None:
     """List a directory (or the whole subtree with -R) of a verified repository."""
     with _reader("ls", location, fqrn, key, now, tag, root_hash) as reader:
@@ -138,18 +168,21 @@ def ls_command(
         else:
             entries = [top]
         for entry in entries:
-            typer.echo(_long_line(entry) if long else (entry.path.lstrip("/") or "/"))
+            click.echo(_long_line(entry) if long else (entry.path.lstrip("/") or "/"))
 
 
 @repo_app.command("cat")
+@_location_arg
+@click.argument("path", help="Regular file in the repository.")
+@_read_options
 def cat_command(
-    location: LocationArg,
-    path: Annotated[str, typer.Argument(help="Regular file in the repository.")],
-    fqrn: FqrnOpt = None,
-    key: KeyOpt = None,
-    now: NowOpt = None,
-    tag: TagOpt = None,
-    root_hash: RootHashOpt = None,
+    location: str,
+    path: str,
+    fqrn: str | None,
+    key: tuple[Path, ...],
+    now: str | None,
+    tag: str | None,
+    root_hash: str | None,
 ) -> None:
     """Write a file's content to stdout (every object is hash-verified first)."""
     with _reader("cat", location, fqrn, key, now, tag, root_hash) as reader:
@@ -203,50 +236,54 @@ def _info(reader: RepositoryReader) -> dict[str, Any]:
 
 
 @repo_app.command("info")
+@_location_arg
+@_read_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info_command(
-    location: LocationArg,
-    fqrn: FqrnOpt = None,
-    key: KeyOpt = None,
-    now: NowOpt = None,
-    tag: TagOpt = None,
-    root_hash: RootHashOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    location: str,
+    fqrn: str | None,
+    key: tuple[Path, ...],
+    now: str | None,
+    tag: str | None,
+    root_hash: str | None,
+    as_json: bool,
 ) -> None:
     """Manifest fields, whitelist expiry, catalogs and tags of a verified repository."""
     with _reader("info", location, fqrn, key, now, tag, root_hash) as reader:
         info = _info(reader)
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps(info, indent=2))
         return
     wl = info["whitelist"]
-    typer.echo(f"repository        {info['repository']}")
-    typer.echo(f"revision          {info['revision']}")
-    typer.echo(f"root catalog      {info['root_catalog_hash']}")
-    typer.echo(f"published         {info['publish_time']}")
-    typer.echo(f"compression       {info['compression']}")
+    click.echo(f"repository        {info['repository']}")
+    click.echo(f"revision          {info['revision']}")
+    click.echo(f"root catalog      {info['root_catalog_hash']}")
+    click.echo(f"published         {info['publish_time']}")
+    click.echo(f"compression       {info['compression']}")
     state = "EXPIRED" if wl["expired"] else f"{wl['days_left']} days left"
-    typer.echo(f"whitelist expires {wl['expires']} ({state})")
+    click.echo(f"whitelist expires {wl['expires']} ({state})")
     for fingerprint in wl["certificate_fingerprints"]:
-        typer.echo(f"certificate       {fingerprint}")
+        click.echo(f"certificate       {fingerprint}")
     for name, value in info["manifest"].items():
-        typer.echo(f"manifest {name:<22} {value}")
+        click.echo(f"manifest {name:<22} {value}")
     for cat in info["catalogs"]:
-        typer.echo(f"catalog {cat['mountpoint']:<20} {cat['hash']} rev {cat['revision']}")
+        click.echo(f"catalog {cat['mountpoint']:<20} {cat['hash']} rev {cat['revision']}")
     for tag_info in info["tags"]:
-        typer.echo(f"tag {tag_info['name']:<30} revision {tag_info['revision']}")
+        click.echo(f"tag {tag_info['name']:<30} revision {tag_info['revision']}")
 
 
 @repo_app.command("fsck")
+@_location_arg
+@_read_options
+@click.option("--all-revisions", is_flag=True, help="Also check every tagged revision.")
 def fsck_command(
-    location: LocationArg,
-    fqrn: FqrnOpt = None,
-    key: KeyOpt = None,
-    now: NowOpt = None,
-    tag: TagOpt = None,
-    root_hash: RootHashOpt = None,
-    all_revisions: Annotated[
-        bool, typer.Option("--all-revisions", help="Also check every tagged revision.")
-    ] = False,
+    location: str,
+    fqrn: str | None,
+    key: tuple[Path, ...],
+    now: str | None,
+    tag: str | None,
+    root_hash: str | None,
+    all_revisions: bool,
 ) -> None:
     """Verify signatures, re-hash every reachable object, check every catalog reference.
 
@@ -257,14 +294,14 @@ def fsck_command(
 
         report = fsck(reader, all_revisions=all_revisions)
     for problem in report.problems:
-        typer.echo(f"PROBLEM {problem}")
-    typer.echo(
+        click.echo(f"PROBLEM {problem}")
+    click.echo(
         f"{len(report.revisions_checked)} revision(s), {report.catalogs_checked} catalog(s), "
         f"{report.entries_checked} entries, {report.objects_checked} objects checked: "
         f"{'clean' if report.ok else f'{len(report.problems)} problem(s)'}"
     )
     if not report.ok:
-        raise typer.Exit(1)
+        raise click.exceptions.Exit(1)
 
 
 # Write-side commands live with the writer (cvmfs/cli_write.py); registered last, on this app.

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import typer
+import click
 
 from cvmfs.codecs import Compression
 from cvmfs.errors import CvmfsError
@@ -21,16 +22,37 @@ if TYPE_CHECKING:  # imported by the commands that use them (a short command sta
 
 DEFAULT_KEYS_DIR = Path("/etc/cvmfs/keys")  # spec §3.5
 
-DirArg = Annotated[Path, typer.Argument(help="Stratum-0 directory of the repository.")]
-FqrnOpt = Annotated[
-    str | None,
-    typer.Option("--fqrn", "-n", help="Repository name; default: last component of the directory."),
-]
-KeysDirOpt = Annotated[
-    Path,
-    typer.Option("--keys-dir", help="Directory with <fqrn>.key/.crt/.pub(/.masterkey)."),
-]
-MessageOpt = Annotated[str, typer.Option("--message", "-m", help="Description of the revision.")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _directory_arg(command: F) -> F:
+    return click.argument(
+        "directory", type=click.Path(path_type=Path), help="Stratum-0 directory of the repository."
+    )(command)
+
+
+def _fqrn_option(command: F) -> F:
+    return click.option(
+        "--fqrn",
+        "-n",
+        default=None,
+        help="Repository name; default: last component of the directory.",
+    )(command)
+
+
+def _keys_dir_option(command: F) -> F:
+    return click.option(
+        "--keys-dir",
+        type=click.Path(path_type=Path),
+        default=DEFAULT_KEYS_DIR,
+        help="Directory with <fqrn>.key/.crt/.pub(/.masterkey).",
+    )(command)
+
+
+def _message_option(command: F) -> F:
+    return click.option(
+        "--message", "-m", default="", help="Description of the revision.", show_default=False
+    )(command)
 
 
 def _fqrn(directory: Path, fqrn: str | None) -> str:
@@ -61,30 +83,34 @@ def _open(
     )
 
 
-def _fail(command: str, exc: Exception) -> typer.Exit:
-    typer.echo(f"repo {command}: {exc}", err=True)
-    return typer.Exit(2)
+def _fail(command: str, exc: Exception) -> click.exceptions.Exit:
+    click.echo(f"repo {command}: {exc}", err=True)
+    return click.exceptions.Exit(2)
 
 
-def register_write_commands(app: typer.Typer) -> None:
+def register_write_commands(app: click.Group) -> None:
     """Add create, import, tag, rollback and resign-whitelist to `app`."""
 
     @app.command("create")
+    @_directory_arg
+    @_fqrn_option
+    @_keys_dir_option
+    @click.option("--generate-keys", is_flag=True, help="Make a new key set in --keys-dir.")
+    @click.option("--whitelist-days", type=int, default=30, help="Whitelist validity, days.")
+    @click.option(
+        "--compression",
+        type=click.Choice([c.value for c in Compression]),
+        default=Compression.ZLIB.value,
+        help="Deflate of content objects: zlib = the stock publisher's objects; isal = "
+        "~10x faster, ~5 % larger, other object names (recorded in the meta info).",
+    )
     def create_command(
-        directory: DirArg,
-        fqrn: FqrnOpt = None,
-        keys_dir: KeysDirOpt = DEFAULT_KEYS_DIR,
-        generate_keys: Annotated[
-            bool, typer.Option("--generate-keys", help="Make a new key set in --keys-dir.")
-        ] = False,
-        whitelist_days: Annotated[int, typer.Option(help="Whitelist validity, days.")] = 30,
-        compression: Annotated[
-            Compression,
-            typer.Option(
-                help="Deflate of content objects: zlib = the stock publisher's objects; isal = "
-                "~10x faster, ~5 % larger, other object names (recorded in the meta info)."
-            ),
-        ] = Compression.ZLIB,
+        directory: Path,
+        fqrn: str | None,
+        keys_dir: Path,
+        generate_keys: bool,
+        whitelist_days: int,
+        compression: str,
     ) -> None:
         """Create an empty repository (revision 1), like `cvmfs_server mkfs`."""
         from cvmfs.keys import generate_keyset, load_keyset, write_keyset
@@ -102,29 +128,42 @@ def register_write_commands(app: typer.Typer) -> None:
                 LocalStorage(directory),
                 name,
                 keys,
-                WriterOptions(compression=compression),
+                WriterOptions(compression=Compression(compression)),
                 whitelist_validity=dt.timedelta(days=whitelist_days),
             )
         except CvmfsError as exc:
             raise _fail("create", exc) from exc
-        typer.echo(json.dumps(_result(result), indent=2))
+        click.echo(json.dumps(_result(result), indent=2))
 
     @app.command("import")
+    @_directory_arg
+    @click.argument(
+        "source",
+        type=click.Path(path_type=Path),
+        help="A directory, or a tarball (tar, gzip, xz, zstd).",
+    )
+    @click.option(
+        "--prefix", "-p", default="", help="Repository path to import under.", show_default=False
+    )
+    @_fqrn_option
+    @_keys_dir_option
+    @_message_option
+    @click.option("--tag", "-t", default=None, help="Also tag it.")
+    @click.option(
+        "--max-catalog-entries",
+        type=int,
+        default=100_000,
+        help="Split catalogs above this many entries (0 = never).",
+    )
     def import_command(
-        directory: DirArg,
-        source: Annotated[
-            Path, typer.Argument(help="A directory, or a tarball (tar, gzip, xz, zstd).")
-        ],
-        prefix: Annotated[
-            str, typer.Option("--prefix", "-p", help="Repository path to import under.")
-        ] = "",
-        fqrn: FqrnOpt = None,
-        keys_dir: KeysDirOpt = DEFAULT_KEYS_DIR,
-        message: MessageOpt = "",
-        tag: Annotated[str | None, typer.Option("--tag", "-t", help="Also tag it.")] = None,
-        max_catalog_entries: Annotated[
-            int, typer.Option(help="Split catalogs above this many entries (0 = never).")
-        ] = 100_000,
+        directory: Path,
+        source: Path,
+        prefix: str,
+        fqrn: str | None,
+        keys_dir: Path,
+        message: str,
+        tag: str | None,
+        max_catalog_entries: int,
     ) -> None:
         """Import a directory or a tarball as a subtree and publish a new revision."""
         from cvmfs.tarball import import_directory, import_tarball
@@ -153,18 +192,27 @@ def register_write_commands(app: typer.Typer) -> None:
             "bytes": stats.bytes,
             "setuid_setgid_stripped": stats.stripped_modes,
         }
-        typer.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summary, indent=2))
 
     @app.command("tag")
+    @_directory_arg
+    @click.argument("name", help="Tag name.")
+    @_fqrn_option
+    @_keys_dir_option
+    @_message_option
+    @click.option(
+        "--revision",
+        type=int,
+        default=None,
+        help="Tag this earlier revision instead of the current.",
+    )
     def tag_command(
-        directory: DirArg,
-        name: Annotated[str, typer.Argument(help="Tag name.")],
-        fqrn: FqrnOpt = None,
-        keys_dir: KeysDirOpt = DEFAULT_KEYS_DIR,
-        message: MessageOpt = "",
-        revision: Annotated[
-            int | None, typer.Option(help="Tag this earlier revision instead of the current.")
-        ] = None,
+        directory: Path,
+        name: str,
+        fqrn: str | None,
+        keys_dir: Path,
+        message: str,
+        revision: int | None,
     ) -> None:
         """Add or move a named tag (re-signs the manifest; the revision stays)."""
         repo = _fqrn(directory, fqrn)
@@ -173,15 +221,14 @@ def register_write_commands(app: typer.Typer) -> None:
             result = writer.tag(name, description=message, revision=revision)
         except CvmfsError as exc:
             raise _fail("tag", exc) from exc
-        typer.echo(json.dumps(_result(result), indent=2))
+        click.echo(json.dumps(_result(result), indent=2))
 
     @app.command("rollback")
-    def rollback_command(
-        directory: DirArg,
-        tag: Annotated[str, typer.Argument(help="Tag whose content becomes the new revision.")],
-        fqrn: FqrnOpt = None,
-        keys_dir: KeysDirOpt = DEFAULT_KEYS_DIR,
-    ) -> None:
+    @_directory_arg
+    @click.argument("tag", help="Tag whose content becomes the new revision.")
+    @_fqrn_option
+    @_keys_dir_option
+    def rollback_command(directory: Path, tag: str, fqrn: str | None, keys_dir: Path) -> None:
         """Publish a new revision with the content of a tagged one."""
         repo = _fqrn(directory, fqrn)
         try:
@@ -189,17 +236,19 @@ def register_write_commands(app: typer.Typer) -> None:
             result = writer.rollback(tag)
         except CvmfsError as exc:
             raise _fail("rollback", exc) from exc
-        typer.echo(json.dumps(_result(result), indent=2))
+        click.echo(json.dumps(_result(result), indent=2))
 
     @app.command("resign-whitelist")
-    def resign_command(
-        directory: DirArg,
-        master_key: Annotated[
-            Path, typer.Option("--master-key", help="The <fqrn>.masterkey file (PEM).")
-        ],
-        fqrn: FqrnOpt = None,
-        days: Annotated[int, typer.Option(help="Validity from now, days.")] = 30,
-    ) -> None:
+    @_directory_arg
+    @click.option(
+        "--master-key",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="The <fqrn>.masterkey file (PEM).",
+    )
+    @_fqrn_option
+    @click.option("--days", type=int, default=30, help="Validity from now, days.")
+    def resign_command(directory: Path, master_key: Path, fqrn: str | None, days: int) -> None:
         """Sign a fresh whitelist; needs only the master key and the storage."""
         from cvmfs.storage import LocalStorage
         from cvmfs.writer import resign_whitelist
@@ -214,7 +263,7 @@ def register_write_commands(app: typer.Typer) -> None:
             )
         except (CvmfsError, OSError) as exc:
             raise _fail("resign-whitelist", exc) from exc
-        typer.echo(
+        click.echo(
             json.dumps(
                 {
                     "expires": whitelist.expires.isoformat(),

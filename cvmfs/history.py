@@ -10,7 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvmfs._sqlite import PropertiesDatabase, set_property
+from cvmfs._sqlite import SCRATCH_SYNCHRONOUS, PropertiesDatabase, set_property
 from cvmfs.catalog import DDL_PROPERTIES
 from cvmfs.errors import NotFoundError
 from cvmfs.objects import ContentHash
@@ -64,6 +64,7 @@ def create_history_db(
     db = sqlite3.connect(str(path), isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=DELETE")
+        db.execute(f"PRAGMA synchronous={SCRATCH_SYNCHRONOUS}")
         db.execute("BEGIN")
         for statement in HISTORY_DDL:
             db.execute(statement)

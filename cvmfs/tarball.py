@@ -42,7 +42,6 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any, BinaryIO, Protocol, cast
 
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field
 
 from cvmfs.chunking import ReadableStream
 from cvmfs.errors import CvmfsError, InvalidPathError
@@ -97,23 +96,26 @@ class EntryType(enum.Enum):
     SPECIAL = "special"  # char/block device, FIFO or socket
 
 
-class TarPolicy(BaseModel):
-    """What an import accepts; the defaults are the safe choice for untrusted uploads."""
+@dataclass(frozen=True, kw_only=True)
+class TarPolicy:
+    """What an import accepts; the defaults are the safe choice for untrusted uploads.
 
-    model_config = ConfigDict(frozen=True)
+    A dataclass, not a pydantic model: it is built by code from validated settings, and a
+    one-file `repo import` should not pay for importing pydantic (~25 ms, bench/README.md).
+    """
 
-    max_file_size: int = Field(default=64 * GIB, gt=0, description="largest single file, bytes")
-    max_total_size: int = Field(default=1024 * GIB, gt=0, description="sum of all file sizes")
-    max_entries: int = Field(default=10_000_000, gt=0, description="entries in one tarball")
-    skip_special: bool = Field(
-        default=False, description="leave devices/FIFOs/sockets out, else publish them"
-    )
-    allow_escaping_symlinks: bool = Field(
-        default=False, description="keep relative symlinks that climb out of the subtree"
-    )
-    allow_symlink_variables: bool = Field(
-        default=False, description="keep '$(' in symlink targets (CVMFS variant symlinks)"
-    )
+    max_file_size: int = 64 * GIB  # largest single file, bytes
+    max_total_size: int = 1024 * GIB  # sum of all file sizes, bytes
+    max_entries: int = 10_000_000  # entries in one tarball or tree
+    skip_special: bool = False  # leave devices/FIFOs/sockets out, else publish them
+    allow_escaping_symlinks: bool = False  # keep relative symlinks that climb out of the subtree
+    allow_symlink_variables: bool = False  # keep '$(' in symlink targets (variant symlinks)
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_size", "max_total_size", "max_entries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TarPolicy.{name} must be a positive integer, not {value!r}")
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """The operator CLI, `cvmfs-svc` (run it as ./svc from a checkout).
 
-Subcommand groups live next to what they drive; this module only assembles them.
+Subcommand groups live next to what they drive; this module only assembles them. Plain click
+(see cvmfs/cli.py on why not typer); each command imports what it uses, so a `repo` command
+loads neither Prefect, the stack, the API nor the settings (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from cvmfs.cli import repo_app
 from stack.cli import stack_app
@@ -15,16 +17,14 @@ from stack.cli import stack_app
 if TYPE_CHECKING:  # each command imports what it uses, so a `repo` command starts fast
     from service.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, help="CVMFS distribution service: operator commands.")
 
-
-@app.callback()
-def main() -> None:
+@click.group("cvmfs-svc", no_args_is_help=True, context_settings={"show_default": True})
+def app() -> None:
     """CVMFS distribution service: operator commands."""
 
 
-app.add_typer(stack_app, name="stack")
-app.add_typer(repo_app, name="repo")
+app.add_command(stack_app, "stack")
+app.add_command(repo_app, "repo")
 
 
 @app.command()
@@ -45,9 +45,9 @@ def up() -> None:
         install_missing(stack)
         bring_up(stack)
     except StackError as exc:
-        typer.echo(f"up: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(welcome_text(settings))
+        click.echo(f"up: {exc}", err=True)
+        raise click.exceptions.Exit(2) from exc
+    click.echo(welcome_text(settings))
     serve_forever(settings, after_start=lambda: _run_demo(settings))
 
 
@@ -94,13 +94,13 @@ def _run_demo(settings: Settings) -> None:
     from service.demo import DEMO_BUCKET, DEMO_KEY, run_demo
     from service.runtime import load_settings
 
-    typer.echo(f"demo: provisioning a repository fed by bucket {DEMO_BUCKET} ...")
+    click.echo(f"demo: provisioning a repository fed by bucket {DEMO_BUCKET} ...")
     try:
         demo = run_demo(load_settings())
     except Exception as error:  # the demo must never take the service down
-        typer.echo(f"demo: failed ({type(error).__name__}: {error}); see the Prefect UI", err=True)
+        click.echo(f"demo: failed ({type(error).__name__}: {error}); see the Prefect UI", err=True)
         return
-    typer.echo(
+    click.echo(
         f"demo: {demo.fqrn} revision {demo.revision} serves {demo.path} at {demo.url}\n"
         f"      (uploaded as s3://{DEMO_BUCKET}/{DEMO_KEY}; try "
         f"`./svc repo ls -R {demo.url} --key {settings.absolute_data_dir}/{demo.fqrn}.pub`)"
@@ -186,11 +186,12 @@ def bridge() -> None:
 
 
 @app.command()
-def sync(
-    fqrn: str = typer.Argument(..., help="repository to sync"),
-    prefix: str = typer.Option("", help="backfill only keys under cvmfs/<prefix>"),
-    dry_run: bool = typer.Option(False, help="only report the difference"),
-) -> None:
+@click.argument("fqrn", help="repository to sync")
+@click.option(
+    "--prefix", default="", show_default=False, help="backfill only keys under cvmfs/<prefix>"
+)
+@click.option("--dry-run/--no-dry-run", default=False, help="only report the difference")
+def sync(fqrn: str, prefix: str, dry_run: bool) -> None:
     """Backfill: start a `sync` run of a repository (or a prefix of it) and print its id."""
     from bridge.run_requests import backfill_parameters
 
@@ -198,10 +199,11 @@ def sync(
 
 
 @app.command()
-def reconcile(
-    fqrn: str = typer.Argument(None, help="one repository (default: every ready one)"),
-    dry_run: bool = typer.Option(False, help="only report the drift as artifacts"),
-) -> None:
+@click.argument(
+    "fqrn", required=False, default=None, help="one repository (default: every ready one)"
+)
+@click.option("--dry-run/--no-dry-run", default=False, help="only report the drift as artifacts")
+def reconcile(fqrn: str | None, dry_run: bool) -> None:
     """Start a `reconcile` run (a full diff of bucket and repository, repairing drift)."""
     from bridge.run_requests import reconcile_parameters
 
@@ -218,8 +220,8 @@ def _start_run(deployment: str, parameters: dict[str, object]) -> None:
     settings = Settings.load()
     starter = PrefectFlowStarter(settings.prefect.api_url, tags=("cli",))
     run_id = starter(deployment, parameters, f"cli-{uuid.uuid4()}")
-    typer.echo(f"{deployment}: flow run {run_id}")
-    typer.echo(f"  {settings.prefect.ui_url}/runs/flow-run/{run_id}")
+    click.echo(f"{deployment}: flow run {run_id}")
+    click.echo(f"  {settings.prefect.ui_url}/runs/flow-run/{run_id}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from stack.errors import StackError
 
@@ -18,15 +18,17 @@ if TYPE_CHECKING:  # loaded by the stack commands only: `cvmfs-svc repo ...` nev
     from stack.component import Health
     from stack.manager import Stack
 
-stack_app = typer.Typer(
-    no_args_is_help=True,
-    help="The local service stack (RabbitMQ, Ceph, OpenBao, registry, Prefect, stratum-0 HTTP).",
-)
 
-Names = Annotated[
-    list[str] | None,
-    typer.Argument(help="Components to act on (default: all), e.g. rabbitmq prefect."),
-]
+@click.group("stack", no_args_is_help=True, context_settings={"show_default": True})
+def stack_app() -> None:
+    """The local service stack (RabbitMQ, Ceph, OpenBao, registry, Prefect, stratum-0 HTTP)."""
+
+
+names_argument = click.argument(
+    "names",
+    nargs=-1,
+    help="Components to act on (default: all), e.g. rabbitmq prefect.",
+)
 
 
 def print_health(stack: Stack, healths: list[Health]) -> bool:
@@ -35,7 +37,7 @@ def print_health(stack: Stack, healths: list[Health]) -> bool:
     for health in healths:
         state = "healthy" if health.healthy else "UNHEALTHY"
         rss_mb = stack.rss_bytes(by_name[health.name]) / 2**20
-        typer.echo(
+        click.echo(
             f"{health.name:<14} {state:<9} {health.url:<28} {rss_mb:7.1f} MB  {health.detail}"
         )
     return all(h.healthy for h in healths)
@@ -44,61 +46,61 @@ def print_health(stack: Stack, healths: list[Health]) -> bool:
 def install_missing(stack: Stack, for_tests: bool = False) -> None:
     missing = stack.missing_packages(for_tests)
     if not missing:
-        typer.echo("stack: all packages present")
+        click.echo("stack: all packages present")
         return
-    typer.echo(f"stack: installing {' '.join(missing)} (apt-get / pip) ...")
-    installed = stack.install(for_tests, notify=typer.echo)
-    typer.echo(f"stack: installed {' '.join(installed)}")
+    click.echo(f"stack: installing {' '.join(missing)} (apt-get / pip) ...")
+    installed = stack.install(for_tests, notify=click.echo)
+    click.echo(f"stack: installed {' '.join(installed)}")
 
 
 def bring_up(stack: Stack, names: list[str] | None = None) -> None:
     """Start the stack, print its health, exit 1 if something is unhealthy."""
     began = time.monotonic()
     healths = stack.up(
-        names, progress=lambda name, took_s: typer.echo(f"stack: {name} up ({took_s:.1f} s)")
+        names, progress=lambda name, took_s: click.echo(f"stack: {name} up ({took_s:.1f} s)")
     )
-    typer.echo(
+    click.echo(
         f"stack: up in {time.monotonic() - began:.1f} s ({stack.settings.absolute_data_dir})"
     )
     if not print_health(stack, healths):
-        raise typer.Exit(1)
+        raise click.exceptions.Exit(1)
 
 
 @stack_app.command("install")
-def install_cmd(
-    for_tests: Annotated[
-        bool, typer.Option("--for-tests", help="Also what the test suite needs (a browser).")
-    ] = False,
-) -> None:
+@click.option("--for-tests", is_flag=True, help="Also what the test suite needs (a browser).")
+def install_cmd(for_tests: bool) -> None:
     """Install the Debian and Python packages the stack needs and lacks."""
     with _errors():
         install_missing(_stack(), for_tests)
 
 
 @stack_app.command("up")
-def up_cmd(names: Names = None) -> None:
+@names_argument
+def up_cmd(names: tuple[str, ...]) -> None:
     """Start the stack (or the named components); what already runs is left alone."""
     with _errors():
-        bring_up(_stack(), names)
+        bring_up(_stack(), list(names) or None)
 
 
 @stack_app.command("down")
-def down_cmd(names: Names = None) -> None:
+@names_argument
+def down_cmd(names: tuple[str, ...]) -> None:
     """Stop the stack (or the named components), in reverse start order."""
     with _errors():
         stack = _stack()
         began = time.monotonic()
-        stack.down(names)
-        typer.echo(f"stack: down in {time.monotonic() - began:.1f} s")
+        stack.down(list(names) or None)
+        click.echo(f"stack: down in {time.monotonic() - began:.1f} s")
 
 
 @stack_app.command("status")
-def status_cmd(names: Names = None) -> None:
+@names_argument
+def status_cmd(names: tuple[str, ...]) -> None:
     """Each component with its URL and health; exit status 1 if any is unhealthy."""
     with _errors():
         stack = _stack()
-        if not print_health(stack, stack.status(names)):
-            raise typer.Exit(1)
+        if not print_health(stack, stack.status(list(names) or None)):
+            raise click.exceptions.Exit(1)
 
 
 def _stack() -> Stack:
@@ -114,5 +116,5 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except StackError as exc:
-        typer.echo(f"stack: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        click.echo(f"stack: {exc}", err=True)
+        raise click.exceptions.Exit(2) from exc

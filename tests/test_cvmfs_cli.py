@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from cvmfs.cli import repo_app
 from tests.cvmfs_golden import FQRN, PUBLIC_KEY, STRATUM0, writable_copy

@@ -321,6 +321,34 @@ def test_load_keyset_accepts_pkcs1_and_refuses_mismatch(
         keys.parse_gateway_key("hmac id secret")
 
 
+def test_manifest_signature_from_a_damaged_key_is_refused(fixture_keys: keys.KeySet) -> None:
+    """Manifest signing skips OpenSSL's key check (25 ms) and verifies each signature instead:
+    a key whose private exponents are wrong must raise, never return a bad signature."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = keys.load_private_key(fixture_keys.repository_private_pem or "").private_numbers()
+    damaged = rsa.RSAPrivateNumbers(
+        p=good.p,
+        q=good.q,
+        d=good.d + 2,
+        dmp1=good.dmp1 + 2,  # OpenSSL falls back from a bad CRT result to d: damage both
+        dmq1=good.dmq1,
+        iqmp=good.iqmp,
+        public_numbers=good.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    pem = damaged.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    hash_text = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(KeyFileError, match="damaged"):
+        keys.sign_manifest_hash(pem, hash_text)
+    signature = keys.sign_manifest_hash(fixture_keys.repository_private_pem or "", hash_text)
+    keys.verify_manifest_hash(fixture_keys.certificate_pem, hash_text, signature)
+
+
 def test_raw_private_encrypt_matches_fixture_whitelist(fixture_keys: keys.KeySet) -> None:
     data = (FIXTURE / "stratum0/.cvmfswhitelist").read_bytes()
     signed = whitelist.SignedWhitelist.parse(data)

@@ -8,7 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from cvmfs.cli import repo_app
 from cvmfs.keys import certificate_fingerprint
