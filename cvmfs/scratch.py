@@ -51,12 +51,18 @@ def sweep_scratch_dirs(base: str | Path | None = None) -> list[Path]:
     """Remove the scratch directories of this host's processes that no longer run."""
     root = Path(base) if base is not None else Path(tempfile.gettempdir())
     host = _host()
-    removed = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in root.iterdir():
-            match = _NAME.match(entry.name)
-            if match is None or match["host"] != host or _alive(int(match["pid"])):
-                continue
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+    removed: list[Path] = []
+    try:
+        # names only, filtered by prefix first: a shared /tmp holds thousands of other entries
+        # and every transaction sweeps (pathlib + regex per entry: ~3 ms for 900 entries)
+        names = [name for name in os.listdir(root) if name.startswith(PREFIX)]
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        match = _NAME.match(name)
+        if match is None or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        entry = root / name
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
     return removed

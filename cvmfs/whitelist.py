@@ -30,7 +30,20 @@ def format_timestamp(moment: dt.datetime) -> str:
 def parse_timestamp(text: str) -> dt.datetime:
     if len(text) != 14 or not text.isdigit():
         raise FormatError(f"whitelist timestamp {text!r} is not YYYYMMDDhhmmss")
-    return dt.datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC)
+    # fields by position, not strptime: its first call imports and sets up `_strptime` (~1.5 ms
+    # of a one-file CLI publish, which reads the whitelist once)
+    try:
+        return dt.datetime(
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[8:10]),
+            int(text[10:12]),
+            int(text[12:14]),
+            tzinfo=dt.UTC,
+        )
+    except ValueError as exc:
+        raise FormatError(f"whitelist timestamp {text!r} is not a valid time: {exc}") from exc
 
 
 def _as_utc(moment: dt.datetime) -> dt.datetime:

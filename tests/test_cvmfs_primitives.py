@@ -396,6 +396,11 @@ def test_whitelist_build_sign_verify_and_tamper(
         whitelist.SignedWhitelist.parse(tampered).verify([fresh_keys.master_public_pem])
     with pytest.raises(SignatureError):
         wl.check_certificate(fixture_keys.certificate_pem)
+    assert whitelist.parse_timestamp("20260201030405") == dt.datetime(
+        2026, 2, 1, 3, 4, 5, tzinfo=dt.UTC
+    )
+    with pytest.raises(FormatError, match="not a valid time"):
+        whitelist.parse_timestamp("20261301030405")  # month 13
 
 
 def test_whitelist_fingerprint_line_parsing() -> None:
