@@ -110,6 +110,9 @@ class PlanInputs:
     stored: dict[str, Refused] = field(default_factory=dict)
     max_object_bytes: int | None = None
     refused_now: dict[str, Refused] = field(default_factory=dict)  # while applying
+    # Published paths left out of `published` because the batch cannot change them
+    # (buckets/plan_scope.py): counted as unchanged.
+    unchanged_elsewhere: int = 0
 
 
 @dataclass
@@ -230,7 +233,7 @@ def plan_changes(inputs: PlanInputs) -> Plan:
     record may have been lost). Kept keys known only from the registry and without provenance
     are listed in `needs_head`: read them and decide again.
     """
-    plan = Plan(inputs=inputs)
+    plan = Plan(inputs=inputs, unchanged=inputs.unchanged_elsewhere)
     verdicts = _known_targets(inputs)
     kept, collisions = resolve_collisions(v for v in verdicts.values() if isinstance(v, Target))
     refused = {v.key: v for v in verdicts.values() if isinstance(v, Refused)}

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     delete,
+    func,
     or_,
     select,
     update,
@@ -853,6 +854,32 @@ class RepositoryRegistry:
                 )
                 found.update((row.path, FileProvenance.model_validate(row)) for row in rows)
         return found
+
+    def files_near(
+        self, fqrn: str, paths: Iterable[str], below: Iterable[str]
+    ) -> dict[str, FileProvenance]:
+        """Provenance at `paths` and strictly below each directory of `below`, in indexed
+        queries (what a batch's plan reads instead of every row: buckets/plan_scope.py)."""
+        found = self.files_at(fqrn, paths)
+        roots = sorted(set(below))
+        with Session(self._engine) as session:
+            for start in range(0, len(roots), 100):
+                ranges = [
+                    # Below `/a`: from `/a/` up to `/a0` ('0' follows '/'), without LIKE.
+                    (FileProvenanceRow.path > root + "/") & (FileProvenanceRow.path < root + "0")
+                    for root in roots[start : start + 100]
+                ]
+                rows = session.scalars(
+                    select(FileProvenanceRow).where(FileProvenanceRow.fqrn == fqrn, or_(*ranges))
+                )
+                found.update((row.path, FileProvenance.model_validate(row)) for row in rows)
+        return found
+
+    def count_files(self, fqrn: str) -> int:
+        """How many paths of the repository have provenance."""
+        query = select(func.count()).where(FileProvenanceRow.fqrn == fqrn)
+        with Session(self._engine) as session:
+            return int(session.scalar(query) or 0)
 
     def remove_file(self, fqrn: str, path: str) -> bool:
         with Session(self._engine) as session, session.begin():

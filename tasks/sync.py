@@ -38,6 +38,7 @@ from buckets.bucket_sync import (
     read_what_the_plan_needs,
 )
 from buckets.ownership import BucketCheck, judge_bucket
+from buckets.plan_scope import scope_for
 from buckets.s3_clients import bucket_agent_s3
 from cvmfs.tarball import TarPolicy
 from cvmfs.writer import RepositoryWriter
@@ -158,15 +159,23 @@ def _wait_for_bucket_again(settings: Settings, repository: Repository) -> None:
 def plan_sync(
     settings: Settings, repository: Repository, truth: dict[str, BucketObject | None]
 ) -> Plan:
-    """Decide with what the registry knows of the rest of the bucket (every published key and
-    every refused one), so that a batch gets the answer a reconcile would give."""
+    """Decide with what the registry knows of the rest of the bucket (the published keys the
+    batch's keys can collide with, and every refused one), so that a batch gets the answer a
+    reconcile would give."""
     registry = RepositoryRegistry.open(settings)
     try:
-        published = {record.path: record for record in registry.files(repository.fqrn)}
         stored = {
             r.s3_key: Refused(r.s3_key, r.reason, r.other_key, r.kind, r.etag)
             for r in registry.refusals(repository.fqrn)
         }
+        # A batch reads only the rows its keys can collide with (O(batch), not O(files)).
+        scope = scope_for(truth, stored)
+        if scope is None:
+            published = {record.path: record for record in registry.files(repository.fqrn)}
+            elsewhere = 0
+        else:
+            published = registry.files_near(repository.fqrn, scope.exact, scope.focus)
+            elsewhere = registry.count_files(repository.fqrn) - len(published)
     finally:
         registry.close()
     inputs = PlanInputs(
@@ -175,6 +184,7 @@ def plan_sync(
         published=published,
         stored=stored,
         max_object_bytes=settings.sync.max_object_bytes,
+        unchanged_elsewhere=elsewhere,
     )
     return read_what_the_plan_needs(
         bucket_agent_s3(settings), repository.bucket, plan_changes(inputs)

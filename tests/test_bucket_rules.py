@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from buckets.bucket_rules import Refused, Target, key_verdict, resolve_collisions, target_of
 from buckets.bucket_sync import BucketObject, Plan, PlanInputs, Put, Remove, plan_changes
+from buckets.plan_scope import NFC_AMBIGUOUS_ASCII, scope_for
 from service.repositories import FileProvenance
 
 FQRN = "rules.example.org"
@@ -182,23 +183,54 @@ def _objects(state: dict[str, str], keys: Iterable[str]) -> dict[str, BucketObje
     return {k: obj(k, state[k], 0 if k.endswith("/") else 1) if k in state else None for k in keys}
 
 
+def _decide(inputs: PlanInputs, state: dict[str, str]) -> Plan:
+    """plan_changes, then again with the keys it needs read (read_what_the_plan_needs)."""
+    plan = plan_changes(inputs)
+    if plan.needs_head:
+        inputs.truth.update(_objects(state, plan.needs_head))
+        plan = plan_changes(inputs)
+    assert not plan.needs_head
+    return plan
+
+
+def _scoped_decision(
+    truth: dict[str, BucketObject | None],
+    published: dict[str, FileProvenance],
+    stored: dict[str, Refused],
+    state: dict[str, str],
+) -> Plan | None:
+    """What plan_sync decides from the rows its scope reads (None: it reads every row)."""
+    scope = scope_for(truth, stored)
+    if scope is None:
+        return None
+    near = {path: r for path, r in published.items() if scope.contains(path)}
+    inputs = PlanInputs(FQRN, dict(truth), near, stored)
+    inputs.unchanged_elsewhere = len(published) - len(near)
+    return _decide(inputs, state)
+
+
+def _same_decision(scoped: Plan, full: Plan) -> None:
+    assert scoped.changes == full.changes
+    assert scoped.refused == full.refused
+    assert (scoped.unchanged, scoped.ignored) == (full.unchanged, full.ignored)
+
+
 @given(states=st.lists(_states, min_size=1, max_size=4))
 @hypothesis_settings(max_examples=300, deadline=None, database=None)
 def test_a_batch_plan_leaves_nothing_for_a_reconcile(states: list[dict[str, str]]) -> None:
     """Bucket states in sequence, each synced as the batch of keys that changed, with what the
     registry knows; a reconcile plan (every key listed) after each finds nothing to change
-    and the same refusals."""
+    and the same refusals. A batch planned from the rows its scope reads decides the same."""
     published: dict[str, FileProvenance] = {}
     stored: dict[str, Refused] = {}
     before: dict[str, str] = {}
     for state in states:
         changed = {k for k in before.keys() | state.keys() if before.get(k) != state.get(k)}
-        inputs = PlanInputs(FQRN, _objects(state, changed), published, stored)
-        plan = plan_changes(inputs)
-        if plan.needs_head:
-            inputs.truth.update(_objects(state, plan.needs_head))
-            plan = plan_changes(inputs)
-        assert not plan.needs_head
+        truth = _objects(state, changed)
+        scoped = _scoped_decision(truth, published, stored, state)
+        plan = _decide(PlanInputs(FQRN, dict(truth), published, stored), state)
+        if scoped is not None:
+            _same_decision(scoped, plan)
         published = _apply(published, plan)
         stored = {r.key: r for r in plan.refused}
         listing = _objects(state, state)
@@ -207,3 +239,54 @@ def test_a_batch_plan_leaves_nothing_for_a_reconcile(states: list[dict[str, str]
         assert check.changes == [] and check.needs_head == [], (state, check.changes)
         assert {r.key for r in check.refused} == set(stored)
         before = state
+
+
+# Mostly names with one spelling, so most batches are planned from their scope, in a bucket
+# that also holds names with two (NFC pairs, the Kelvin sign and 'K').
+_SCOPED_NAMES = ["a", "b", "c", "K", "\u212a", unicodedata.normalize("NFD", "é")]
+_scoped_keys = st.builds(
+    lambda parts, suffix: "cvmfs/" + "/".join(parts) + suffix,
+    st.lists(
+        st.sampled_from(_SCOPED_NAMES[:3]) | st.sampled_from(_SCOPED_NAMES), min_size=1, max_size=4
+    ),
+    st.sampled_from(["", "", "", ".cvmfs.tar", ".cvmfs.tgz", "/"]),
+)
+
+
+@given(
+    first=st.dictionaries(_scoped_keys, st.sampled_from(["e1", "e2"]), min_size=1, max_size=12),
+    batches=st.lists(
+        st.dictionaries(_scoped_keys, st.sampled_from(["e1", "e2", "gone"]), max_size=3),
+        min_size=1,
+        max_size=4,
+    ),
+)
+@hypothesis_settings(max_examples=400, deadline=None, database=None)
+def test_a_batch_planned_from_its_scope_decides_as_from_every_row(
+    first: dict[str, str], batches: list[dict[str, str]]
+) -> None:
+    """A published bucket, then batches of a few keys added, replaced or deleted: the plan
+    from the rows buckets/plan_scope.py reads equals the plan from every row, each time."""
+    published: dict[str, FileProvenance] = {}
+    stored: dict[str, Refused] = {}
+    state: dict[str, str] = {}
+    for batch in [first, *batches]:
+        state = {k: v for k, v in (state | batch).items() if v != "gone"}
+        truth = _objects(state, batch)
+        scoped = _scoped_decision(truth, published, stored, state)
+        plan = _decide(PlanInputs(FQRN, dict(truth), published, stored), state)
+        if scoped is not None:
+            _same_decision(scoped, plan)
+        published = _apply(published, plan)
+        stored = {r.key: r for r in plan.refused}
+
+
+def test_only_these_ascii_characters_have_another_spelling_under_nfc() -> None:
+    """NFC_AMBIGUOUS_ASCII is every ASCII character some other code point normalizes to (a
+    string normalizes to ASCII only if each of its characters decomposes to ASCII)."""
+    found = {
+        unicodedata.normalize("NFD", chr(code))
+        for code in range(0x80, 0x110000)
+        if not 0xD800 <= code <= 0xDFFF and unicodedata.normalize("NFD", chr(code)).isascii()
+    }
+    assert found == set(NFC_AMBIGUOUS_ASCII)

@@ -1,0 +1,260 @@
+"""The sync flow's tasks for one changed file in a repository of 100,000 files: wall and CPU.
+
+Runs OpenBao and Ceph (RGW) on the test ports (dev + `--offset`, holding that test stack's
+lock) in a temporary directory. The repository (the layout of `bench.publish_one`), its
+registry (SQLite, one provenance row per file) and its keys are built in `--work` once and
+kept with `--keep`; each run stores the keys in the fresh OpenBao and creates the bucket.
+
+Each repetition uploads a new version of one file and runs the sync flow's task bodies
+(`Task.fn`, without Prefect's orchestration) with the flow's inputs, each timed: read bucket
+state, plan, publish, record provenance, record refusals. Every other repetition replays the
+publish task's own calls one by one instead, to split it into phases (Vault keys, writer
+open, S3 client, GET + add, publish).
+
+    .venv/bin/python -m bench.sync_publish --offset 170 --keep [--files 100000] [--repeat 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import SecretStr
+
+from buckets.bucket_sync import apply_changes
+from buckets.s3_clients import bucket_agent_s3, demo_s3
+from cvmfs.keys import KeySet, generate_keyset
+from cvmfs.storage import LocalStorage
+from cvmfs.tarball import TarPolicy
+from cvmfs.writer import RepositoryWriter, WriterOptions, create_repository
+from service.keystore import KeyOwner, KeyStore
+from service.repositories import FileProvenance, RepositoryClaim, RepositoryRegistry
+from service.settings import Settings
+from stack.locks import exclusive, lock_path_for_test_stack
+from stack.manager import Stack
+from stack.openbao import root_token
+from tasks.storage import repository_storage
+from tasks.sync import (
+    SyncRequest,
+    look_up_repository,
+    plan_sync,
+    publish_changes,
+    read_bucket_state,
+    record_provenance,
+    record_refusals,
+)
+
+FQRN = "bench-sync.sw.example.org"
+BUCKET = "bench-sync-publish"
+OWNER = "bench-owner"
+SUBDIRECTORIES = 10
+FILES_PER_DIRECTORY = 100
+COMPONENTS = ("openbao", "ceph")
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Clock:
+    """Wall and CPU (all threads of this process) per named phase."""
+
+    wall: dict[str, list[float]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    cpu: dict[str, list[float]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall[name].append(time.perf_counter() - wall)
+        self.cpu[name].append(time.process_time() - cpu)
+
+    def timed(self, name: str, call: Callable[[], T]) -> T:
+        with self.phase(name):
+            return call()
+
+    def report(self) -> None:
+        for name in self.wall:
+            print(
+                f"  {name:<28} runs={len(self.wall[name])} "
+                f"median_wall_s={statistics.median(self.wall[name]):.3f} "
+                f"median_cpu_s={statistics.median(self.cpu[name]):.3f} "
+                f"max_wall_s={max(self.wall[name]):.3f}"
+            )
+
+
+def path_of(top: int, sub: int, number: int) -> str:
+    return f"/d{top:03d}/s{sub:02d}/f{number:03d}.txt"
+
+
+def content_of(path: str) -> bytes:
+    return f"{path} initial content\n".encode()
+
+
+def build(work: Path, files: int) -> tuple[KeySet, int]:
+    """The repository and its registry in `work` (reused when complete); returns (keys, tops)."""
+    tops = max(1, files // (SUBDIRECTORIES * FILES_PER_DIRECTORY))
+    repo_dir, keys_file, done = work / "stratum0" / FQRN, work / "keys.json", work / "built"
+    if done.exists():
+        print(f"reusing {work}")
+        return KeySet(**json.loads(keys_file.read_text())), tops
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    keys = generate_keyset(FQRN)
+    writer, _ = create_repository(LocalStorage(repo_dir), FQRN, keys, WriterOptions())
+    started = time.perf_counter()
+    provenance: list[FileProvenance] = []
+    with writer.transaction() as transaction:
+        for top in range(tops):
+            for sub in range(SUBDIRECTORIES):
+                for number in range(FILES_PER_DIRECTORY):
+                    path = path_of(top, sub, number)
+                    content = content_of(path)
+                    transaction.add_file(path, content)
+                    provenance.append(
+                        FileProvenance(
+                            path=path,
+                            s3_key=f"cvmfs{path}",
+                            etag=hashlib.md5(content).hexdigest(),  # S3's ETag of a one-part PUT
+                            version_id=None,
+                            size_bytes=len(content),
+                            revision=2,
+                        )
+                    )
+        revision = transaction.publish().revision
+    built_s = time.perf_counter() - started
+    print(f"built files={len(provenance)} revision={revision} wall_s={built_s:.1f}")
+    registry = RepositoryRegistry.open_url(f"sqlite:///{work / 'registry.sqlite'}")
+    try:
+        registry.claim(
+            RepositoryClaim(
+                fqrn=FQRN, kind="personal", owner_subject=OWNER, owner_username=OWNER, bucket=BUCKET
+            )
+        )
+        registry.set_status(FQRN, "ready")
+        started = time.perf_counter()
+        registry.record_sync(FQRN, published=provenance, removed=[])
+        registry.record_publish(FQRN, revision)
+        print(f"provenance rows={len(provenance)} wall_s={time.perf_counter() - started:.1f}")
+    finally:
+        registry.close()
+    keys_file.write_text(json.dumps(dataclasses.asdict(keys)))
+    done.touch()
+    return keys, tops
+
+
+def publish_phases(clock: Clock, settings: Settings, repository_fqrn: str, plan: object) -> None:
+    """The publish task's calls one by one (tasks/sync.py publish_changes), timed each."""
+    from buckets.bucket_sync import Plan
+
+    assert isinstance(plan, Plan)
+    registry = RepositoryRegistry.open(settings)
+    try:
+        repository = registry.require(repository_fqrn)
+    finally:
+        registry.close()
+    owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
+    keys = clock.timed(
+        "p.vault keys", lambda: KeyStore.from_settings(settings.vault).read(owner, FQRN)
+    )
+    writer = clock.timed(
+        "p.writer open",
+        lambda: RepositoryWriter.open(repository_storage(settings, FQRN), FQRN, keys),
+    )
+    s3 = clock.timed("p.s3 client", lambda: bucket_agent_s3(settings))
+    policy = TarPolicy(max_file_size=settings.sync.max_object_bytes)
+    with writer.transaction() as txn:
+        clock.timed("p.GET + add", lambda: apply_changes(txn, s3, BUCKET, plan, tar_policy=policy))
+        clock.timed("p.publish", lambda: txn.publish(description="bench"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cvmfs-bench/sync-publish"))
+    parser.add_argument("--repeat", type=int, default=6)
+    parser.add_argument("--offset", type=int, default=100, help="test stack port offset")
+    parser.add_argument("--keep", action="store_true", help="keep the repository for next time")
+    args = parser.parse_args()
+    work = args.work / str(args.files)
+    keys, tops = build(work, args.files)
+
+    with exclusive(lock_path_for_test_stack(args.offset), wait_s=900, what="The test stack"):
+        data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-test-bench-sync-"))
+        data_dir.chmod(0o755)
+        base = Settings.load().with_port_offset(args.offset, data_dir)
+        settings = base.model_copy(
+            update={
+                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
+                "database_url": SecretStr(f"sqlite:///{work / 'registry.sqlite'}"),
+            }
+        )
+        (data_dir / "stratum0").symlink_to(work / "stratum0")
+        stack = Stack(settings)
+        try:
+            started = time.perf_counter()
+            stack.up(COMPONENTS)
+            print(f"stack up {COMPONENTS} wall_s={time.perf_counter() - started:.1f}")
+            vault = settings.vault.model_copy(update={"token": root_token(settings)})
+            settings = settings.model_copy(update={"vault": vault})
+            KeyStore.from_settings(settings.vault).store_if_absent(
+                KeyOwner.personal(OWNER), FQRN, keys
+            )
+            s3 = demo_s3(settings)  # uploads as a research group; the sync reads as the agent
+            s3.create_bucket(Bucket=BUCKET)
+            run(settings, s3, tops, args.repeat)
+        finally:
+            stack.down()
+            shutil.rmtree(data_dir, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(settings: Settings, s3: object, tops: int, repeat: int) -> None:
+    changed = path_of(tops // 2, 5, 42)
+    key = f"cvmfs{changed}"
+    tasks, phases = Clock(), Clock()
+    req = SyncRequest(repo=FQRN, changed_keys=[key])
+    for attempt in range(repeat):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=f"{changed} change {attempt}\n".encode())  # type: ignore[attr-defined]
+        clock = tasks if attempt % 2 == 0 else phases
+        with clock.phase("look up repository"):
+            repository = look_up_repository.fn(settings, req)
+        with clock.phase("read bucket state"):
+            truth = read_bucket_state.fn(settings, repository, req)
+        with clock.phase("plan changes"):
+            plan = plan_sync.fn(settings, repository, truth)
+        assert len(plan.changes) == 1, plan
+        if clock is phases:
+            with phases.phase("publish (phases)"):
+                publish_phases(phases, settings, FQRN, plan)
+            print(f"repetition {attempt}: publish split into phases")
+            continue
+        with tasks.phase("publish changes"):
+            outcome = publish_changes.fn(settings, repository, plan)
+        with tasks.phase("record provenance"):
+            record_provenance.fn(settings, outcome)
+        with tasks.phase("record refusals"):
+            record_refusals.fn(settings, repository, plan)
+        print(f"repetition {attempt}: revision {outcome.revision}")
+    print(f"tasks (every other repetition), load_avg={os.getloadavg()[0]:.2f}:")
+    tasks.report()
+    print("publish task split into its calls (the other repetitions):")
+    phases.report()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak_rss_mib={peak:.0f} load_avg={os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
