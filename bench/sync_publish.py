@@ -1,7 +1,8 @@
 """The sync flow's tasks for one changed file in a repository of 100,000 files: wall and CPU.
 
 Runs OpenBao and Ceph (RGW) on the test ports (dev + `--offset`, holding that test stack's
-lock) in a temporary directory. The repository (the layout of `bench.publish_one`), its
+lock) in a temporary directory. The repository (the layout of `bench.publish_one`: one
+catalog, or with `--markers` one per top directory of 1,000 files), its
 registry (SQLite, one provenance row per file) and its keys are built in `--work` once and
 kept with `--keep`; each run stores the keys in the fresh OpenBao and creates the bucket.
 
@@ -11,16 +12,19 @@ state, plan, publish, record provenance, record refusals. Every other repetition
 publish task's own calls one by one instead, to split it into phases (Vault keys, writer
 open, S3 client, GET + add, publish).
 
-    .venv/bin/python -m bench.sync_publish --offset 170 --keep [--files 100000] [--repeat 6]
+    .venv/bin/python -m bench.sync_publish --offset 170 --keep [--markers] [--files 100000]
+        [--repeat 6] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import hashlib
 import json
 import os
+import pstats
 import resource
 import shutil
 import statistics
@@ -102,7 +106,7 @@ def content_of(path: str) -> bytes:
     return f"{path} initial content\n".encode()
 
 
-def build(work: Path, files: int) -> tuple[KeySet, int]:
+def build(work: Path, files: int, markers: bool) -> tuple[KeySet, int]:
     """The repository and its registry in `work` (reused when complete); returns (keys, tops)."""
     tops = max(1, files // (SUBDIRECTORIES * FILES_PER_DIRECTORY))
     repo_dir, keys_file, done = work / "stratum0" / FQRN, work / "keys.json", work / "built"
@@ -117,6 +121,19 @@ def build(work: Path, files: int) -> tuple[KeySet, int]:
     provenance: list[FileProvenance] = []
     with writer.transaction() as transaction:
         for top in range(tops):
+            if markers:  # a nested catalog per top directory, as the uploaded file makes it
+                marker = f"/d{top:03d}/.cvmfscatalog"
+                transaction.add_file(marker, b"")
+                provenance.append(
+                    FileProvenance(
+                        path=marker,
+                        s3_key=f"cvmfs{marker}",
+                        etag=hashlib.md5(b"").hexdigest(),
+                        version_id=None,
+                        size_bytes=0,
+                        revision=2,
+                    )
+                )
             for sub in range(SUBDIRECTORIES):
                 for number in range(FILES_PER_DIRECTORY):
                     path = path_of(top, sub, number)
@@ -174,7 +191,8 @@ def publish_phases(clock: Clock, settings: Settings, repository_fqrn: str, plan:
     )
     s3 = clock.timed("p.s3 client", lambda: bucket_agent_s3(settings))
     policy = TarPolicy(max_file_size=settings.sync.max_object_bytes)
-    with writer.transaction() as txn:
+    transaction = clock.timed("p.transaction open", writer.transaction)
+    with clock.phase("p.GET + add, publish, close"), transaction as txn:
         clock.timed("p.GET + add", lambda: apply_changes(txn, s3, BUCKET, plan, tar_policy=policy))
         clock.timed("p.publish", lambda: txn.publish(description="bench"))
 
@@ -185,10 +203,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cvmfs-bench/sync-publish"))
     parser.add_argument("--repeat", type=int, default=6)
     parser.add_argument("--offset", type=int, default=100, help="test stack port offset")
+    parser.add_argument(
+        "--markers", action="store_true", help="a .cvmfscatalog in every top directory"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the repository for next time")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile one publish task (the last but one)"
+    )
     args = parser.parse_args()
-    work = args.work / str(args.files)
-    keys, tops = build(work, args.files)
+    work = args.work / f"{args.files}{'-markers' if args.markers else ''}"
+    keys, tops = build(work, args.files, args.markers)
 
     with exclusive(lock_path_for_test_stack(args.offset), wait_s=900, what="The test stack"):
         data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-test-bench-sync-"))
@@ -213,7 +237,7 @@ def main() -> None:
             )
             s3 = demo_s3(settings)  # uploads as a research group; the sync reads as the agent
             s3.create_bucket(Bucket=BUCKET)
-            run(settings, s3, tops, args.repeat)
+            run(settings, s3, tops, args.repeat, args.profile)
         finally:
             stack.down()
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -221,10 +245,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(settings: Settings, s3: object, tops: int, repeat: int) -> None:
+def run(settings: Settings, s3: object, tops: int, repeat: int, profile: bool) -> None:
     changed = path_of(tops // 2, 5, 42)
     key = f"cvmfs{changed}"
     tasks, phases = Clock(), Clock()
+    profiler: cProfile.Profile | None = None
     req = SyncRequest(repo=FQRN, changed_keys=[key])
     for attempt in range(repeat):
         s3.put_object(Bucket=BUCKET, Key=key, Body=f"{changed} change {attempt}\n".encode())  # type: ignore[attr-defined]
@@ -242,7 +267,11 @@ def run(settings: Settings, s3: object, tops: int, repeat: int) -> None:
             print(f"repetition {attempt}: publish split into phases")
             continue
         with tasks.phase("publish changes"):
-            outcome = publish_changes.fn(settings, repository, plan)
+            if profile and attempt == repeat - 2:
+                profiler = cProfile.Profile()
+                outcome = profiler.runcall(publish_changes.fn, settings, repository, plan)
+            else:
+                outcome = publish_changes.fn(settings, repository, plan)
         with tasks.phase("record provenance"):
             record_provenance.fn(settings, outcome)
         with tasks.phase("record refusals"):
@@ -252,6 +281,9 @@ def run(settings: Settings, s3: object, tops: int, repeat: int) -> None:
     tasks.report()
     print("publish task split into its calls (the other repetitions):")
     phases.report()
+    if profiler is not None:
+        print("publish changes under cProfile (its own times are inflated):")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak_rss_mib={peak:.0f} load_avg={os.getloadavg()[0]:.2f}")
 

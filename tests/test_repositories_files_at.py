@@ -1,4 +1,5 @@
-"""Provenance looked up for a set of paths (the sync plan's query), on SQLite and PostgreSQL."""
+"""Provenance looked up for a set of paths and below directories (the sync plan's queries), on
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def record(path: str, etag: str = "e") -> FileProvenance:
     )
 
 
-def test_files_at_returns_only_the_asked_paths_of_that_repository(
+def test_files_at_and_near_return_only_the_asked_paths_of_that_repository(
     registry: RepositoryRegistry,  # noqa: F811
 ) -> None:
     registry.claim(ALICE)
@@ -31,3 +32,12 @@ def test_files_at_returns_only_the_asked_paths_of_that_repository(
     assert {f.etag for f in found.values()} == {"e"}  # nothing of the other repository
     assert registry.files_at(CMS.fqrn, ["/d/f0001"])["/d/f0001"].etag == "cms"
     assert registry.files_at(ALICE.fqrn, []) == {}
+
+    # files_near: the asked paths, and what is strictly below the asked directories.
+    near = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/b/\u00fc", "/a/bc", "/a/b0", "/a0", "/b"]
+    registry.record_sync(ALICE.fqrn, [record(p) for p in near], removed=[])
+    registry.record_sync(CMS.fqrn, [record("/a/b/x", etag="cms")], removed=[])
+    found = registry.files_near(ALICE.fqrn, paths=["/a", "/nothing"], below=["/a/b", "/b"])
+    assert sorted(found) == ["/a", "/a/b/c", "/a/b/c/d", "/a/b/\u00fc"]
+    assert registry.count_files(ALICE.fqrn) == len(paths) + len(near)
+    assert registry.count_files(CMS.fqrn) == 2
