@@ -217,6 +217,12 @@ def _public_numbers_of_private(pem: str) -> rsa.RSAPublicNumbers:
     certificates go through `load_private_key` (full check), manifest signatures are verified
     after signing (`sign_manifest_hash`).
     """
+    return _load_private_key_unchecked(pem).public_key().public_numbers()
+
+
+def _load_private_key_unchecked(pem: str) -> rsa.RSAPrivateKey:
+    """An RSA private key parsed without OpenSSL's consistency check; see the callers for why
+    that is safe where they use it."""
     try:
         key = serialization.load_pem_private_key(
             pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
@@ -225,7 +231,7 @@ def _public_numbers_of_private(pem: str) -> rsa.RSAPublicNumbers:
         raise KeyFileError(f"not an unencrypted PEM private key: {exc}") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
         raise KeyFileError("CVMFS keys must be RSA keys")
-    return key.public_key().public_numbers()
+    return key
 
 
 def write_keyset(keyset: KeySet, directory: str | os.PathLike[str], fqrn: str) -> None:
@@ -317,15 +323,7 @@ def _manifest_signing_key(pem: str) -> rsa.RSAPrivateKey:
     key's public half, which `validate_keyset` compared with the certificate, so a damaged key
     yields an error and never a signature clients would reject.
     """
-    try:
-        key = serialization.load_pem_private_key(
-            pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
-        )
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"not an unencrypted PEM private key: {exc}") from exc
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyFileError("CVMFS keys must be RSA keys")
-    return key
+    return _load_private_key_unchecked(pem)
 
 
 def sign_manifest_hash(repository_private_pem: str, hash_text: str) -> bytes:
