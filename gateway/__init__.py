@@ -54,5 +54,6 @@ state follow the reply (about 0.9 s less per commit, bench/README.md). A failed 
 nothing and keeps the lease and the objects; transient faults are retried inside the run, then
 the publisher is told to publish again. The run is not a deployment, so the UI has no Retry
 for it: the publisher's `cvmfs_server publish` is the retry, and the failed run's artifact says
-so.
+so. The run of a gateway process that died mid-commit is ended as Crashed by the other copies'
+(or the restarted gateway's) sweep, gateway/orphans.py.
 """

@@ -29,6 +29,7 @@ from gateway.commit_runner import CommitFailed
 from gateway.errors import BadRequest, GatewayError, InvalidLease, PathBusy
 from gateway.keys import GatewayKey
 from gateway.leases import Lease
+from gateway.orphans import OrphanedCommitSweeper
 from gateway.paths import LeasePath, parse_lease_path
 from gateway.payloads import store_payload
 from gateway.replies import go_duration, go_time_utc
@@ -481,18 +482,24 @@ def create_app(
     settings: Settings,
     services: GatewayServices | None = None,
     metrics: GatewayMetrics | None = None,
+    sweeper: OrphanedCommitSweeper | None = None,
 ) -> Starlette:
     """The gateway application; `services` default to `GatewayServices.from_settings`.
 
-    With `metrics`, every request is counted in them (`./svc gateway` serves them).
+    With `metrics`, every request is counted in them (`./svc gateway` serves them); with
+    `sweeper`, it ends dead gateways' unfinished commit runs while the app runs.
     """
     svc = services or GatewayServices.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if sweeper is not None:
+            sweeper.start()
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.stop()
             svc.close()
 
     app = Starlette(routes=routes(Gateway(svc)), lifespan=lifespan)

@@ -133,13 +133,14 @@ def gateway() -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.orphans import OrphanedCommitSweeper
     from metrics.gateway import serve_gateway_metrics
     from service.console_logging import configure_console_logging
 
     configure_console_logging()
     metrics = serve_gateway_metrics(settings)
     uvicorn.run(
-        create_app(settings, metrics=metrics),
+        create_app(settings, metrics=metrics, sweeper=OrphanedCommitSweeper(settings)),
         host=settings.gateway.bind_host,
         port=settings.gateway.port,
     )

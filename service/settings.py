@@ -362,6 +362,10 @@ class GatewaySettings(BaseModel):
     # The URL remote publishers reach the gateway at (their `cvmfs_server mkfs -u gw,...,<url>`);
     # None: http://127.0.0.1:<port>/api/v1.
     public_url: str | None = None
+    # How often each gateway copy looks for `gateway-commit` runs that a dead gateway left
+    # unfinished (silent for prefect.rescue_after_s) and ends them as Crashed (gateway/orphans.py);
+    # it also looks once at start. A few reads of the Prefect server per sweep.
+    orphan_sweep_s: float = Field(default=60.0, gt=0)
 
     @property
     def api_url(self) -> str:
