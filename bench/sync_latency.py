@@ -12,6 +12,9 @@ Needs `./svc up` running (it provisions the demo repository this uses). Prints:
   count boto3 calls by operation and files opened under stratum-0.
 
     .venv/bin/python -m bench.sync_latency --uploads 50 --burst 1000 --reconcile 20000
+
+With `--offset N` it starts its own stack and service on the dev ports + N instead (the test
+stack's ports and lock for that offset), provisions the demo repository, and stops them after.
 """
 
 from __future__ import annotations
@@ -494,8 +497,63 @@ def main() -> None:
     parser.add_argument(
         "--no-breakdown", action="store_true", help="skip the per-phase table of the uploads"
     )
+    parser.add_argument(
+        "--offset",
+        type=int,
+        help="instead of the running service: start a stack and the service on the dev ports "
+        "+ OFFSET in a temporary directory (holding that test stack's lock), stopped at the end",
+    )
     args = parser.parse_args()
-    settings = load_settings()
+    if args.offset is None:
+        measure(load_settings(), args)
+        return
+    with private_service(args.offset) as settings:
+        measure(settings, args)
+
+
+@contextmanager
+def private_service(offset: int) -> Iterator[Settings]:
+    """The whole stack and service as `./svc up` runs them, on the test stack's ports of
+    `offset`, with the demo repository provisioned; this process's environment points at it."""
+    import shutil
+    import tempfile
+
+    from service.demo import run_demo
+    from stack.locks import exclusive, lock_path_for_test_stack
+    from stack.manager import Stack
+    from stack.openbao import root_token
+    from tests.conftest import settings_env
+    from tests.service_processes import running_service
+
+    with exclusive(lock_path_for_test_stack(offset), wait_s=900, what="The test stack"):
+        data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-bench-latency-"))
+        data_dir.chmod(0o755)  # RabbitMQ runs as its own user and must enter it
+        base = Settings.load().with_port_offset(offset, data_dir)
+        settings = base.model_copy(
+            update={
+                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
+                "prefect": base.prefect.model_copy(update={"database_url": None}),
+            }
+        )
+        stack = Stack(settings)
+        try:
+            started = time.monotonic()
+            stack.up()
+            vault = settings.vault.model_copy(update={"token": root_token(settings)})
+            settings = settings.model_copy(update={"vault": vault})
+            os.environ.update(settings_env(settings))
+            os.environ["PREFECT_API_URL"] = settings.prefect.api_url
+            with running_service(settings, data_dir):
+                run_demo(settings)
+                took = time.monotonic() - started
+                print(f"private stack and service up, demo published: {took:.0f} s")
+                yield settings
+        finally:
+            stack.down()
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def measure(settings: Settings, args: argparse.Namespace) -> None:
     # Before anything imports Prefect: the in-process reconcile talks to the stack's server.
     os.environ.setdefault("PREFECT_API_URL", settings.prefect.api_url)
     from service.demo import demo_request
