@@ -276,7 +276,12 @@ def run(settings: Settings, s3: object, tops: int, repeat: int, profile: bool) -
             record_provenance.fn(settings, outcome)
         with tasks.phase("record refusals"):
             record_refusals.fn(settings, repository, plan)
-        print(f"repetition {attempt}: revision {outcome.revision}")
+        print(
+            f"repetition {attempt}: revision {outcome.revision}, publish changes "
+            f"wall_s={tasks.wall['publish changes'][-1]:.3f} "
+            f"cpu_s={tasks.cpu['publish changes'][-1]:.3f}"
+            + (" (the first task of this process, as in a flow run)" if attempt == 0 else "")
+        )
     print(f"tasks (every other repetition), load_avg={os.getloadavg()[0]:.2f}:")
     tasks.report()
     print("publish task split into its calls (the other repetitions):")
