@@ -1160,6 +1160,7 @@ class Transaction:
                 last_modified=last_modified,
                 previous_revision=node.old_hash,
                 subtree=subtree,
+                self_counters=self_counters,
             )
             data = db_path.read_bytes()
             stored, content_hash = compress_and_hash(
