@@ -188,6 +188,9 @@ def main() -> None:
 
 def provision(settings: Settings) -> tuple[str, KeySet]:
     # Imported here: Prefect reads PREFECT_API_URL / PREFECT_HOME, set by main() first.
+    from prefect import get_client
+
+    from deployments.rescue import ensure_rescue_automation
     from service.keystore import KeyOwner, KeyStore
     from service.repositories import RepositoryClaim, RepositoryRegistry
     from tasks.locks import create_publish_lock
@@ -213,6 +216,10 @@ def provision(settings: Settings) -> tuple[str, KeySet]:
     registry.set_status(fqrn, "ready")
     registry.close()
     create_publish_lock(fqrn)
+    # As every runner does at start: with it, each flow-run event is a write on the Prefect
+    # server, which is what made the publish lock's acquisition collide (bench/lease_wait.py).
+    with get_client(sync_client=True) as client:
+        ensure_rescue_automation(client, settings)
     return fqrn, keys
 
 
