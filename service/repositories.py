@@ -890,15 +890,20 @@ class RepositoryRegistry:
             return True
 
     def files(self, fqrn: str, prefix: str = "") -> list[FileProvenance]:
-        query = select(FileProvenanceRow).where(FileProvenanceRow.fqrn == fqrn)
+        # Columns, not ORM objects: for 100,000 rows 0.7 s instead of 2.2-2.4 s (a reconcile,
+        # a batch planned from every row; bench/README.md, sync flow's tasks).
+        fields = list(FileProvenance.model_fields)
+        query = select(*(getattr(FileProvenanceRow, name) for name in fields)).where(
+            FileProvenanceRow.fqrn == fqrn
+        )
         if prefix:
             # Prefix match without LIKE, so '%' and '_' in paths are not wildcards.
             query = query.where(
                 FileProvenanceRow.path >= prefix, FileProvenanceRow.path < prefix + "\U0010ffff"
             )
         with Session(self._engine) as session:
-            rows = session.scalars(query.order_by(FileProvenanceRow.path))
-            return [FileProvenance.model_validate(r) for r in rows]
+            rows = session.execute(query.order_by(FileProvenanceRow.path))
+            return [FileProvenance.model_validate(dict(zip(fields, r, strict=True))) for r in rows]
 
     # -- sync refusals ---------------------------------------------------------------------
 
