@@ -1,4 +1,5 @@
-"""What the dashboard tells a user to type: client setup and uploads with aws cli, s3cmd, rclone.
+"""What the dashboard tells a user to type: client setup, uploads with aws cli, s3cmd, rclone,
+and the stock `cvmfs_server` publisher through the gateway.
 
 Each tool keeps file modes its own way (buckets/object_metadata.py reads them): s3cmd stores
 `x-amz-meta-s3cmd-attrs` (with --preserve, its default), rclone its mtime metadata; the aws cli
@@ -11,6 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from service.api.models import ClientConfig
+from service.keystore import unpacked_fqrn
 from service.settings import Settings
 
 UPLOAD_PREFIX = "cvmfs/"
@@ -84,4 +86,48 @@ def client_setup_commands(config: ClientConfig) -> str:
         f"echo 'CVMFS_REPOSITORIES={fqrn}' | sudo tee -a /etc/cvmfs/default.local\n"
         f"cvmfs_config probe {fqrn}\n"
         f"ls /cvmfs/{fqrn}/"
+    )
+
+
+def publisher_commands(fqrn: str, mkfs_command: str) -> str:
+    """Install the three downloaded publisher files, create the publisher, publish a path."""
+    return (
+        "sudo mkdir -p /etc/cvmfs/keys\n"
+        f"sudo cp {fqrn}.pub {fqrn}.crt {fqrn}.gw /etc/cvmfs/keys/\n"
+        f"sudo chmod 0600 /etc/cvmfs/keys/{fqrn}.gw\n"
+        f"sudo {mkfs_command}\n"
+        f"cvmfs_server transaction {fqrn}/<dir>   # a lease on /<dir>\n"
+        f"# change files under /cvmfs/{fqrn}/<dir>/, then:\n"
+        f"cvmfs_server publish {fqrn}             # or: cvmfs_server abort {fqrn}"
+    )
+
+
+@dataclass(frozen=True)
+class ImagePush:
+    """Where an image is pushed to be unpacked, and where it then appears."""
+
+    prefix: str  # <registry>/<project>
+    example: str  # <prefix>/<name>:<tag>
+    commands: str
+    path: str  # /cvmfs/<unpacked fqrn>/<example>
+
+
+def image_push(settings: Settings) -> ImagePush:
+    """Only images under `registry.unpack_projects` are unpacked (and wishlist patterns, which
+    operators set); the first project is the one users are told about."""
+    project = settings.registry.unpack_projects[0] if settings.registry.unpack_projects else ""
+    prefix = f"{settings.registry.push_host}/{project}"
+    example = f"{prefix}/my-image:1.0"
+    insecure = settings.registry.public_host is None  # the local registry speaks plain HTTP
+    return ImagePush(
+        prefix=prefix,
+        example=example,
+        commands=(
+            f"docker tag my-image:1.0 {example}\n"
+            f"docker push {example}\n"
+            "# or, without docker:\n"
+            f"skopeo copy{' --dest-tls-verify=false' if insecure else ''} "
+            f"oci-archive:my-image.tar docker://{example}"
+        ),
+        path=f"/cvmfs/{unpacked_fqrn(settings.repository_domain)}/{example}",
     )

@@ -242,6 +242,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             failed=[p for p in pending if p.status in ("refused", "failed")],
             groups=operations.visible_groups(svc, caller),
             unpacked=unpacked_fqrn(svc.settings.repository_domain),
+            image_push=instructions.image_push(svc.settings),
         )
 
     @router.post("/repositories")
@@ -361,6 +362,9 @@ def dashboard_router(oauth: Any) -> APIRouter:
             extra=_extra_fields(detail),
             status_text=_status_text(detail),
             setup_commands=instructions.client_setup_commands(client) if client else None,
+            publisher_commands=instructions.publisher_commands(
+                fqrn, operations.publisher_mkfs_command(svc.settings, fqrn)
+            ),
             tools=instructions.upload_tools(svc.settings, detail.bucket),
             endpoint=instructions.s3_endpoint(svc.settings),
             credentials_help=instructions.credentials_help(svc.settings),
@@ -389,6 +393,28 @@ def dashboard_router(oauth: Any) -> APIRouter:
             content,
             media_type="text/plain; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+    @router.get("/repositories/{fqrn}/publisher/{filename}")
+    def publisher_file(request: Request, fqrn: str, filename: str) -> Response:
+        """One file of the gateway publisher's bundle; audited like the API's (publisher_setup)."""
+        try:
+            caller = _caller(request)
+        except LoginRequired:
+            return _login_page(request)
+        if filename not in (f"{fqrn}.pub", f"{fqrn}.crt", f"{fqrn}.gw"):
+            return _error_page(request, NotFound(f"no publisher file {filename!r}"), caller)
+        try:
+            setup = operations.publisher_setup(_services(request), caller, fqrn)
+        except ApiError as error:
+            return _error_page(request, error, caller)
+        return Response(
+            setup.files[filename],
+            media_type="text/plain; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",
+            },
         )
 
     @router.get("/repositories/{fqrn}/keys.json")

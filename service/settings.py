@@ -99,6 +99,10 @@ class RegistrySettings(BaseModel):
     # Shared secret the registry (or Harbor) sends in the Authorization header of webhooks.
     webhook_secret: SecretStr = SecretStr("dev-webhook-secret")
     unpack_projects: list[str] = Field(default_factory=lambda: ["unpacked"])
+    # The registry as users name it when they push (`<public_host>/<project>/<name>:<tag>`),
+    # shown on the dashboard; the unpacked repository names each image by the host its push
+    # named. None: host:port (the local registry).
+    public_host: str | None = None
     # Robot account for pulling images to unpack (None: anonymous); never logged.
     robot_username: str | None = None
     robot_password: SecretStr | None = None
@@ -112,6 +116,11 @@ class RegistrySettings(BaseModel):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def push_host(self) -> str:
+        """The registry users push to (public_host, else host:port)."""
+        return self.public_host or f"{self.host}:{self.port}"
 
 
 class PrefectSettings(BaseModel):

@@ -149,6 +149,11 @@ def test_every_user_finds_the_unpacked_images_client_files(world: ApiWorld) -> N
     )
     index = browser.get("/dashboard/").text
     assert f'href="{link}"' in index
+    # Where to push so that an image is unpacked (only the unpack projects are), and its path.
+    registry = world.settings.registry
+    example = f"{registry.host}:{registry.port}/{registry.unpack_projects[0]}/my-image:1.0"
+    assert f"docker push {example}\n" in index
+    assert f'id="image-path">/cvmfs/{unpacked}/{example}<' in index
     pub = browser.get(link)
     assert pub.status_code == 200 and pub.text == keys.master_public_pem
     conf = browser.get(f"/dashboard/repositories/{unpacked}/client/{unpacked}.conf").text
@@ -174,6 +179,41 @@ def test_keys_go_only_to_the_owner_or_a_manager_and_every_download_is_audited(
         ("7f3c1b2a-0000-4000-8000-00000000da7e", False),
         ("7f3c1b2a-0000-4000-8000-0000000ca201", True),
     ]
+
+
+def test_the_gateway_publisher_bundle_is_on_the_page_for_a_manager_only(
+    world: ApiWorld,
+) -> None:
+    fqrn = world.group_repo
+    member = Browser(world, world.dave_cms_member())
+    assert 'id="publisher"' not in member.get(f"/dashboard/repositories/{fqrn}").text
+    refused = member.get(f"/dashboard/repositories/{fqrn}/publisher/{fqrn}.gw")
+    assert refused.status_code == 403 and "manager" in refused.text
+    manager = Browser(world, world.carol_cms_manager())
+    page = manager.get(f"/dashboard/repositories/{fqrn}").text
+    settings = world.settings
+    mkfs = (
+        f"sudo cvmfs_server mkfs -w {settings.stratum0_public_url}/{fqrn} "
+        f"-u gw,/srv/cvmfs/{fqrn}/data/txn,{settings.gateway.api_url} "
+        f"-k /etc/cvmfs/keys -o $USER {fqrn}\n"
+    )
+    assert mkfs in page, page
+    assert f"sudo chmod 0600 /etc/cvmfs/keys/{fqrn}.gw" in page
+    keys = world.keys[fqrn]
+    for suffix, content in (
+        ("pub", keys.master_public_pem),
+        ("crt", keys.certificate_pem),
+        ("gw", keys.gateway_key),
+    ):
+        assert f'href="/dashboard/repositories/{fqrn}/publisher/{fqrn}.{suffix}"' in page
+        got = manager.get(f"/dashboard/repositories/{fqrn}/publisher/{fqrn}.{suffix}")
+        assert got.status_code == 200 and got.text == content
+        assert got.headers["cache-control"] == "no-store"
+    other = manager.get(f"/dashboard/repositories/{fqrn}/publisher/{fqrn}.key")
+    assert other.status_code == 404  # never a private key
+    audit = [(a.subject, a.action, a.allowed) for a in world.registry.key_accesses(fqrn)]
+    assert ("7f3c1b2a-0000-4000-8000-00000000da7e", "read_publisher", False) in audit
+    assert ("7f3c1b2a-0000-4000-8000-0000000ca201", "read_publisher", True) in audit
 
 
 def test_another_users_repository_is_refused(world: ApiWorld) -> None:

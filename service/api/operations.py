@@ -66,6 +66,7 @@ from service.keystore import (
 )
 from service.messages import ProvisionRequest, Refusal
 from service.repositories import BucketState, Repository, RequestConflict
+from service.settings import Settings
 
 log = logging.getLogger("cvmfs.api")
 
@@ -352,8 +353,6 @@ def publisher_setup(svc: ApiServices, caller: Caller, fqrn: str) -> PublisherSet
             "operator to add one to its key set in Vault"
         )
     svc.registry.record_key_access(fqrn, caller.subject, "read_publisher", True, "")
-    stratum0_url = f"{svc.settings.stratum0_public_url}/{fqrn}"
-    gateway_url = svc.settings.gateway.api_url
     return PublisherSetup(
         fqrn=fqrn,
         files={
@@ -361,12 +360,19 @@ def publisher_setup(svc: ApiServices, caller: Caller, fqrn: str) -> PublisherSet
             f"{fqrn}.crt": keys.certificate_pem,
             f"{fqrn}.gw": keys.gateway_key,
         },
-        stratum0_url=stratum0_url,
-        gateway_url=gateway_url,
-        mkfs_command=(
-            f"cvmfs_server mkfs -w {stratum0_url} -u gw,/srv/cvmfs/{fqrn}/data/txn,{gateway_url} "
-            f"-k /etc/cvmfs/keys -o $USER {fqrn}"
-        ),
+        stratum0_url=f"{svc.settings.stratum0_public_url}/{fqrn}",
+        gateway_url=svc.settings.gateway.api_url,
+        mkfs_command=publisher_mkfs_command(svc.settings, fqrn),
+    )
+
+
+def publisher_mkfs_command(settings: Settings, fqrn: str) -> str:
+    """The `cvmfs_server mkfs` line of a remote publisher; public facts only (no key is read),
+    so the dashboard shows it without an audited key access."""
+    stratum0_url = f"{settings.stratum0_public_url}/{fqrn}"
+    return (
+        f"cvmfs_server mkfs -w {stratum0_url} -u gw,/srv/cvmfs/{fqrn}/data/txn,"
+        f"{settings.gateway.api_url} -k /etc/cvmfs/keys -o $USER {fqrn}"
     )
 
 
