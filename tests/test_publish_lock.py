@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -91,26 +92,46 @@ def test_the_lock_is_renewed_while_held_released_on_exit_and_waited_for(fqrn: st
 class _BusyOnce(httpx.BaseTransport):
     """Test double for the one fault that cannot be caused on demand: the SQLite server's 503
     ("database is locked") to a lease request, which the real server gives only when another
-    write collides with it (bench/lease_wait.py). The first increment is answered 503 here;
-    everything else goes to the real test server."""
+    write collides with it (bench/lease_wait.py). The first increment is answered 503 here (or
+    `first`); everything else goes to the real test server."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: httpx.Response | None = None) -> None:
         self._real = httpx.HTTPTransport()
+        self._first = first or httpx.Response(503, json={"exception_message": "Unavailable"})
         self.increments: list[float] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith(INCREMENT_PATH):
             self.increments.append(time.monotonic())
             if len(self.increments) == 1:
-                return httpx.Response(503, json={"exception_message": "Service Unavailable"})
+                return self._first
         return self._real.handle_request(request)
+
+
+@contextmanager
+def _client_through(transport: _BusyOnce) -> Iterator[SyncPrefectClient]:
+    with get_client(sync_client=True, httpx_settings={"transport": transport}) as client:
+        yield client
 
 
 @pytest.fixture
 def busy_once() -> Iterator[tuple[SyncPrefectClient, _BusyOnce]]:
     transport = _BusyOnce()
-    with get_client(sync_client=True, httpx_settings={"transport": transport}) as client:
+    with _client_through(transport) as client:
         yield client, transport
+
+
+def test_a_server_wanting_a_csrf_token_gets_it(fqrn: str) -> None:
+    """The test server has CSRF protection off (the stack's default); its refusal when on is
+    played by the double: the lease request then goes through Prefect's own send, which asks
+    the real server for a token (and learns it needs none)."""
+    transport = _BusyOnce(httpx.Response(403, json={"detail": "Invalid CSRF token or client"}))
+    with _client_through(transport) as client:
+        granted = acquire_lease(client, publish_lock_name(fqrn), lease_s=LEASE_S, wait_s=30)
+        assert len(transport.increments) == 2
+        assert _slots_in_use(fqrn) == 1
+        release_lease(client, granted.lease_id, wait_s=30)
+    assert _slots_in_use(fqrn) == 0
 
 
 def test_a_busy_server_is_asked_again_at_once(
