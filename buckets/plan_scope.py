@@ -5,9 +5,11 @@ directory at the same path, a tarball and what lies below it) or whose names are
 Unicode NFC normalization in one directory. The published tree is consistent (nothing is
 published below a file; the rules settled it), so for a key at `/a/b/c` only the rows at `/a`,
 `/a/b`, `/a/b/c` and below `/a/b/c` can collide with it, provided no name on its path can have
-another spelling under NFC: then every other row is unchanged by the batch, and the plan decided
-from the near rows gives the answer a plan from every row gives (tests/test_bucket_rules.py
-compares the two on random buckets). A batch naming any other path is planned from every row.
+another spelling under NFC. When one can (`/a/b/é`), its siblings in every spelling can: then
+the rows below its directory (`/a/b`) are read instead. Every other row is unchanged by the
+batch, and the plan decided from the near rows gives the answer a plan from every row gives
+(tests/test_bucket_rules.py compares the two on random buckets). A name at the top that may
+have another spelling makes the plan read every row.
 """
 
 from __future__ import annotations
@@ -31,23 +33,37 @@ MAX_SCOPED_KEYS = 2000
 NFC_AMBIGUOUS_ASCII = frozenset(";`K")
 
 
-def has_one_spelling(path: str) -> bool:
-    """True when no other string is equal to `path` under NFC (so no name on it collides)."""
-    return path.isascii() and NFC_AMBIGUOUS_ASCII.isdisjoint(path)
+def has_one_spelling(name: str) -> bool:
+    """True when no other string is equal to `name` under NFC."""
+    return name.isascii() and NFC_AMBIGUOUS_ASCII.isdisjoint(name)
+
+
+def focus_of(path: str) -> str:
+    """The directory whose subtree holds every row that can collide with `path`: the path
+    itself, or the directory of its first name that may have another spelling (the root '')."""
+    if has_one_spelling(path):
+        return path
+    parent = ""
+    for name in path.split("/")[1:]:
+        if not has_one_spelling(name):
+            return parent
+        parent = f"{parent}/{name}"
+    return path
 
 
 def focus_paths(keys: Iterable[str]) -> set[str] | None:
-    """The repository paths of `keys` (keys that map to none are left out), or None when one
-    of them may collide under NFC with a row elsewhere: then the plan needs every row."""
+    """The directories whose subtrees a plan for `keys` reads (`focus_of` each key's path;
+    keys without a path are left out), or None when one of them is the root: every row."""
     paths: set[str] = set()
     for key in keys:
         try:
             path = target_of(key)[0]
         except RejectedMessage:
             continue  # refused by its key alone: it collides with nothing
-        if not has_one_spelling(path):
+        focus = focus_of(path)
+        if not focus:
             return None
-        paths.add(path)
+        paths.add(focus)
     return paths
 
 
