@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from buckets.bucket_rules import Refused, Target, key_verdict, resolve_collisions, target_of
 from buckets.bucket_sync import BucketObject, Plan, PlanInputs, Put, Remove, plan_changes
-from buckets.plan_scope import NFC_AMBIGUOUS_ASCII, scope_for
+from buckets.plan_scope import NFC_AMBIGUOUS_ASCII, chain_of, focus_of, scope_for
 from service.repositories import FileProvenance
 
 FQRN = "rules.example.org"
@@ -290,3 +290,26 @@ def test_only_these_ascii_characters_have_another_spelling_under_nfc() -> None:
         if not 0xD800 <= code <= 0xDFFF and unicodedata.normalize("NFD", chr(code)).isascii()
     }
     assert found == set(NFC_AMBIGUOUS_ASCII)
+
+
+@pytest.mark.parametrize(
+    ("path", "focus"),
+    [
+        ("/a/b/c.txt", "/a/b/c.txt"),  # one spelling: the path and what is below it
+        ("/a/\u00e9/c.txt", "/a"),  # é may be spelled e + U+0301: every sibling of it
+        ("/a/Kconfig", "/a"),  # 'K' may be spelled U+212A
+        ("/a/b;c/d", "/a"),
+        ("/\u00e9/x", ""),  # at the top: every row
+    ],
+)
+def test_the_scope_of_a_path_widens_at_its_first_name_with_another_spelling(
+    path: str, focus: str
+) -> None:
+    assert focus_of(path) == focus
+    scope = scope_for([f"cvmfs{path}"], {})
+    if not focus:
+        assert scope is None
+    else:
+        assert scope is not None and scope.focus == {focus}
+        assert scope.exact == chain_of([focus])
+        assert "/a" in scope.exact and not scope.contains("/b")
