@@ -77,10 +77,12 @@ def judge_bucket(
 ) -> BucketVerdict:
     """What the check means for the repository: waiting, foreign, unreadable, or ours to wire
     (state `wired`, which the caller records only once the wiring succeeded)."""
+    # The account is named, not "yours": group members other than the requester read it too.
+    account = f"the S3 account {wanted_owner}" if wanted_owner is not None else "your S3 account"
     if not check.exists:
         return BucketVerdict(
             "waiting",
-            f"waiting for bucket {bucket}: create it with your S3 account at {s3_url} "
+            f"waiting for bucket {bucket}: create it with {account} at {s3_url} "
             f"(e.g. `aws --endpoint-url {s3_url} s3 mb s3://{bucket}`), then upload under "
             f"cvmfs/; it is connected within a minute, nothing else to do",
         )
@@ -93,10 +95,10 @@ def judge_bucket(
     if wanted_owner is not None and check.owner_id != wanted_owner:
         return BucketVerdict(
             "foreign",
-            f"bucket {bucket} already exists and belongs to another S3 account, not to yours "
-            f"({wanted_owner}); nothing from it is published. If it is yours under another "
-            f"account, delete it there and create it again with your own; the repository "
-            f"connects it within a minute",
+            f"bucket {bucket} already exists and belongs to another S3 account, not to "
+            f"{wanted_owner} (the repository's requester); nothing from it is published. If it "
+            f"is meant for this repository, delete it there and create it again with {account}; "
+            f"the repository connects it within a minute",
         )
     return BucketVerdict(
         "wired",

@@ -131,3 +131,36 @@ def image_push(settings: Settings) -> ImagePush:
         ),
         path=f"/cvmfs/{unpacked_fqrn(settings.repository_domain)}/{example}",
     )
+
+
+@dataclass(frozen=True)
+class BucketSharing:
+    """How the account owning a group repository's bucket lets the other members upload."""
+
+    owner_account: str | None  # the S3 account that must own it (None: any account may)
+    policy_file: str
+    policy: str
+    command: str
+
+
+def bucket_sharing(settings: Settings, bucket: str, owner_account: str | None) -> BucketSharing:
+    """A bucket policy naming the members' S3 users. The service publishes only the bucket of
+    the requester's account (buckets/ownership.py), and a group has no account of its own, so
+    members write into that one bucket; RGW publishes their objects like the owner's."""
+    policy_file = f"{bucket}-members.json"
+    policy = (
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow",\n'
+        '  "Principal": {"AWS": ["arn:aws:iam:::user/MEMBER"]},\n'
+        '  "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"],\n'
+        f'  "Resource": ["arn:aws:s3:::{bucket}", "arn:aws:s3:::{bucket}/*"]}}]}}'
+    )
+    endpoint = shlex.quote(s3_endpoint(settings))
+    return BucketSharing(
+        owner_account=owner_account,
+        policy_file=policy_file,
+        policy=policy,
+        command=(
+            f"aws --endpoint-url {endpoint} s3api put-bucket-policy --bucket {bucket} "
+            f"--policy file://{policy_file}"
+        ),
+    )

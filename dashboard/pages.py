@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
+from buckets.ownership import expected_owner
 from dashboard import instructions
 from dashboard.login import csrf_ok, csrf_token, start_session
 from dashboard.refresh import RenewalRefused, TokenRefresher
@@ -366,6 +367,15 @@ def dashboard_router(oauth: Any) -> APIRouter:
                 fqrn, operations.publisher_mkfs_command(svc.settings, fqrn)
             ),
             tools=instructions.upload_tools(svc.settings, detail.bucket),
+            sharing=instructions.bucket_sharing(
+                svc.settings,
+                detail.bucket,
+                expected_owner(
+                    svc.settings.provisioning, detail.owner_username, detail.owner_subject
+                ),
+            )
+            if detail.group
+            else None,
             endpoint=instructions.s3_endpoint(svc.settings),
             credentials_help=instructions.credentials_help(svc.settings),
             prefix=instructions.UPLOAD_PREFIX,

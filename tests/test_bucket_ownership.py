@@ -21,7 +21,10 @@ S3_URL = "https://s3.example.org"
 def test_a_missing_bucket_waits_and_says_how_to_create_it() -> None:
     verdict = judge_bucket(BucketCheck(exists=False), "alice-sw", "alice", S3_URL)
     assert verdict.state == "waiting"
-    assert verdict.message.startswith("waiting for bucket alice-sw: create it")
+    # The account is named: a group repository's page is read by members who are not it.
+    assert verdict.message.startswith(
+        "waiting for bucket alice-sw: create it with the S3 account alice at"
+    )
     assert f"aws --endpoint-url {S3_URL} s3 mb s3://alice-sw" in verdict.message
 
 
@@ -29,7 +32,10 @@ def test_a_bucket_of_another_account_is_foreign_without_naming_it() -> None:
     check = BucketCheck(exists=True, owner_id="mallory")
     verdict = judge_bucket(check, "alice-sw", "alice", S3_URL)
     assert verdict.state == "foreign"
-    assert "belongs to another S3 account, not to yours (alice)" in verdict.message
+    assert "belongs to another S3 account, not to alice (the repository's requester)" in (
+        verdict.message
+    )
+    assert "create it again with the S3 account alice" in verdict.message
     assert "mallory" not in verdict.message
 
 

@@ -258,6 +258,18 @@ def test_group_repositories_for_members_managers_and_nobody_else(
     carol.click(f'a[href="/dashboard/repositories/{fqrn}"]', "group-repository-manager")
     # carol manages the group: she gets the keys, but runs nothing on bob's repository.
     assert carol.finds("#download-keys") and not carol.finds("#sync-now")
+    # The bucket is bob's; the page's policy, naming carol's S3 user, lets her upload into it,
+    # and what she puts there (an object of hers in his bucket) is published.
+    policy = carol.find("#bucket-policy").text.replace("MEMBER", "carol")
+    s3_as(settings, demo_user("bob")).put_bucket_policy(Bucket="atlas", Policy=policy)
+    carol_s3 = s3_as(settings, demo_user("carol"))
+    carol_s3.put_object(Bucket="atlas", Key="cvmfs/from-carol.txt", Body=b"carol\n")
+    carol.reload_until(
+        lambda: _file_row(carol, "from-carol.txt") is not None,
+        "carol's upload into bob's bucket published",
+        "member-upload-published",
+        WAIT_S,
+    )
     carol.find("#download-keys").click()
     keys = carol.downloaded(f"{fqrn}.keys.json")
     assert '"masterKey": "-----BEGIN' in keys

@@ -116,6 +116,7 @@ def test_the_repository_page_shows_status_setup_upload_files_and_history(
     assert "removed <code>/docs/README</code>" in text
     assert 'id="sync-now"' in text and 'id="rollback-submit"' in text
     assert 'id="download-keys"' in text
+    assert 'id="bucket-sharing"' not in text  # a personal bucket is shared with nobody
     software = browser.get(
         f"/dashboard/repositories/{world.alice_repo}", params={"path": "/software"}
     )
@@ -199,6 +200,12 @@ def test_the_gateway_publisher_bundle_is_on_the_page_for_a_manager_only(
     )
     assert mkfs in page, page
     assert f"sudo chmod 0600 /etc/cvmfs/keys/{fqrn}.gw" in page
+    # How members other than the bucket's owner get to upload into the group's bucket.
+    bucket = world.registry.require(fqrn).bucket
+    assert f"s3api put-bucket-policy --bucket {bucket} --policy file://{bucket}-members.json" in (
+        page
+    )
+    assert f"&#34;arn:aws:s3:::{bucket}/*&#34;" in page
     keys = world.keys[fqrn]
     for suffix, content in (
         ("pub", keys.master_public_pem),

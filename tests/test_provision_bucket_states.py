@@ -109,7 +109,7 @@ def test_bucket_of_another_account_is_never_wired(
     assert repository.status == "ready" and repository.bucket_owner_id is None
     assert state is not None and state.state == "foreign" and state.observed_owner_id == other
     assert state.message.startswith(
-        f"bucket {bucket} already exists and belongs to another S3 account, not to yours ({user})"
+        f"bucket {bucket} already exists and belongs to another S3 account, not to {user} "
     )
     assert other not in state.message  # the other account is not named to the requester
     assert _notification_ids(settings, bucket) == []
