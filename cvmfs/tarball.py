@@ -536,8 +536,9 @@ def _check_symlink(path: str, target: str, prefix: str, policy: TarPolicy, membe
     resolved = resolve_symlink(path, target)
     if resolved is None or not is_within(resolved, prefix):
         raise TarballError(
-            f"symlink {member!r} -> {target!r} points outside the imported tree: refused "
-            "(set allow_escaping_symlinks to keep it)"
+            # Said for the person who made the tarball: the policy is the caller's, not theirs.
+            f"symlink {member!r} -> {target!r} points outside the imported tree: make it "
+            "point inside the tarball's directory, or use an absolute target (kept as written)"
         )
     return target
 

@@ -242,6 +242,9 @@ def dashboard_router(oauth: Any) -> APIRouter:
             pending=[p for p in pending if p.status == "pending"],
             failed=[p for p in pending if p.status in ("refused", "failed")],
             groups=operations.visible_groups(svc, caller),
+            # One personal repository per user (and a user sees no one else's): its link
+            # instead of a button that would request it again.
+            personal=next((r for r in repositories if r.kind == "personal"), None),
             unpacked=unpacked_fqrn(svc.settings.repository_domain),
             image_push=instructions.image_push(svc.settings),
         )

@@ -95,6 +95,8 @@ def test_each_user_sees_their_repositories_and_their_groups(world: ApiWorld) -> 
     assert world.alice_repo in alice and world.group_repo in alice
     assert world.bob_repo not in alice and world.atlas_repo not in alice
     assert 'id="username">alice<' in alice
+    # alice has her personal repository: a link to it, no button to request another.
+    assert 'id="request-personal"' not in alice and 'id="personal-exists"' in alice
     bob = Browser(world, world.bob()).get("/dashboard/").text
     assert world.bob_repo in bob and world.atlas_repo in bob and world.alice_repo not in bob
 
@@ -273,6 +275,7 @@ def test_a_group_repository_is_refused_to_a_non_member(world: ApiWorld) -> None:
 
 def test_a_personal_request_shows_its_progress_until_it_is_done(world: ApiWorld) -> None:
     browser = Browser(world, world.issuer.mint(sub="sub-erin", preferred_username="erin"))
+    assert 'id="request-personal"' in browser.get("/dashboard/").text
     accepted = browser.post("/dashboard/repositories", {"kind": "personal"})
     page = browser.follow(accepted).text
     assert "Requested erin-personal." in page
