@@ -13,7 +13,10 @@ publish task's own calls one by one instead, to split it into phases (Vault keys
 open, S3 client, GET + add, publish).
 
     .venv/bin/python -m bench.sync_publish --offset 170 --keep [--markers] [--files 100000]
-        [--repeat 6] [--profile]
+        [--repeat 6] [--profile] [--flow N]
+
+`--flow N` then runs the sync flow itself N times in this process against a Prefect server on
+the same offset, and prints each task's time as Prefect recorded it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -67,6 +70,7 @@ OWNER = "bench-owner"
 SUBDIRECTORIES = 10
 FILES_PER_DIRECTORY = 100
 COMPONENTS = ("openbao", "ceph")
+FLOW_COMPONENTS = ("prefect",)  # --flow: the flow runs against a Prefect server
 T = TypeVar("T")
 
 
@@ -210,6 +214,14 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="cProfile one publish task (the last but one)"
     )
+    parser.add_argument(
+        "--flow",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N runs of the sync flow itself (a Prefect server too): task times as "
+        "Prefect records them",
+    )
     args = parser.parse_args()
     work = args.work / f"{args.files}{'-markers' if args.markers else ''}"
     keys, tops = build(work, args.files, args.markers)
@@ -228,7 +240,7 @@ def main() -> None:
         stack = Stack(settings)
         try:
             started = time.perf_counter()
-            stack.up(COMPONENTS)
+            stack.up(COMPONENTS + (FLOW_COMPONENTS if args.flow else ()))
             print(f"stack up {COMPONENTS} wall_s={time.perf_counter() - started:.1f}")
             vault = settings.vault.model_copy(update={"token": root_token(settings)})
             settings = settings.model_copy(update={"vault": vault})
@@ -238,6 +250,8 @@ def main() -> None:
             s3 = demo_s3(settings)  # uploads as a research group; the sync reads as the agent
             s3.create_bucket(Bucket=BUCKET)
             run(settings, s3, tops, args.repeat, args.profile)
+            if args.flow:
+                run_flows(settings, s3, tops, args.flow)
         finally:
             stack.down()
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -291,6 +305,69 @@ def run(settings: Settings, s3: object, tops: int, repeat: int, profile: bool) -
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak_rss_mib={peak:.0f} load_avg={os.getloadavg()[0]:.2f}")
+
+
+def run_flows(settings: Settings, s3: object, tops: int, runs: int) -> None:
+    """The sync flow called in this process (as a flow-run process runs it), `runs` times; each
+    run's task times read back from the Prefect server."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOGGING_LEVEL,
+        temporary_settings,
+    )
+
+    from flows.sync import sync
+    from tasks.locks import create_publish_lock
+    from tests.conftest import settings_env
+
+    os.environ.update(settings_env(settings))  # the flow's load_settings() reads them
+    # Prefect read its settings when it was imported (at the top): set them for these runs.
+    updates = {
+        PREFECT_API_URL: settings.prefect.api_url,
+        PREFECT_HOME: str(settings.absolute_data_dir / "prefect-home"),
+        PREFECT_LOGGING_LEVEL: "WARNING",
+    }
+    with temporary_settings(updates=updates):
+        flow_runs(settings, s3, tops, runs, sync, create_publish_lock)
+
+
+def flow_runs(
+    settings: Settings,
+    s3: object,
+    tops: int,
+    runs: int,
+    sync: Any,
+    create_publish_lock: Callable[[str], None],
+) -> None:
+    from bench.sync_latency import _task_spans, prefect_client
+
+    changed = path_of(tops // 2, 5, 42)
+    key = f"cvmfs{changed}"
+    create_publish_lock(FQRN)
+    spans: dict[str, list[float]] = defaultdict(list)
+    walls: list[float] = []
+    for attempt in range(runs):
+        body = f"{changed} flow change {attempt}\n".encode()
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        state = sync(SyncRequest(repo=FQRN, changed_keys=[key]), return_state=True)
+        walls.append(time.perf_counter() - started)
+        assert state.is_completed() and state.result() is not None, state
+        with prefect_client(settings) as client:
+            for name, (start, end) in _task_spans(client, state.state_details.flow_run_id).items():
+                spans[name].append(end - start)
+        print(
+            f"flow run {attempt}: revision {state.result()}, wall_s={walls[-1]:.3f}, "
+            f"publish changes {spans['publish changes'][-1]:.3f} s"
+        )
+    print(f"sync flow runs={runs} median_wall_s={statistics.median(walls):.3f}, task times:")
+    for name, values in spans.items():
+        print(
+            f"  {name:<28} median_s={statistics.median(values):.3f} max_s={max(values):.3f} "
+            f"first_s={values[0]:.3f}"
+        )
+    print(f"load_avg={os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
