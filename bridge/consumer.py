@@ -4,8 +4,10 @@ Bucket events are coalesced per repository into one `sync` run per batch; regist
 repository requests start one run each. Nothing ever blocks a queue:
 
 * a message that can never be processed (malformed, forged, unknown bucket, wrong owner, key
-  escaping `cvmfs/`, run refused by Prefect) is published to the dead-letter exchange with
-  the reason in the `x-cvmfs-reason` header (publisher confirms), then acked;
+  outside `cvmfs/`, run refused by Prefect) is published to the dead-letter exchange with
+  the reason in the `x-cvmfs-reason` header (publisher confirms), then acked; a key of the
+  repository's bucket that can never be a path (`..`, an empty component) goes to the sync,
+  which refuses it where the user sees it (and dead-letters it as `sync.refused.<fqrn>`);
 * a transient failure (Prefect unreachable, 5xx) sends the message to its queue's `.retry`
   queue with a per-message TTL (exponential backoff); the broker puts it back in the work
   queue when the TTL expires; after `max_attempts` it is dead-lettered with the last error;
@@ -264,6 +266,14 @@ class BridgeConsumer:
                     f"bucket {event.bucket!r} is owned by {event.owner_id!r} in the event, but "
                     f"repository {target.fqrn} belongs to {target.owner_id!r}",
                     "owner_mismatch",
+                )
+        for event in events:
+            if event.unsafe_reason is not None:
+                log.info(
+                    "event=unsafe-key-to-sync repo=%s key=%r reason=%r",
+                    target.fqrn,
+                    event.key,
+                    event.unsafe_reason,
                 )
         self._coalescer.add(target, message, events, self.clock())
         if len(self._coalescer) >= self.config.prefetch_count:

@@ -45,6 +45,10 @@ class ObjectEvent(BaseModel):
     principal_id: str | None = None  # who made the change (userIdentity)
     owner_id: str | None = None  # who owns the bucket (ownerIdentity)
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Why this key under cvmfs/ can never be a repository path ('..', an empty component, too
+    # long); None for a usable key. Such an event still goes to the sync, whose bucket rules
+    # refuse the key where its owner sees it (the repository's refusals, the dashboard).
+    unsafe_reason: str | None = None
 
     @property
     def repository_path(self) -> str:
@@ -164,9 +168,24 @@ def _decode_key(source: str, raw_key: str) -> str:
     return raw_key if source == "ceph:s3" else unquote_plus(raw_key)
 
 
+def _names_nothing_of_ours(key: str) -> bool:
+    """A key no notification of a wired bucket carries (the notification filters `cvmfs/`,
+    S3 keys hold no NUL): the message is forged or misrouted, and refused whole."""
+    return "\x00" in key or not key.startswith(KEY_PREFIX) or not key[len(KEY_PREFIX) :].strip("/")
+
+
 def _event_from_record(record: _Record) -> ObjectEvent:
     key = _decode_key(record.eventSource, record.s3.object.key)
-    repository_path_for_key(key)  # refuse escaping keys here, before anything trusts them
+    unsafe_reason: str | None = None
+    try:
+        repository_path_for_key(key)
+    except RejectedMessage as refused:
+        if _names_nothing_of_ours(key):
+            raise
+        # A user's key that can never be a path: refused by the sync (tasks/sync.py through
+        # buckets/bucket_rules.py), which records why for the dashboard; a dead letter here
+        # would tell the operators and leave the user waiting for the next reconcile.
+        unsafe_reason = refused.reason
     obj = record.s3.object
     metadata = {entry.key.lower(): entry.val for entry in obj.metadata or []}
     return ObjectEvent(
@@ -185,6 +204,7 @@ def _event_from_record(record: _Record) -> ObjectEvent:
             record.s3.bucket.ownerIdentity.principalId if record.s3.bucket.ownerIdentity else None
         ),
         metadata=metadata,
+        unsafe_reason=unsafe_reason,
     )
 
 

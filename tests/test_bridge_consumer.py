@@ -54,11 +54,15 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
         rgw_body(REPO_A.bucket, "cvmfs/x").replace(b'"size": 12', b'"size": "12"'),
         rgw_body("stranger-bucket", "cvmfs/x"),
         rgw_body(REPO_A.bucket, "cvmfs/x", owner="mallory"),
+    ]
+    # Keys of the repository's own bucket that can never be paths go to the sync, which
+    # refuses them where the user sees it (tests/test_sync_flow.py), not to the operators.
+    unsafe = [
         rgw_body(REPO_A.bucket, "cvmfs/../../etc/passwd"),
         rgw_body(REPO_A.bucket, "cvmfs//etc/passwd"),
     ]
     # With prefetch 1 the old service stalled behind the first bad message; here it must not.
-    publish(iso.mq, iso.s3_key, [*poison, good])
+    publish(iso.mq, iso.s3_key, [*poison, *unsafe, good])
     starter = RecordingStarter()
     metrics = BridgeMetrics()
     consumer = BridgeConsumer(iso.mq, iso.config, LOOKUP, starter, metrics=metrics)
@@ -70,11 +74,12 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
         )
     [call] = starter.calls
     assert call.deployment == "sync/sync"
+    keys = ["cvmfs/../../etc/passwd", "cvmfs//etc/passwd", "cvmfs/good/file.txt"]
     assert call.parameters["req"] == {
         "repo": REPO_A.fqrn,
         "bucket": REPO_A.bucket,
-        "changed_keys": ["cvmfs/good/file.txt"],
-        "event_times": {"cvmfs/good/file.txt": "2026-11-28T03:00:00+00:00"},
+        "changed_keys": keys,
+        "event_times": {key: "2026-11-28T03:00:00+00:00" for key in keys},
     }
     dead = drain(iso.mq, iso.config.dead_letter_queue)
     assert [body for _, body in dead] == poison  # bodies kept verbatim, in order
@@ -83,8 +88,6 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
     assert "s3.object.size" in found[1]
     assert "feeds no repository" in found[2]
     assert "'mallory'" in found[3] and REPO_A.fqrn in found[3]
-    assert "'..'" in found[4]
-    assert "leading '/'" in found[5]
     assert all(headers["x-cvmfs-queue"] == iso.config.s3.queue for headers, _ in dead)
     assert all(headers["x-cvmfs-routing-key"] == iso.s3_key for headers, _ in dead)
     assert ready_count(iso.mq, iso.config.s3.queue) == 0
@@ -94,15 +97,14 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_block_nothing(
         "invalid",
         "unknown_bucket",
         "owner_mismatch",
-        "unsafe_key",
-        "unsafe_key",
     ]
     queue = iso.config.s3.queue
     count = metrics.registry.get_sample_value
     assert count("cvmfs_bridge_messages_received_total", {"queue": queue}) == 7
-    # Records of the notifications that parsed: the good one, the stranger's and mallory's.
-    assert count("cvmfs_bridge_s3_events_received_total") == 3
-    for kind, expected in [("invalid", 2), ("unknown_bucket", 1), ("unsafe_key", 2)]:
+    # Records of the notifications that parsed: the good one, the two unsafe keys, the
+    # stranger's and mallory's.
+    assert count("cvmfs_bridge_s3_events_received_total") == 5
+    for kind, expected in [("invalid", 2), ("unknown_bucket", 1)]:
         labels = {"queue": queue, "reason": kind}
         assert count("cvmfs_bridge_dead_lettered_total", labels) == expected, kind
     assert count("cvmfs_bridge_flow_runs_started_total", {"deployment": "sync/sync"}) == 1

@@ -18,6 +18,7 @@ import pytest
 from bridge.amqp import connection_parameters
 from buckets.s3_clients import demo_s3
 from flows.sync import ReconcileRequest, reconcile, sync
+from service.repositories import RepositoryRegistry
 from service.settings import Settings
 from tasks.sync import SyncRequest
 from tests.fixtures_service import ProvisionedRepository, open_reader
@@ -98,6 +99,14 @@ def test_bucket_changes_become_revisions(
         assert not any(path.startswith("/sw/pkg") for path in tree)
         assert "/escape.txt" not in tree and "/../escape.txt" not in tree
         assert "/big/blob.bin" in tree
+    # Refused where its owner sees it (the repository's refusals, the dashboard) by the
+    # event's own run: the bridge passes such keys on to the sync (bridge/s3_events.py).
+    registry = RepositoryRegistry.open(settings)
+    try:
+        refused = {r.s3_key: r.reason for r in registry.refusals(fqrn)}
+    finally:
+        registry.close()
+    assert "'..'" in refused["cvmfs/../escape.txt"], refused
 
     # Drift no event reported: reconcile finds it (dry run first: nothing published).
     s3.put_object(Bucket=bucket, Key="cvmfs/missed.txt", Body=b"no event for me\n")
