@@ -334,3 +334,19 @@ def test_refused_uploads_are_listed_with_their_reasons(world: ApiWorld) -> None:
     world.registry.replace_refusals(world.bob_repo, [])
     page = Browser(world, world.bob()).get(f"/dashboard/repositories/{world.bob_repo}").text
     assert 'id="refusals">none<' in page
+
+
+def test_a_ready_repository_whose_bucket_is_foreign_is_not_shown_as_done(world: ApiWorld) -> None:
+    fqrn = world.bob_repo
+    bucket = world.registry.require(fqrn).bucket
+    message = "bucket x already exists and belongs to another S3 account"
+    world.registry.record_bucket_state(fqrn, bucket, "foreign", message)
+    try:
+        browser = Browser(world, world.bob())
+        page = browser.get(f"/dashboard/repositories/{fqrn}").text
+        assert '<span class="status ready attention">ready (bucket x already exists' in page
+        assert (
+            '<span class="status ready attention">ready</span>' in browser.get("/dashboard/").text
+        )
+    finally:
+        world.registry.record_bucket_state(fqrn, bucket, "wired", f"bucket {bucket} is connected")
