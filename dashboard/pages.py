@@ -228,6 +228,11 @@ def dashboard_router(oauth: Any) -> APIRouter:
             return _login_page(request)
         svc = _services(request)
         repositories = operations.list_repositories(svc, caller).repositories
+        try:
+            images: list[str] | None = operations.unpacked_images(svc)
+            images_error = None
+        except ApiError as error:
+            images, images_error = None, error.reason
         pending = [
             operations.request_status(svc, caller, request_id)
             for request_id in request.session.get("requests", [])
@@ -247,6 +252,8 @@ def dashboard_router(oauth: Any) -> APIRouter:
             personal=next((r for r in repositories if r.kind == "personal"), None),
             unpacked=unpacked_fqrn(svc.settings.repository_domain),
             image_push=instructions.image_push(svc.settings),
+            images=images,
+            images_error=images_error,
         )
 
     @router.post("/repositories")

@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from cvmfs.keys import generate_keyset
+from cvmfs.storage import LocalStorage
+from cvmfs.writer import create_repository
 from dashboard.app import COOKIE_NAME, session_secret
 from dashboard.sessions import SessionStore, session_signer
 from service.keystore import SERVICE_KEY_OWNER, unpacked_fqrn
@@ -157,6 +159,18 @@ def test_every_user_finds_the_unpacked_images_client_files(world: ApiWorld) -> N
     example = f"{registry.host}:{registry.port}/{registry.unpack_projects[0]}/my-image:1.0"
     assert f"docker push {example}\n" in index
     assert f'id="image-path">/cvmfs/{unpacked}/{example}<' in index
+    # The images already there, by their links (as the unpack flow lays them out).
+    assert "no image has been unpacked" in index
+    storage = LocalStorage(world.settings.absolute_data_dir / "stratum0" / unpacked)
+    writer, _ = create_repository(storage, unpacked, keys)
+    flat = f"/.flat/ab/{'ab' * 32}"
+    with writer.transaction() as txn:
+        txn.add_file(f"{flat}/etc/motd", b"hello\n")
+        txn.symlink(f"/{example}", f"../..{flat}")
+        txn.publish()
+    listed = browser.get("/dashboard/").text
+    assert f"<li><code>/cvmfs/{unpacked}/{example}</code></li>" in listed
+    assert ".flat" not in listed
     pub = browser.get(link)
     assert pub.status_code == 200 and pub.text == keys.master_public_pem
     conf = browser.get(f"/dashboard/repositories/{unpacked}/client/{unpacked}.conf").text

@@ -123,6 +123,38 @@ def unpacked_public_key(svc: ApiServices, fqrn: str) -> str:
         raise BackendError(f"the key store refused reading the keys of {fqrn}") from None
 
 
+def unpacked_images(svc: ApiServices, limit: int = 100) -> list[str]:
+    """The images in `unpacked.<domain>`, as their `<registry>/<repository>:<tag>` links
+    (images/layout.py), for every signed-in user; NotPublished before the first unpack."""
+    fqrn = unpacked_fqrn(svc.settings.repository_domain)
+    public_pem = unpacked_public_key(svc, fqrn)
+    try:
+        opened = RepositoryReader(svc.storage_for(fqrn), fqrn, [public_pem])
+    except NotFoundError:
+        raise NotPublished(f"{fqrn} does not exist yet: no image has been unpacked") from None
+    except CvmfsError as error:
+        log.error("event=stratum0-unreadable fqrn=%s error=%s", fqrn, error)
+        raise BackendError(f"the published content of {fqrn} cannot be read") from None
+    links: list[str] = []
+    try:
+        # Registry and project directories hold the links; dot entries (.flat, .metadata,
+        # .cvmfscatalog) are the layout's own.
+        pending = [""]
+        while pending and len(links) < limit:
+            directory = pending.pop()
+            for child in opened.listdir(directory):
+                path = f"{directory}/{child.name}"
+                if child.name.startswith("."):
+                    continue
+                if child.is_symlink:
+                    links.append(path.lstrip("/"))
+                elif child.is_dir:
+                    pending.append(path)
+    finally:
+        opened.close()
+    return sorted(links)[:limit]
+
+
 @contextmanager
 def reader(svc: ApiServices, repo: Repository) -> Iterator[RepositoryReader]:
     keys = keyset(svc, repo)
