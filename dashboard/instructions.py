@@ -83,7 +83,9 @@ def client_setup_commands(config: ClientConfig) -> str:
         f"sudo mkdir -p {key_dir}\n"
         f"sudo cp {fqrn}.pub {key_path}\n"
         f"sudo cp {fqrn}.conf {conf_path}\n"
-        f"echo 'CVMFS_REPOSITORIES={fqrn}' | sudo tee -a /etc/cvmfs/default.local\n"
+        # Appended to the list, not set: a second repository's line must keep the first.
+        f"echo 'CVMFS_REPOSITORIES=${{CVMFS_REPOSITORIES:+$CVMFS_REPOSITORIES,}}{fqrn}' "
+        "| sudo tee -a /etc/cvmfs/default.local\n"
         f"cvmfs_config probe {fqrn}\n"
         f"ls /cvmfs/{fqrn}/"
     )

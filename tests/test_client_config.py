@@ -1,5 +1,8 @@
+import subprocess
 from pathlib import Path
 
+from dashboard.instructions import client_setup_commands
+from service.api.models import ClientConfig
 from service.client_config import build_client_config
 from service.settings import Settings
 
@@ -45,3 +48,23 @@ def test_the_local_issuer_moves_with_the_test_ports_and_another_issuer_stays() -
         "https://iam.example.org/"
     )
     assert shifted.api.dashboard_redirect_uri == "http://127.0.0.1:8220/dashboard/callback"
+
+
+def test_the_dashboards_setup_lines_keep_every_repository_in_the_list(tmp_path: Path) -> None:
+    # A user sets up their personal repository, then their group's: the second line must not
+    # drop the first (default.local is sourced by bash, as cvmfs_config does).
+    settings = Settings(data_dir=Path("/tmp/x"))
+    local = tmp_path / "default.local"
+    for fqrn in ("alice.sw.example.org", "higgs.sw.example.org"):
+        bundle = build_client_config(settings, fqrn, "K")
+        commands = client_setup_commands(ClientConfig.model_validate(bundle.model_dump()))
+        [line] = [line for line in commands.splitlines() if "default.local" in line]
+        command = line.replace("sudo ", "").replace("/etc/cvmfs/default.local", str(local))
+        subprocess.run(["bash", "-c", command], check=True, stdout=subprocess.DEVNULL)
+    listed = subprocess.run(
+        ["bash", "-c", f". {local}; echo $CVMFS_REPOSITORIES"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert listed == "alice.sw.example.org,higgs.sw.example.org\n"
