@@ -44,6 +44,7 @@ def upload_tools(settings: Settings, bucket: str) -> list[UploadTool]:
         UploadTool(
             name="aws cli",
             commands=(
+                "export AWS_ACCESS_KEY_ID=YOUR_KEY AWS_SECRET_ACCESS_KEY=YOUR_SECRET\n"
                 f"aws --endpoint-url {q(endpoint)} s3 mb s3://{bucket}\n"
                 f"aws --endpoint-url {q(endpoint)} s3 sync ./my-software/ {target}\n"
                 f"aws --endpoint-url {q(endpoint)} s3 ls --recursive {target}"
@@ -53,10 +54,11 @@ def upload_tools(settings: Settings, bucket: str) -> list[UploadTool]:
         UploadTool(
             name="s3cmd",
             commands=(
-                f"s3cmd --host={q(host)} --host-bucket={q(host)}"
-                f"{'' if https else ' --no-ssl'} mb s3://{bucket}\n"
-                f"s3cmd --host={q(host)} --host-bucket={q(host)}"
-                f"{'' if https else ' --no-ssl'} sync --preserve ./my-software/ {target}"
+                f"s3cmd --access_key=YOUR_KEY --secret_key=YOUR_SECRET --host={q(host)} "
+                f"--host-bucket={q(host)}{'' if https else ' --no-ssl'} mb s3://{bucket}\n"
+                f"s3cmd --access_key=YOUR_KEY --secret_key=YOUR_SECRET --host={q(host)} "
+                f"--host-bucket={q(host)}{'' if https else ' --no-ssl'} "
+                f"sync --preserve ./my-software/ {target}"
             ),
             modes="keeps each file's mode in x-amz-meta-s3cmd-attrs (--preserve, its default)",
         ),

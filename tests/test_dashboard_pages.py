@@ -114,6 +114,9 @@ def test_the_repository_page_shows_status_setup_upload_files_and_history(
     assert 'id="bucket-state"' in text  # the bucket's state and what to do about it
     assert f"s3://api{world.alice_repo[3:9]}-alice/cvmfs/" in text  # the bucket and prefix
     assert "x-amz-meta-s3cmd-attrs" in text and "rclone copy --metadata" in text
+    # Each tool's lines name where the user's own keys go.
+    assert "export AWS_ACCESS_KEY_ID=YOUR_KEY AWS_SECRET_ACCESS_KEY=YOUR_SECRET" in text
+    assert "s3cmd --access_key=YOUR_KEY --secret_key=YOUR_SECRET" in text
     assert world.settings.ceph.s3_endpoint in text
     assert re.search(r'href="/dashboard/repositories/[^"]+\?path=/software"', text)
     assert "Revision 3" in text and ">v1<" in text and ">v2<" in text
