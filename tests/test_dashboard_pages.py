@@ -99,6 +99,7 @@ def test_each_user_sees_their_repositories_and_their_groups(world: ApiWorld) -> 
     assert 'id="username">alice<' in alice
     # alice has her personal repository: a link to it, no button to request another.
     assert 'id="request-personal"' not in alice and 'id="personal-exists"' in alice
+    assert "which the requester creates with their own S3 account and then shares" in alice
     bob = Browser(world, world.bob()).get("/dashboard/").text
     assert world.bob_repo in bob and world.atlas_repo in bob and world.alice_repo not in bob
 
