@@ -7,6 +7,7 @@ loads neither Prefect, the stack, the API nor the settings (tests/test_cli_impor
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -48,7 +49,7 @@ def up() -> None:
         click.echo(f"up: {exc}", err=True)
         raise click.exceptions.Exit(2) from exc
     click.echo(welcome_text(settings))
-    serve_forever(settings, after_start=lambda: _run_demo(settings))
+    serve_forever(settings, after_start=lambda: _after_start(settings))
 
 
 def welcome_text(settings: Settings) -> str:
@@ -87,6 +88,32 @@ def _metrics_line(settings: Settings) -> str:
         f"runner :{m.runner_port}"
     )
     return f"metrics         http://{m.bind_host}:<port>/metrics ({ports})\n"
+
+
+def _after_start(settings: Settings) -> None:
+    _announce_dashboard(settings)
+    _run_demo(settings)
+
+
+def _announce_dashboard(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Say when the dashboard answers: its URL is printed before the API process has started
+    (~10-20 s later), and a newcomer opening it at once met 'connection refused'."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{settings.api.base_url}/health", timeout=2.0).status_code == 200:
+                click.echo(f"dashboard: ready at {settings.api.dashboard_url}")
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    click.echo(
+        f"dashboard: not answering at {settings.api.dashboard_url} after {timeout_s:.0f} s; "
+        "see the api process's lines above",
+        err=True,
+    )
 
 
 def _run_demo(settings: Settings) -> None:

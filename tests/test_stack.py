@@ -225,6 +225,9 @@ def test_cli_up_runs_the_demo_through_the_whole_path(
     output = "".join(lines)
     assert outcome, f"no demo outcome in {DEMO_WAIT_S:.0f} s:\n{output[-4000:]}"
     assert re.match(r"demo: demo-\S+ revision \d+ serves /hello/README.txt", outcome[0]), output
+    # Before the demo: the moment the dashboard answers (its URL is printed before it does).
+    ready = f"dashboard: ready at {stack.settings.api.dashboard_url}\n"
+    assert ready in lines and lines.index(ready) < lines.index(outcome[0]), output
 
 
 def test_missing_packages_are_detected_for_debian_and_python() -> None:
