@@ -19,6 +19,7 @@ from service.repositories import RepositoryRegistry
 from service.runtime import load_settings
 from tasks.locks import repository_lease
 from tasks.sync import (
+    RunClients,
     SyncOutcome,
     SyncRequest,
     dead_letter_refusals,
@@ -55,13 +56,14 @@ def sync(req: SyncRequest) -> int | None:
     # (the SQLite-backed server's retryable "database is locked") in a third of the runs, and
     # Prefect's client retries only after ~2 s (bench/README.md, sync latency). An unknown
     # repository fails here too: its lock does not exist.
+    clients = opaque(RunClients(settings))  # one S3 client for the run's tasks
     with repository_lease(req.repo):
         repository = look_up_repository(settings, req)
-        truth = read_bucket_state(settings, repository, req)
-        plan = plan_sync(settings, repository, opaque(truth))
+        truth = read_bucket_state(settings, repository, req, clients)
+        plan = plan_sync(settings, repository, opaque(truth), clients)
         outcome = SyncOutcome(fqrn=req.repo, revision=None, plan=plan)
         if plan.changes and not req.dry_run:
-            outcome = publish_changes(settings, repository, opaque(plan))
+            outcome = publish_changes(settings, repository, opaque(plan), clients)
             if outcome.revision is not None:
                 record_provenance(settings, opaque(outcome))
             plan = outcome.plan  # with the changes refused while applying it
