@@ -28,6 +28,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -335,6 +336,7 @@ class RepositoryRegistry:
     def __init__(self, engine: Engine, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self._engine = engine
         self._clock = clock
+        self._paths_by_code_point: bool | None = None  # see _ordered_path
         if engine.dialect.name not in ("sqlite", "postgresql"):
             raise RegistryError(
                 f"database {engine.dialect.name!r} is not supported: use SQLite or PostgreSQL"
@@ -855,6 +857,24 @@ class RepositoryRegistry:
                 found.update((row.path, FileProvenance.model_validate(row)) for row in rows)
         return found
 
+    def _ordered_path(self) -> Any:
+        """The path column compared by code point, as the range queries over paths need.
+
+        SQLite compares bytes. PostgreSQL compares by the database's collation: a linguistic
+        one (en_US.UTF-8) ignores '/' at first, so `/a/b/c` falls outside [`/a/b/`, `/a/b0`).
+        Such a database gets COLLATE "C" (its index then no longer serves the range); one that
+        already orders by code point (C, C.UTF-8, as the stack's) keeps its index.
+        """
+        if self._engine.dialect.name != "postgresql":
+            return FileProvenanceRow.path
+        if self._paths_by_code_point is None:
+            probe = text("SELECT ('/a/b/c' < '/a/b0') AND ('B' < 'a') AND ('/a' < '0')")
+            with self._engine.connect() as connection:
+                self._paths_by_code_point = bool(connection.execute(probe).scalar())
+        if self._paths_by_code_point:
+            return FileProvenanceRow.path
+        return FileProvenanceRow.path.collate("C")
+
     def files_near(
         self, fqrn: str, paths: Iterable[str], below: Iterable[str]
     ) -> dict[str, FileProvenance]:
@@ -862,11 +882,12 @@ class RepositoryRegistry:
         queries (what a batch's plan reads instead of every row: buckets/plan_scope.py)."""
         found = self.files_at(fqrn, paths)
         roots = sorted(set(below))
+        path = self._ordered_path()
         with Session(self._engine) as session:
             for start in range(0, len(roots), 100):
                 ranges = [
                     # Below `/a`: from `/a/` up to `/a0` ('0' follows '/'), without LIKE.
-                    (FileProvenanceRow.path > root + "/") & (FileProvenanceRow.path < root + "0")
+                    (path > root + "/") & (path < root + "0")
                     for root in roots[start : start + 100]
                 ]
                 rows = session.scalars(
@@ -898,9 +919,8 @@ class RepositoryRegistry:
         )
         if prefix:
             # Prefix match without LIKE, so '%' and '_' in paths are not wildcards.
-            query = query.where(
-                FileProvenanceRow.path >= prefix, FileProvenanceRow.path < prefix + "\U0010ffff"
-            )
+            path = self._ordered_path()
+            query = query.where(path >= prefix, path < prefix + "\U0010ffff")
         with Session(self._engine) as session:
             rows = session.execute(query.order_by(FileProvenanceRow.path))
             return [FileProvenance.model_validate(dict(zip(fields, r, strict=True))) for r in rows]

@@ -39,5 +39,12 @@ def test_files_at_and_near_return_only_the_asked_paths_of_that_repository(
     registry.record_sync(CMS.fqrn, [record("/a/b/x", etag="cms")], removed=[])
     found = registry.files_near(ALICE.fqrn, paths=["/a", "/nothing"], below=["/a/b", "/b"])
     assert sorted(found) == ["/a", "/a/b/c", "/a/b/c/d", "/a/b/\u00fc"]
+    assert [f.path for f in registry.files(ALICE.fqrn, "/a/b/")] == sorted(found)[1:]
+    # The test databases order paths by code point (SQLite; PostgreSQL made with C.UTF-8); the
+    # queries a linguistic collation gets instead (COLLATE "C") are forced here, as no such
+    # database is at hand.
+    registry._paths_by_code_point = False
+    assert registry.files_near(ALICE.fqrn, paths=["/a"], below=["/a/b", "/b"]) == found
+    assert [f.path for f in registry.files(ALICE.fqrn, "/a/b/")] == sorted(found)[1:]
     assert registry.count_files(ALICE.fqrn) == len(paths) + len(near)
     assert registry.count_files(CMS.fqrn) == 2
