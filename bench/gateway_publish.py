@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +99,36 @@ def wait_for(url: str, timeout_s: float = 60) -> None:
             time.sleep(0.2)
 
 
+@contextmanager
+def bench_stack(
+    offset: int, components: tuple[str, ...], name: str
+) -> Iterator[tuple[Settings, Path]]:
+    """`components` on the test ports (dev + `offset`, that test stack's lock held) in a
+    temporary data directory; yields the settings (with OpenBao's root token) and that
+    directory. Prefect's client is pointed at it; everything is stopped and removed on exit."""
+    with exclusive(lock_path_for_test_stack(offset), wait_s=900, what="The test stack"):
+        data_dir = Path(tempfile.mkdtemp(prefix=f"cvmfs-svc-test-{name}-"))
+        data_dir.chmod(0o755)
+        base = Settings.load().with_port_offset(offset, data_dir)
+        settings = base.model_copy(
+            update={
+                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
+                "prefect": base.prefect.model_copy(update={"database_url": None}),
+            }
+        )
+        stack = Stack(settings)
+        os.environ["PREFECT_API_URL"] = settings.prefect.api_url
+        os.environ["PREFECT_HOME"] = str(data_dir / "prefect-home")
+        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+        try:
+            stack.up(components)
+            vault = settings.vault.model_copy(update={"token": root_token(settings)})
+            yield settings.model_copy(update={"vault": vault}), data_dir
+        finally:
+            stack.down(components)
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -111,26 +143,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    with exclusive(lock_path_for_test_stack(args.offset), wait_s=900, what="The test stack"):
-        data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-test-bench-gw-"))
-        data_dir.chmod(0o755)
-        base = Settings.load().with_port_offset(args.offset, data_dir)
-        settings = base.model_copy(
-            update={
-                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
-                "prefect": base.prefect.model_copy(update={"database_url": None}),
-            }
-        )
-        stack = Stack(settings)
-        os.environ["PREFECT_API_URL"] = settings.prefect.api_url
-        os.environ["PREFECT_HOME"] = str(data_dir / "prefect-home")
-        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    with bench_stack(args.offset, COMPONENTS, "bench-gw") as (settings, data_dir):
         gateway: subprocess.Popen[bytes] | None = None
         against: subprocess.Popen[bytes] | None = None
         try:
-            stack.up(COMPONENTS)
-            vault = settings.vault.model_copy(update={"token": root_token(settings)})
-            settings = settings.model_copy(update={"vault": vault})
             fqrn, keys = provision(settings)
             log = (data_dir / "gateway.log").open("wb")
             gateway = subprocess.Popen(
@@ -182,8 +198,6 @@ def main() -> None:
                 if process is not None:
                     process.terminate()
                     process.wait(timeout=30)
-            stack.down(COMPONENTS)
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def provision(settings: Settings) -> tuple[str, KeySet]:

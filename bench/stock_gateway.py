@@ -14,20 +14,13 @@ user API would give (docs/stock-tools.md, section 3). Ctrl-C (or SIGTERM) stops 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.gateway_publish import child_env, provision, wait_for
-from service.settings import Settings
-from stack.locks import exclusive, lock_path_for_test_stack
-from stack.manager import Stack
-from stack.openbao import root_token
+from bench.gateway_publish import bench_stack, child_env, provision, wait_for
 
 COMPONENTS = ("openbao", "prefect", "stratum0-http")
 
@@ -39,33 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the finally below stops the stack
 
-    with exclusive(lock_path_for_test_stack(args.offset), wait_s=900, what="The test stack"):
-        data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-test-stock-gw-"))
-        data_dir.chmod(0o755)
-        base = Settings.load().with_port_offset(args.offset, data_dir)
-        settings = base.model_copy(
-            update={
-                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
-                "prefect": base.prefect.model_copy(update={"database_url": None}),
-            }
-        )
-        stack = Stack(settings)
-        os.environ["PREFECT_API_URL"] = settings.prefect.api_url
-        os.environ["PREFECT_HOME"] = str(data_dir / "prefect-home")
-        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    with bench_stack(args.offset, COMPONENTS, "stock-gw") as (settings, data_dir):
         gateway: subprocess.Popen[bytes] | None = None
         try:
-            stack.up(COMPONENTS)
-            vault = settings.vault.model_copy(update={"token": root_token(settings)})
-            settings = settings.model_copy(update={"vault": vault})
-            fqrn, keys = provision(settings)
-
-            from prefect import get_client
-
-            from deployments.rescue import ensure_rescue_automation
-
-            with get_client(sync_client=True) as client:
-                ensure_rescue_automation(client, settings)
+            fqrn, keys = provision(settings)  # makes sure of the rescue automation too
             args.keys.mkdir(parents=True, exist_ok=True)
             for suffix, content in (
                 ("pub", keys.master_public_pem),
@@ -98,8 +68,6 @@ def main() -> None:
             if gateway is not None and gateway.poll() is None:
                 gateway.terminate()
                 gateway.wait(timeout=30)
-            stack.down(COMPONENTS)
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
