@@ -116,6 +116,14 @@ def _render(request: Request, template: str, status_code: int = 200, **context: 
     )
 
 
+def _attachment(content: str, filename: str, media_type: str, secret: bool = False) -> Response:
+    """A download named `filename`; a secret one (keys) is never kept in a cache."""
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if secret:
+        headers["Cache-Control"] = "no-store"
+    return Response(content, media_type=media_type, headers=headers)
+
+
 def _login_page(request: Request) -> Response:
     return _render(request, "login.html", user=None)
 
@@ -409,11 +417,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
         except ApiError as error:
             return _error_page(request, error, caller)
         content = next(text for path, text in config.files.items() if path.endswith(filename))
-        return Response(
-            content,
-            media_type="text/plain; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
+        return _attachment(content, filename, "text/plain; charset=utf-8")
 
     @router.get("/repositories/{fqrn}/publisher/{filename}")
     def publisher_file(request: Request, fqrn: str, filename: str) -> Response:
@@ -428,13 +432,8 @@ def dashboard_router(oauth: Any) -> APIRouter:
             setup = operations.publisher_setup(_services(request), caller, fqrn)
         except ApiError as error:
             return _error_page(request, error, caller)
-        return Response(
-            setup.files[filename],
-            media_type="text/plain; charset=utf-8",
-            headers={
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                "Cache-Control": "no-store",
-            },
+        return _attachment(
+            setup.files[filename], filename, "text/plain; charset=utf-8", secret=True
         )
 
     @router.get("/repositories/{fqrn}/keys.json")
@@ -447,13 +446,8 @@ def dashboard_router(oauth: Any) -> APIRouter:
             keys = operations.repository_keys(_services(request), caller, fqrn)
         except ApiError as error:
             return _error_page(request, error, caller)
-        return Response(
-            keys.model_dump_json(indent=2),
-            media_type="application/json",
-            headers={
-                "Content-Disposition": f'attachment; filename="{fqrn}.keys.json"',
-                "Cache-Control": "no-store",
-            },
+        return _attachment(
+            keys.model_dump_json(indent=2), f"{fqrn}.keys.json", "application/json", secret=True
         )
 
     @router.post("/repositories/{fqrn}/sync")
