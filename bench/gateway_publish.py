@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,15 +33,13 @@ from pathlib import Path
 
 import httpx
 
+from bench.private_stack import private_data_dir, running
 from cvmfs.keys import KeySet, generate_keyset, parse_gateway_key
 from cvmfs.storage import LocalStorage, Storage
 from cvmfs.tarball import import_directory
 from cvmfs.writer import RepositoryWriter, create_repository
 from gateway.publisher import Publisher, prepare, publisher_transaction, send_objects
 from service.settings import Settings
-from stack.locks import exclusive, lock_path_for_test_stack
-from stack.manager import Stack
-from stack.openbao import root_token
 
 COMPONENTS = ("openbao", "prefect")
 
@@ -103,30 +99,15 @@ def wait_for(url: str, timeout_s: float = 60) -> None:
 def bench_stack(
     offset: int, components: tuple[str, ...], name: str
 ) -> Iterator[tuple[Settings, Path]]:
-    """`components` on the test ports (dev + `offset`, that test stack's lock held) in a
-    temporary data directory; yields the settings (with OpenBao's root token) and that
-    directory. Prefect's client is pointed at it; everything is stopped and removed on exit."""
-    with exclusive(lock_path_for_test_stack(offset), wait_s=900, what="The test stack"):
-        data_dir = Path(tempfile.mkdtemp(prefix=f"cvmfs-svc-test-{name}-"))
-        data_dir.chmod(0o755)
-        base = Settings.load().with_port_offset(offset, data_dir)
-        settings = base.model_copy(
-            update={
-                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
-                "prefect": base.prefect.model_copy(update={"database_url": None}),
-            }
-        )
-        stack = Stack(settings)
+    """`components` on the test ports + `offset` (bench/private_stack.py); Prefect's client in
+    this process is pointed at them. Yields the settings (with OpenBao's root token) and the
+    data directory."""
+    with private_data_dir(offset, name) as (settings, data_dir):
         os.environ["PREFECT_API_URL"] = settings.prefect.api_url
         os.environ["PREFECT_HOME"] = str(data_dir / "prefect-home")
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
-        try:
-            stack.up(components)
-            vault = settings.vault.model_copy(update={"token": root_token(settings)})
-            yield settings.model_copy(update={"vault": vault}), data_dir
-        finally:
-            stack.down(components)
-            shutil.rmtree(data_dir, ignore_errors=True)
+        with running(settings, components) as settings:
+            yield settings, data_dir
 
 
 def main() -> None:

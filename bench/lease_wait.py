@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from service.prefect_env import apply_prefect_environment
 from service.settings import Settings
@@ -36,27 +33,15 @@ LOCK = "bench.lease-wait.example.org"
 @contextmanager
 def own_stack(offset: int, postgres: bool) -> Iterator[Settings]:
     """A Prefect server (and PostgreSQL) of its own on the test ports + `offset`."""
-    from stack.locks import exclusive, lock_path_for_test_stack
-    from stack.manager import Stack
+    from bench.private_stack import private_data_dir, running
 
-    with exclusive(lock_path_for_test_stack(offset), wait_s=900, what="The test stack"):
-        data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-test-bench-lease-"))
-        data_dir.chmod(0o755)
-        base = Settings.load().with_port_offset(offset, data_dir)
-        settings = base.model_copy(
-            update={
-                "prefect": base.prefect.model_copy(update={"database_url": None}),
-                "postgres": base.postgres.model_copy(update={"enabled": postgres}),
-            }
+    with private_data_dir(offset, "bench-lease") as (settings, _data_dir):
+        settings = settings.model_copy(
+            update={"postgres": settings.postgres.model_copy(update={"enabled": postgres})}
         )
         components = ("postgres", "prefect") if postgres else ("prefect",)
-        stack = Stack(settings)
-        try:
-            stack.up(components)
+        with running(settings, components) as settings:
             yield settings
-        finally:
-            stack.down(components)
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def measure(settings: Settings, runs: int, pause_s: float) -> None:

@@ -515,32 +515,14 @@ def main() -> None:
 def private_service(offset: int) -> Iterator[Settings]:
     """The whole stack and service as `./svc up` runs them, on the test stack's ports of
     `offset`, with the demo repository provisioned; this process's environment points at it."""
-    import shutil
-    import tempfile
-
+    from bench.private_stack import private_data_dir, running
     from service.demo import run_demo
-    from stack.locks import exclusive, lock_path_for_test_stack
-    from stack.manager import Stack
-    from stack.openbao import root_token
     from tests.conftest import settings_env
     from tests.service_processes import running_service
 
-    with exclusive(lock_path_for_test_stack(offset), wait_s=900, what="The test stack"):
-        data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-bench-latency-"))
-        data_dir.chmod(0o755)  # RabbitMQ runs as its own user and must enter it
-        base = Settings.load().with_port_offset(offset, data_dir)
-        settings = base.model_copy(
-            update={
-                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
-                "prefect": base.prefect.model_copy(update={"database_url": None}),
-            }
-        )
-        stack = Stack(settings)
-        try:
-            started = time.monotonic()
-            stack.up()
-            vault = settings.vault.model_copy(update={"token": root_token(settings)})
-            settings = settings.model_copy(update={"vault": vault})
+    with private_data_dir(offset, "bench-latency") as (settings, data_dir):
+        started = time.monotonic()
+        with running(settings) as settings:
             os.environ.update(settings_env(settings))
             os.environ["PREFECT_API_URL"] = settings.prefect.api_url
             with running_service(settings, data_dir):
@@ -548,9 +530,6 @@ def private_service(offset: int) -> Iterator[Settings]:
                 took = time.monotonic() - started
                 print(f"private stack and service up, demo published: {took:.0f} s")
                 yield settings
-        finally:
-            stack.down()
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def measure(settings: Settings, args: argparse.Namespace) -> None:

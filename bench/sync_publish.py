@@ -31,7 +31,6 @@ import pstats
 import resource
 import shutil
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -41,6 +40,7 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
+from bench.private_stack import private_data_dir, running
 from buckets.bucket_sync import apply_changes
 from buckets.s3_clients import bucket_agent_s3, demo_s3
 from cvmfs.keys import KeySet, generate_keyset
@@ -50,9 +50,6 @@ from cvmfs.writer import RepositoryWriter, WriterOptions, create_repository
 from service.keystore import KeyOwner, KeyStore
 from service.repositories import FileProvenance, RepositoryClaim, RepositoryRegistry
 from service.settings import Settings
-from stack.locks import exclusive, lock_path_for_test_stack
-from stack.manager import Stack
-from stack.openbao import root_token
 from tasks.storage import repository_storage
 from tasks.sync import (
     SyncRequest,
@@ -226,24 +223,15 @@ def main() -> None:
     work = args.work / f"{args.files}{'-markers' if args.markers else ''}"
     keys, tops = build(work, args.files, args.markers)
 
-    with exclusive(lock_path_for_test_stack(args.offset), wait_s=900, what="The test stack"):
-        data_dir = Path(tempfile.mkdtemp(prefix="cvmfs-svc-test-bench-sync-"))
-        data_dir.chmod(0o755)
-        base = Settings.load().with_port_offset(args.offset, data_dir)
-        settings = base.model_copy(
-            update={
-                "vault": base.vault.model_copy(update={"mode": "dev", "token": None}),
-                "database_url": SecretStr(f"sqlite:///{work / 'registry.sqlite'}"),
-            }
+    with private_data_dir(args.offset, "bench-sync") as (settings, data_dir):
+        settings = settings.model_copy(
+            update={"database_url": SecretStr(f"sqlite:///{work / 'registry.sqlite'}")}
         )
         (data_dir / "stratum0").symlink_to(work / "stratum0")
-        stack = Stack(settings)
-        try:
-            started = time.perf_counter()
-            stack.up(COMPONENTS + (FLOW_COMPONENTS if args.flow else ()))
-            print(f"stack up {COMPONENTS} wall_s={time.perf_counter() - started:.1f}")
-            vault = settings.vault.model_copy(update={"token": root_token(settings)})
-            settings = settings.model_copy(update={"vault": vault})
+        components = COMPONENTS + (FLOW_COMPONENTS if args.flow else ())
+        started = time.perf_counter()
+        with running(settings, components) as settings:
+            print(f"stack up {components} wall_s={time.perf_counter() - started:.1f}")
             KeyStore.from_settings(settings.vault).store_if_absent(
                 KeyOwner.personal(OWNER), FQRN, keys
             )
@@ -252,9 +240,6 @@ def main() -> None:
             run(settings, s3, tops, args.repeat, args.profile)
             if args.flow:
                 run_flows(settings, s3, tops, args.flow)
-        finally:
-            stack.down()
-            shutil.rmtree(data_dir, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
