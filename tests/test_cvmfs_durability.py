@@ -22,6 +22,7 @@ from typing import IO
 
 import pytest
 
+import cvmfs.storage as storage_module
 from cvmfs.fsck import fsck
 from cvmfs.keys import KeySet, generate_keyset, write_keyset
 from cvmfs.reader import RepositoryReader
@@ -94,6 +95,43 @@ def test_sync_fsyncs_what_put_wrote_before_the_manifest(
     # last: the manifest's temp file, then the directory holding its new name
     assert fsynced[-2].startswith(f"{root}/.tmp-") and fsynced[-1] == root
     assert all(fsynced.index(f"{root}/{key}") < len(fsynced) - 2 for key in puts)
+
+
+def test_a_bulk_publish_is_made_durable_by_one_syncfs_before_the_manifest(
+    tmp_path: Path, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spies on the real syncfs(2) and os.fsync: a lost power supply cannot be caused in a test.
+    storage = OrderRecordingStorage(tmp_path / "s")
+    writer, _ = create_repository(storage, FQRN, keys)
+    monkeypatch.setattr(storage_module, "SYNCFS_ABOVE", 10)
+    fsynced: list[str] = []
+    real_fsync, real_syncfs = os.fsync, storage_module._syncfs
+
+    def recording_fsync(fd: int) -> None:
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def recording_syncfs(root: Path) -> bool:
+        storage.calls.append(f"syncfs {root}")
+        return real_syncfs(root)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(storage_module, "_syncfs", recording_syncfs)
+    storage.calls.clear()
+    with writer.transaction() as txn:
+        for i in range(20):
+            txn.add_file(f"/d{i % 4}/f{i}", os.urandom(1000 + i))
+        txn.publish()
+
+    syncfs_at = storage.calls.index(f"syncfs {storage.root}")
+    manifest_at = storage.calls.index(f"put_atomic {MANIFEST_KEY}")
+    puts = [i for i, call in enumerate(storage.calls) if call.startswith("put data/")]
+    assert len(puts) >= 21 and max(puts) < syncfs_at < manifest_at
+    root = str((tmp_path / "s").resolve())
+    # no object fsynced one by one: only the files put_atomic replaces, and their directory
+    assert fsynced and all(p.startswith(f"{root}/.tmp-") or p == root for p in fsynced)
+    assert storage._unsynced_files == set() and storage._unsynced_dirs == set()
+    assert _check(tmp_path / "s", keys, "after a bulk publish") == 2
 
 
 def test_nothing_is_left_to_sync_after_a_publish(tmp_path: Path, keys: KeySet) -> None:
