@@ -26,19 +26,9 @@ def repository_storage(settings: Settings, fqrn: str) -> Storage:
         directory = local_stratum0_dir(settings, fqrn)
         directory.mkdir(parents=True, exist_ok=True)
         return LocalStorage(directory)
-    return S3Storage(_service_s3(settings), settings.stratum0.bucket, prefix=fqrn)
+    from buckets.s3_clients import service_s3  # boto3: only the S3 backend needs it
 
-
-def _service_s3(settings: Settings) -> Any:
-    import boto3  # imported here: only the S3 backend needs it
-
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.ceph.s3_endpoint,
-        aws_access_key_id=settings.ceph.service_access_key,
-        aws_secret_access_key=settings.ceph.service_secret_key.get_secret_value(),
-        region_name=settings.ceph.region,
-    )
+    return S3Storage(service_s3(settings), settings.stratum0.bucket, prefix=fqrn)
 
 
 def public_read_policy(bucket: str) -> dict[str, Any]:
@@ -77,7 +67,9 @@ def ensure_stratum0_storage(settings: Settings) -> None:
         return
     from botocore.exceptions import ClientError
 
-    s3 = _service_s3(settings)
+    from buckets.s3_clients import service_s3
+
+    s3 = service_s3(settings)
     bucket = settings.stratum0.bucket
     try:
         s3.create_bucket(Bucket=bucket)
