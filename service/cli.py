@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cvmfs.cli import repo_app
+from login.cli import login_command, logout_command, token_command
 from stack.cli import stack_app
 
 if TYPE_CHECKING:  # each command imports what it uses, so a `repo` command starts fast
@@ -26,6 +27,9 @@ def app() -> None:
 
 app.add_command(stack_app, "stack")
 app.add_command(repo_app, "repo")
+app.add_command(login_command, "login")
+app.add_command(token_command, "token")
+app.add_command(logout_command, "logout")
 
 
 @app.command()

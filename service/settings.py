@@ -245,6 +245,10 @@ class IdpSettings(BaseModel):
     port: int = 9000
     # One hour, like INDIGO IAM's default access-token lifetime.
     access_token_ttl_s: int = Field(default=3600, ge=60)
+    # How long a device code of `cvmfs-svc login` waits for its user (RFC 8628 `expires_in`):
+    # 10 minutes, oidc-provider's default, time to open a browser and sign in. The test stack
+    # shortens it so that an expired code can be seen within its test.
+    device_code_ttl_s: int = Field(default=600, ge=5)
 
     @property
     def issuer_url(self) -> str:
@@ -265,6 +269,11 @@ class OidcSettings(BaseModel):
     # None: a public client (PKCE only).
     client_id: str = "cvmfs-dashboard"
     client_secret: SecretStr | None = SecretStr("cvmfs-dashboard-local-secret")
+    # The command line's client at the issuer (`cvmfs-svc login`): a public client (no secret,
+    # a user's machine cannot keep one) allowed the device authorization grant (RFC 8628) and
+    # refresh tokens. The local provider registers it; with IAM, the id of a client registered
+    # with the device code grant.
+    cli_client_id: str = "cvmfs-cli"
     scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
     # None: discovered from <issuer_url>/.well-known/openid-configuration.
     jwks_url: str | None = None

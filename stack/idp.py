@@ -1,6 +1,7 @@
 """The local OIDC identity provider: panva's `oidc-provider` (npm) run by our stack/idp/server.mjs.
 
-Authorization code + PKCE (S256), discovery, JWKS, JWT access tokens for the service's audience
+Authorization code + PKCE (S256), the device authorization grant (RFC 8628) for
+`cvmfs-svc login`, discovery, JWKS, JWT access tokens for the service's audience
 with `groups` as INDIGO IAM sends them, logout; the demo users of stack/idp_users.py log in on
 its own login page. Its signing keys live in `<data_dir>/idp/`, so tokens survive a restart.
 """
@@ -21,6 +22,7 @@ SERVER_DIR = Path(__file__).resolve().parent / "idp"
 # Access tokens name this resource indicator (RFC 8707); the provider maps it to the audience.
 RESOURCE_INDICATOR = "urn:cvmfs-distribution-service:api"
 RESOURCE_SCOPE = "cvmfs"
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 def npm_install_stamp() -> Path:
@@ -68,8 +70,17 @@ class IdentityProvider(Daemon):
         return missing
 
     def clients(self) -> list[dict[str, object]]:
-        """The dashboard, registered with the URLs of the service's public address."""
+        """The dashboard, registered with the URLs of the service's public address, and the
+        command line (`cvmfs-svc login`), a public client of the device authorization grant."""
         oidc, api = self.settings.oidc, self.settings.api
+        command_line: dict[str, object] = {
+            "client_id": oidc.cli_client_id,
+            "client_name": "cvmfs-svc command line",
+            "grant_types": [DEVICE_CODE_GRANT, "refresh_token"],
+            "response_types": [],
+            "redirect_uris": [],
+            "token_endpoint_auth_method": "none",
+        }
         client: dict[str, object] = {
             "client_id": oidc.client_id,
             "client_name": "CVMFS distribution service dashboard",
@@ -83,7 +94,7 @@ class IdentityProvider(Daemon):
         else:
             client["client_secret"] = oidc.client_secret.get_secret_value()
             client["token_endpoint_auth_method"] = "client_secret_basic"
-        return [client]
+        return [client, command_line]
 
     def config(self) -> dict[str, object]:
         return {
@@ -93,6 +104,7 @@ class IdentityProvider(Daemon):
             "resource_indicator": RESOURCE_INDICATOR,
             "resource_scope": RESOURCE_SCOPE,
             "access_token_ttl_s": self.settings.idp.access_token_ttl_s,
+            "device_code_ttl_s": self.settings.idp.device_code_ttl_s,
             "behind_proxy": False,
             "clients": self.clients(),
             "users": [

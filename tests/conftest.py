@@ -62,6 +62,8 @@ PREFECT_HOME_PREFIX = "cvmfs-svc-prefect-home-"
 COLLECTION_LOCK_WAIT_S = 3600.0
 # A fixture requested dynamically (getfixturevalue) takes it during setup, inside that budget.
 FIXTURE_LOCK_WAIT_S = 420.0
+# The test stack's device codes (`cvmfs-svc login`) expire after this many seconds.
+DEVICE_CODE_TTL_S = 30
 _PREFECT_ENV = {
     "PREFECT_HOME": None,  # a fresh temp dir, set in pytest_configure
     "PREFECT_API_URL": None,  # the test server, set in pytest_configure
@@ -85,6 +87,9 @@ def make_test_settings(data_dir: Path) -> Settings:
             # Most tests upload as the one demo S3 user for many identities; the tests of
             # bucket ownership turn the check on (tests/test_provision_bucket_later.py).
             "provisioning": base.provisioning.model_copy(update={"require_bucket_owner": False}),
+            # An expired device code within its test (tests/test_cli_login.py) without a
+            # 10-minute wait; long enough for that test's approved login on a loaded machine.
+            "idp": base.idp.model_copy(update={"device_code_ttl_s": DEVICE_CODE_TTL_S}),
         }
     )
 

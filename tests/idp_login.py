@@ -142,3 +142,45 @@ def login(settings: Settings, username: str, password: str) -> Tokens:
         response = exchange_code(settings, http, authorization.code, authorization.code_verifier)
         response.raise_for_status()
         return Tokens.model_validate(response.json())
+
+
+_HIDDEN_INPUT = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
+
+
+def _form_fields(page: httpx.Response) -> tuple[str, dict[str, str]]:
+    """The first form's absolute action and its hidden fields."""
+    action = _FORM_ACTION.search(page.text)
+    if page.status_code != 200 or action is None:
+        raise LoginRefused(page.status_code, page.text)
+    fields = {name: unescape(value) for name, value in _HIDDEN_INPUT.findall(page.text)}
+    return urljoin(str(page.url), unescape(action.group(1))), fields
+
+
+def approve_device_code(
+    verification_uri_complete: str,
+    user_code: str,
+    username: str,
+    password: str,
+    deny: bool = False,
+) -> httpx.Response:
+    """What a user's browser does with the URL `cvmfs-svc login` prints (RFC 8628 §3.3.1).
+
+    Opens it (the provider's page posts the code itself; a browser runs its script), then on
+    the confirmation page checks that it shows `user_code` (as the CLI printed it) and presses
+    Continue and signs in on the login page, or presses Deny.
+    Returns the last page (the provider's "Signed in" page, or the denial).
+    """
+    with httpx.Client(timeout=10.0, follow_redirects=True) as http:
+        opened = http.get(verification_uri_complete)
+        action, fields = _form_fields(opened)  # the auto-submitted form with the user code
+        confirm = http.post(action, data=fields)
+        action, fields = _form_fields(confirm)  # "Confirm the code": Continue or Deny
+        if f'<code id="user-code">{user_code}</code>' not in confirm.text:
+            raise AssertionError(f"the confirmation page does not show {user_code}")
+        if deny:
+            return http.post(action, data={**fields, "abort": "yes"})
+        login_page = http.post(action, data=fields)
+        action, _ = _form_fields(login_page)
+        if "/login" not in action:
+            raise LoginRefused(login_page.status_code, login_page.text)
+        return http.post(action, data={"username": username, "password": password})

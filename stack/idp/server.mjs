@@ -77,6 +77,17 @@ const loginPagePolicy = [
   "frame-ancestors 'none'",
   "base-uri 'none'",
 ].join('; ');
+// The device pages (/device, the user code of `cvmfs-svc login`) post only to this provider.
+// `script-src` with no source allows no script; oidc-provider adds the hash of the one script
+// it writes (the page that submits a code from verification_uri_complete), and nothing else.
+const devicePagePolicy = [
+  "default-src 'none'",
+  'script-src',
+  "style-src 'unsafe-inline'",
+  "form-action 'self'",
+  "frame-ancestors 'none'",
+  "base-uri 'none'",
+].join('; ');
 const provider = new Provider(config.issuer, {
   adapter: fileAdapterFor(path.join(stateDir, 'state')),
   clients: config.clients,
@@ -97,6 +108,28 @@ const provider = new Provider(config.issuer, {
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   features: {
     devInteractions: { enabled: false },
+    // The device authorization grant (RFC 8628) of `cvmfs-svc login`, as INDIGO IAM offers it:
+    // the user opens /device in any browser, enters (or confirms) the code, signs in on our
+    // login page. Our own pages: the packaged ones load web fonts from the internet.
+    deviceFlow: {
+      enabled: true,
+      userCodeInputSource: async (ctx, form, _out, err) => {
+        ctx.body = page('Sign in a device', `${deviceInputMessage(err)}${form}
+<button type="submit" form="op.deviceInputForm">Continue</button>`);
+      },
+      userCodeConfirmSource: async (ctx, form, client, _deviceInfo, userCode) => {
+        const name = client.clientName ?? client.clientId;
+        ctx.body = page('Confirm the code', `<p>${escape(name)} asks to use the CVMFS distribution
+service as you. It shows this code:</p><p><code id="user-code">${escape(userCode)}</code></p>
+<p>Deny if it shows another code, or if you did not start it.</p>${form}
+<button autofocus type="submit" form="op.deviceConfirmForm">Continue</button>
+<button type="submit" form="op.deviceConfirmForm" value="yes" name="abort">Deny</button>`);
+      },
+      successSource: async (ctx) => {
+        const name = ctx.oidc.client.clientName ?? ctx.oidc.client.clientId;
+        ctx.body = page('Signed in', `<p>${escape(name)} is signed in. You can close this page.</p>`);
+      },
+    },
     rpInitiatedLogout: {
       enabled: true,
       // Our own pages: the packaged ones load web fonts from the internet.
@@ -145,6 +178,7 @@ const provider = new Provider(config.issuer, {
     Interaction: 3600,
     Grant: 8 * 3600,
     AuthorizationCode: 60,
+    DeviceCode: config.device_code_ttl_s,
     RefreshToken: 8 * 3600,
   },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
@@ -166,6 +200,21 @@ function page(title, body) {
 <style>body{font-family:sans-serif;max-width:26em;margin:3em auto}label{display:block;margin-top:1em}
 input{width:100%;padding:.4em}button{margin-top:1.5em;padding:.5em 2em}.error{color:#a00}</style>
 </head><body><h1>${escape(title)}</h1>${body}</body></html>`;
+}
+
+function deviceInputMessage(err) {
+  if (!err) return '<p>Enter the code that <code>cvmfs-svc login</code> shows.</p>';
+  if (err.name === 'AbortedError') return '<p class="error" role="alert">The sign-in was denied.</p>';
+  if (err.name === 'ExpiredError') {
+    return '<p class="error" role="alert">That code has expired: run <code>cvmfs-svc login</code> again.</p>';
+  }
+  if (err.name === 'AlreadyUsedError') {
+    return '<p class="error" role="alert">That code was already used: run <code>cvmfs-svc login</code> again.</p>';
+  }
+  if (err.userCode || err.name === 'NoCodeError') {
+    return '<p class="error" role="alert">No such code: check it and try again.</p>';
+  }
+  return '<p class="error" role="alert">The code could not be checked: try again.</p>';
 }
 
 function loginForm(uid, clientName, username = '', error = '') {
@@ -208,6 +257,11 @@ async function grantEverything(details) {
 }
 
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/device' || ctx.path.startsWith('/device/')) {
+    ctx.set('Cache-Control', 'no-store');
+    ctx.set('Content-Security-Policy', devicePagePolicy);
+    return next();
+  }
   const match = ctx.path.match(/^\/interaction\/([\w-]+)(\/login)?$/);
   if (!match) return next();
   ctx.set('Cache-Control', 'no-store');
