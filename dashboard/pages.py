@@ -262,6 +262,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             image_push=instructions.image_push(svc.settings),
             images=images,
             images_error=images_error,
+            api_url=svc.settings.api.base_url,
         )
 
     @router.post("/repositories")

@@ -9,6 +9,7 @@ holds whichever module adds an import; it times nothing.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,46 @@ def test_repo_create_and_import_load_only_what_they_use(tmp_path: Path) -> None:
         if name in loaded or any(m.startswith(name + ".") for m in loaded)
     )
     assert offending == [], f"a repo command loaded {offending}: import them inside the command"
+
+
+def test_token_with_a_valid_saved_token_loads_no_http_client_nor_settings(tmp_path: Path) -> None:
+    # `curl -H "Authorization: Bearer $(cvmfs-svc token)"` runs it before every call: with a
+    # token that is still valid it only reads the file (login/cli.py).
+    (tmp_path / "cvmfs-svc").mkdir(mode=0o700)
+    saved = {
+        "issuer": "http://127.0.0.1:1/",
+        "client_id": "cvmfs-cli",
+        "token_endpoint": "http://127.0.0.1:1/token",
+        "access_token": "a.saved.token",
+        "refresh_token": "r",
+        "expires_at": 4102444800,  # 2100
+    }
+    (tmp_path / "cvmfs-svc" / "token.json").write_text(json.dumps(saved))
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps([["token"]])],
+        cwd=REPO_ROOT,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("a.saved.token\n")
+    loaded = set(json.loads(child.stdout.rsplit("LOADED ", 1)[1]))
+    assert "login.token_file" in loaded  # the check sees the command's own import
+    forbidden = (
+        "httpx",
+        "prefect",
+        "fastapi",
+        "uvicorn",
+        "boto3",
+        "service.settings",
+        "stack.manager",
+    )
+    offending = sorted(
+        name
+        for name in forbidden
+        if name in loaded or any(m.startswith(name + ".") for m in loaded)
+    )
+    assert offending == [], f"`cvmfs-svc token` loaded {offending}"

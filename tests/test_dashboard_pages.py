@@ -100,6 +100,9 @@ def test_each_user_sees_their_repositories_and_their_groups(world: ApiWorld) -> 
     # alice has her personal repository: a link to it, no button to request another.
     assert 'id="request-personal"' not in alice and 'id="personal-exists"' in alice
     assert "which the requester creates with their own S3 account and then shares" in alice
+    # Where a script gets a token for the same listing (cvmfs-svc login, tests/test_cli_login.py).
+    api = world.settings.api.base_url
+    assert f'Bearer $(cvmfs-svc token)" {api}/repositories</code>' in alice
     bob = Browser(world, world.bob()).get("/dashboard/").text
     assert world.bob_repo in bob and world.atlas_repo in bob and world.alice_repo not in bob
 
