@@ -34,41 +34,48 @@ def credentials_help(settings: Settings) -> str:
     return settings.s3.credentials_help
 
 
-def upload_tools(settings: Settings, bucket: str) -> list[UploadTool]:
+def upload_tools(settings: Settings, bucket: str, create_bucket: bool = True) -> list[UploadTool]:
+    """Each tool's lines to upload into `bucket`; with `create_bucket`, its line that creates
+    the bucket first (only for the account that must own it: buckets/ownership.py)."""
     endpoint = s3_endpoint(settings)
     host = endpoint.split("://", 1)[-1]
     https = endpoint.startswith("https://")
     target = f"s3://{bucket}/{UPLOAD_PREFIX}"
     q = shlex.quote
+    s3cmd = (
+        f"s3cmd --access_key=YOUR_KEY --secret_key=YOUR_SECRET --host={q(host)} "
+        f"--host-bucket={q(host)}{'' if https else ' --no-ssl'}"
+    )
+
+    def lines(*commands: str | None) -> str:
+        return "\n".join(c for c in commands if c is not None)
+
     return [
         UploadTool(
             name="aws cli",
-            commands=(
-                "export AWS_ACCESS_KEY_ID=YOUR_KEY AWS_SECRET_ACCESS_KEY=YOUR_SECRET\n"
-                f"aws --endpoint-url {q(endpoint)} s3 mb s3://{bucket}\n"
-                f"aws --endpoint-url {q(endpoint)} s3 sync ./my-software/ {target}\n"
-                f"aws --endpoint-url {q(endpoint)} s3 ls --recursive {target}"
+            commands=lines(
+                "export AWS_ACCESS_KEY_ID=YOUR_KEY AWS_SECRET_ACCESS_KEY=YOUR_SECRET",
+                f"aws --endpoint-url {q(endpoint)} s3 mb s3://{bucket}" if create_bucket else None,
+                f"aws --endpoint-url {q(endpoint)} s3 sync ./my-software/ {target}",
+                f"aws --endpoint-url {q(endpoint)} s3 ls --recursive {target}",
             ),
             modes="keeps no file modes: ELF binaries and #! scripts become 0755, the rest 0644",
         ),
         UploadTool(
             name="s3cmd",
-            commands=(
-                f"s3cmd --access_key=YOUR_KEY --secret_key=YOUR_SECRET --host={q(host)} "
-                f"--host-bucket={q(host)}{'' if https else ' --no-ssl'} mb s3://{bucket}\n"
-                f"s3cmd --access_key=YOUR_KEY --secret_key=YOUR_SECRET --host={q(host)} "
-                f"--host-bucket={q(host)}{'' if https else ' --no-ssl'} "
-                f"sync --preserve ./my-software/ {target}"
+            commands=lines(
+                f"{s3cmd} mb s3://{bucket}" if create_bucket else None,
+                f"{s3cmd} sync --preserve ./my-software/ {target}",
             ),
             modes="keeps each file's mode in x-amz-meta-s3cmd-attrs (--preserve, its default)",
         ),
         UploadTool(
             name="rclone",
-            commands=(
+            commands=lines(
                 "rclone config create cvmfs s3 provider Ceph "
-                f"endpoint {q(endpoint)} access_key_id YOUR_KEY secret_access_key YOUR_SECRET\n"
-                f"rclone mkdir cvmfs:{bucket}\n"
-                f"rclone copy --metadata ./my-software/ cvmfs:{bucket}/{UPLOAD_PREFIX}"
+                f"endpoint {q(endpoint)} access_key_id YOUR_KEY secret_access_key YOUR_SECRET",
+                f"rclone mkdir cvmfs:{bucket}" if create_bucket else None,
+                f"rclone copy --metadata ./my-software/ cvmfs:{bucket}/{UPLOAD_PREFIX}",
             ),
             modes="keeps modification times (its mtime metadata); modes by content as for aws",
         ),
@@ -139,28 +146,45 @@ def image_push(settings: Settings) -> ImagePush:
 
 @dataclass(frozen=True)
 class BucketSharing:
-    """How the account owning a group repository's bucket lets the other members upload."""
+    """How the account owning a group repository's bucket lets the other members upload, as
+    one viewer of the page reads it."""
 
     owner_account: str | None  # the S3 account that must own it (None: any account may)
+    viewer_creates: bool  # the viewer's own account is that one: they create and share it
+    principal: str  # the member named in the policy: the viewer's user, or a placeholder
     policy_file: str
     policy: str
     command: str
 
 
-def bucket_sharing(settings: Settings, bucket: str, owner_account: str | None) -> BucketSharing:
+MEMBER_PLACEHOLDER = "MEMBER"
+
+
+def bucket_sharing(
+    settings: Settings, bucket: str, owner_account: str | None, viewer_account: str | None
+) -> BucketSharing:
     """A bucket policy naming the members' S3 users. The service publishes only the bucket of
     the requester's account (buckets/ownership.py), and a group has no account of its own, so
-    members write into that one bucket; RGW publishes their objects like the owner's."""
+    members write into that one bucket; RGW publishes their objects like the owner's.
+
+    `viewer_account` is the S3 account of whoever reads the page (the same template names
+    it): the owner gets the policy to fill in, another member the policy naming them, which
+    the owner applies."""
+    viewer_creates = owner_account is None or viewer_account == owner_account
+    member = viewer_account if viewer_account and not viewer_creates else MEMBER_PLACEHOLDER
+    principal = f"arn:aws:iam:::user/{member}"
     policy_file = f"{bucket}-members.json"
     policy = (
         '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow",\n'
-        '  "Principal": {"AWS": ["arn:aws:iam:::user/MEMBER"]},\n'
+        f'  "Principal": {{"AWS": ["{principal}"]}},\n'
         '  "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"],\n'
         f'  "Resource": ["arn:aws:s3:::{bucket}", "arn:aws:s3:::{bucket}/*"]}}]}}'
     )
     endpoint = shlex.quote(s3_endpoint(settings))
     return BucketSharing(
         owner_account=owner_account,
+        viewer_creates=viewer_creates,
+        principal=principal,
         policy_file=policy_file,
         policy=policy,
         command=(

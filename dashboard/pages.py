@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from buckets.ownership import expected_owner
-from dashboard import instructions
+from dashboard import instructions, wording
 from dashboard.login import csrf_ok, csrf_token, start_session
 from dashboard.refresh import RenewalRefused, TokenRefresher
 from dashboard.runs import recent_runs, run_url
@@ -46,6 +46,9 @@ from service.keystore import unpacked_fqrn
 log = logging.getLogger("cvmfs.dashboard")
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.filters["code_spans"] = wording.code_spans
+TEMPLATES.env.filters["change_words"] = wording.change_words
+TEMPLATES.env.filters["entry_words"] = wording.entry_words
 BASE = "/dashboard"
 
 
@@ -310,12 +313,14 @@ def dashboard_router(oauth: Any) -> APIRouter:
             status = operations.request_status(svc, caller, request_id)
         except ApiError as error:
             return JSONResponse({"error": error.reason}, status_code=error.status_code)
+        text = status.status + (f": {status.reason}" if status.reason else "")
         return JSONResponse(
             {
                 "status": status.status,
                 "reason": status.reason,
                 "done": status.status != "pending",
-                "text": status.status + (f": {status.reason}" if status.reason else ""),
+                "text": text,
+                "html": str(wording.code_spans(text)),
             },
             headers={"Cache-Control": "no-store"},
         )
@@ -336,6 +341,8 @@ def dashboard_router(oauth: Any) -> APIRouter:
                 "current_revision": detail.current_revision,
                 "done": not _settling(detail),
                 "text": _status_text(detail),
+                # What the page shows (the text's `commands` as code), escaped here once.
+                "html": str(wording.code_spans(_status_text(detail))),
             },
             headers={"Cache-Control": "no-store"},
         )
@@ -373,6 +380,17 @@ def dashboard_router(oauth: Any) -> APIRouter:
             for t in (history.tags if history else [])
             if not t.name.startswith("generic-") and t.name not in ("trunk", "trunk-previous")
         ]
+        rules = svc.settings.provisioning
+        sharing = (
+            instructions.bucket_sharing(
+                svc.settings,
+                detail.bucket,
+                expected_owner(rules, detail.owner_username, detail.owner_subject),
+                expected_owner(rules, caller.identity.username, caller.subject),
+            )
+            if detail.group
+            else None
+        )
         return _render(
             request,
             "repository.html",
@@ -385,16 +403,10 @@ def dashboard_router(oauth: Any) -> APIRouter:
             publisher_commands=instructions.publisher_commands(
                 fqrn, operations.publisher_mkfs_command(svc.settings, fqrn)
             ),
-            tools=instructions.upload_tools(svc.settings, detail.bucket),
-            sharing=instructions.bucket_sharing(
-                svc.settings,
-                detail.bucket,
-                expected_owner(
-                    svc.settings.provisioning, detail.owner_username, detail.owner_subject
-                ),
-            )
-            if detail.group
-            else None,
+            tools=instructions.upload_tools(
+                svc.settings, detail.bucket, create_bucket=sharing is None or sharing.viewer_creates
+            ),
+            sharing=sharing,
             endpoint=instructions.s3_endpoint(svc.settings),
             credentials_help=instructions.credentials_help(svc.settings),
             prefix=instructions.UPLOAD_PREFIX,
@@ -516,10 +528,10 @@ def _settling(repo: RepositorySummary) -> bool:
 
 
 def _status_text(detail: RepositoryDetail) -> str:
-    """The status, the last error of a failed one, and what the bucket's state says (when the
-    status carries one: "waiting for bucket X", "bucket X belongs to another user")."""
-    message = detail.bucket_state.message if detail.bucket_state.state != "wired" else None
+    """The status, the last error of a failed one, and in a few words where its bucket stands
+    (both pages show the bucket's own message, with what to do, beside it)."""
     text: str = detail.status
     if detail.status == "failed" and detail.last_error:
         text += f": {detail.last_error}"
-    return text + (f" ({message})" if message else "")
+    bucket = wording.bucket_words(detail.bucket_state.state)
+    return text + (f" ({bucket})" if bucket else "")

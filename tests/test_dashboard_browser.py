@@ -36,8 +36,10 @@ def service(
     idp: Settings,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
-    """The whole service, its OIDC issuer the stack's provider (the default settings)."""
-    settings = vault
+    """The whole service, its OIDC issuer the stack's provider (the default settings): each
+    demo user owns the buckets they create, so the bucket-owner check is on, as in production."""
+    rules = vault.provisioning.model_copy(update={"require_bucket_owner": True})
+    settings = vault.model_copy(update={"provisioning": rules})
     logs = tmp_path_factory.mktemp("dashboard-service-logs")
     print(f"\nservice logs: {logs}")
     deployments = ("provision/provision", "sync/sync", "rollback/rollback", "tag/tag")
@@ -144,6 +146,9 @@ def test_a_researcher_requests_uploads_mounts_tags_and_rolls_back(
         WAIT_S,
     )
     browser.shot("waiting-for-bucket")
+    # The command in the bucket's message is shown as code, not between backticks.
+    command = browser.find("#repositories .bucket-state code").text
+    assert command.endswith(f"s3 mb s3://{bucket}") and "`" not in row()
     s3 = s3_as(settings, alice)
     s3.create_bucket(Bucket=bucket)  # afterwards, as the user's guide says
     # Still no reload by hand: the page polls until the bucket is connected.
@@ -156,7 +161,7 @@ def test_a_researcher_requests_uploads_mounts_tags_and_rolls_back(
 
     browser.click(f'a[href="/dashboard/repositories/{fqrn}"]', "repository")
     assert browser.find("#bucket").text == bucket
-    assert "wired" in browser.find("#bucket-state").text
+    assert "is connected" in browser.find("#bucket-state").text
     assert browser.find("#endpoint").text == settings.s3_public_url
     s3.put_object(Bucket=bucket, Key="cvmfs/hello.txt", Body=b"hello v1\n")
     browser.reload_until(
@@ -251,6 +256,8 @@ def test_group_repositories_for_members_managers_and_nobody_else(
     bob.click(f'a[href="/dashboard/repositories/{fqrn}"]', "group-repository-member")
     # bob requested it, so he owns it: keys, sync and rollback are his.
     assert bob.finds("#download-keys") and bob.finds("#sync-now")
+    # His S3 account owns the bucket: his page creates and shares it.
+    assert "s3 mb s3://atlas" in bob.text() and not bob.finds("#bucket-created-by-owner")
     log_out(bob, settings)
 
     carol = _open(browsers, shots, "carol")
@@ -258,9 +265,12 @@ def test_group_repositories_for_members_managers_and_nobody_else(
     carol.click(f'a[href="/dashboard/repositories/{fqrn}"]', "group-repository-manager")
     # carol manages the group: she gets the keys, but runs nothing on bob's repository.
     assert carol.finds("#download-keys") and not carol.finds("#sync-now")
-    # The bucket is bob's; the page's policy, naming carol's S3 user, lets her upload into it,
-    # and what she puts there (an object of hers in his bucket) is published.
-    policy = carol.find("#bucket-policy").text.replace("MEMBER", "carol")
+    # The bucket is bob's: her page says he creates it (no create line for her), and the
+    # policy he applies, naming her S3 user, lets her upload into it; what she puts there (an
+    # object of hers in his bucket) is published.
+    assert carol.finds("#bucket-created-by-owner") and "s3 mb" not in carol.text()
+    assert carol.find("#bucket-member").text == "arn:aws:iam:::user/carol"
+    policy = carol.find("#bucket-policy").text
     s3_as(settings, demo_user("bob")).put_bucket_policy(Bucket="atlas", Policy=policy)
     carol_s3 = s3_as(settings, demo_user("carol"))
     carol_s3.put_object(Bucket="atlas", Key="cvmfs/from-carol.txt", Body=b"carol\n")

@@ -17,9 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from buckets.ownership import BucketCheck, judge_bucket
 from cvmfs.keys import generate_keyset
 from cvmfs.storage import LocalStorage
-from cvmfs.writer import create_repository
+from cvmfs.writer import RepositoryWriter, create_repository
 from dashboard.app import COOKIE_NAME, session_secret
 from dashboard.sessions import SessionStore, session_signer
 from service.keystore import SERVICE_KEY_OWNER, unpacked_fqrn
@@ -34,7 +35,10 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 def world(
     rabbitmq: Settings, vault: Settings, prefect_server: Settings, stratum0_http: Settings
 ) -> Iterator[ApiWorld]:
-    with api_world(rabbitmq, vault) as started:
+    # The pages as production shows them: a bucket must belong to its requester's S3 account
+    # (the suite's default turns that off), which decides who is told to create it.
+    rules = vault.provisioning.model_copy(update={"require_bucket_owner": True})
+    with api_world(rabbitmq, vault.model_copy(update={"provisioning": rules})) as started:
         yield started
 
 
@@ -124,7 +128,7 @@ def test_the_repository_page_shows_status_setup_upload_files_and_history(
     assert world.settings.ceph.s3_endpoint in text
     assert re.search(r'href="/dashboard/repositories/[^"]+\?path=/software"', text)
     assert "Revision 3" in text and ">v1<" in text and ">v2<" in text
-    assert "removed <code>/docs/README</code>" in text
+    assert "removed file <code>/docs/README</code>" in text and "type_changed" not in text
     assert 'id="sync-now"' in text and 'id="rollback-submit"' in text
     assert 'id="download-keys"' in text
     assert 'id="bucket-sharing"' not in text  # a personal bucket is shared with nobody
@@ -303,7 +307,13 @@ def test_a_personal_request_shows_its_progress_until_it_is_done(world: ApiWorld)
     poll = re.search(r'data-poll-url="(/dashboard/requests/[^"]+/status.json)"', page)
     assert poll is not None, page
     status = browser.get(poll.group(1)).json()
-    assert status == {"status": "pending", "reason": None, "done": False, "text": "pending"}
+    assert status == {
+        "status": "pending",
+        "reason": None,
+        "done": False,
+        "text": "pending",
+        "html": "pending",
+    }
     # Nothing serves provisioning in this world: the request stays pending; the whole journey
     # (provisioned, then ready) is in tests/test_dashboard_browser.py.
     other = Browser(world, world.bob()).get(poll.group(1))
@@ -365,9 +375,91 @@ def test_a_ready_repository_whose_bucket_is_foreign_is_not_shown_as_done(world: 
     try:
         browser = Browser(world, world.bob())
         page = browser.get(f"/dashboard/repositories/{fqrn}").text
-        assert '<span class="status ready attention">ready (bucket x already exists' in page
+        status = '<span class="status ready attention">ready (its bucket belongs to another S3'
+        assert status in page
+        # The whole message once, beside the bucket; the status line only points at it.
+        assert page.count(message) == 1 and f'id="bucket-state">{message}' in page
         assert (
             '<span class="status ready attention">ready</span>' in browser.get("/dashboard/").text
         )
     finally:
         world.registry.record_bucket_state(fqrn, bucket, "wired", f"bucket {bucket} is connected")
+
+
+def test_commands_in_the_apis_texts_show_as_code_and_nothing_as_markup(world: ApiWorld) -> None:
+    fqrn = world.bob_repo
+    bucket = world.registry.require(fqrn).bucket
+    # As the repository watcher records it, and a refusal whose reason quotes a hostile key.
+    waiting = judge_bucket(BucketCheck(exists=False), bucket, "bob", world.settings.s3_public_url)
+    world.registry.record_bucket_state(fqrn, bucket, "waiting", waiting.message)
+    hostile = "cvmfs/<img src=x onerror=alert(1)>"
+    world.registry.replace_refusals(
+        fqrn, [SyncRefusal(s3_key=hostile, reason=f"remove `{hostile}` and retry", kind="key")]
+    )
+    try:
+        browser = Browser(world, world.bob())
+        mb = f"aws --endpoint-url {world.settings.s3_public_url} s3 mb s3://{bucket}"
+        page = browser.get(f"/dashboard/repositories/{fqrn}").text
+        state = page[page.index('id="bucket-state"') :]
+        assert f"(e.g. <code>{mb}</code>)" in state[: state.index("</dd>")]
+        assert "<code>./svc up</code> prints" in page  # s3.credentials_help
+        assert "`" not in page[page.index("<main>") : page.index("</main>")]
+        assert "<img" not in page
+        assert "remove <code>cvmfs/&lt;img src=x onerror=alert(1)&gt;</code> and retry" in page
+        index = browser.get("/dashboard/").text
+        assert f"(e.g. <code>{mb}</code>)" in index and f"`{mb}`" not in index
+        # The page's polling names the state only: the message with its command is beside it.
+        polled = browser.get(f"/dashboard/repositories/{fqrn}/status.json").json()
+        assert polled["text"] == polled["html"] == "ready (waiting for its bucket)"
+        # The API's JSON keeps the text as written.
+        with world.client(world.bob()) as api:
+            detail = api.get(f"/repositories/{fqrn}").json()
+        assert detail["bucket_state"]["message"] == waiting.message and f"`{mb}`" in (
+            waiting.message
+        )
+        assert detail["refusals"][0]["reason"] == f"remove `{hostile}` and retry"
+    finally:
+        world.registry.replace_refusals(fqrn, [])
+        world.registry.record_bucket_state(fqrn, bucket, "wired", f"bucket {bucket} is connected")
+
+
+def test_the_history_says_in_words_what_changed(world: ApiWorld) -> None:
+    fqrn = world.bob_repo
+    storage = LocalStorage(world.settings.absolute_data_dir / "stratum0" / fqrn)
+    writer = RepositoryWriter.open(storage, fqrn, world.keys[fqrn])
+    with writer.transaction() as txn:
+        txn.add_file("/lib", b"a file first\n")
+        txn.symlink("/current", "lib")
+        txn.publish()
+    with writer.transaction() as txn:
+        txn.remove("/lib")
+        txn.add_file("/lib/libx.so", b"\x7fELF")
+        result = txn.publish()
+    world.registry.record_publish(fqrn, result.revision)
+    page = Browser(world, world.bob()).get(f"/dashboard/repositories/{fqrn}").text
+    history = page[page.index('id="history"') :]
+    assert "<li>changed from file to directory <code>/lib</code></li>" in history
+    assert "<li>added file <code>/lib/libx.so</code></li>" in history
+    assert "<li>added symbolic link <code>/current</code></li>" in history
+    assert "type_changed" not in history and "symlink" not in history
+
+
+def test_the_group_upload_card_tells_members_who_creates_the_bucket(world: ApiWorld) -> None:
+    fqrn = world.group_repo  # requested by alice: her S3 account must own the bucket
+    bucket = world.registry.require(fqrn).bucket
+    owner = Browser(world, world.alice()).get(f"/dashboard/repositories/{fqrn}").text
+    assert f"s3 mb s3://{bucket}\n" in owner and f"rclone mkdir cvmfs:{bucket}\n" in owner
+    assert f" mb s3://{bucket}\n" in owner  # s3cmd's
+    assert 'id="bucket-owner">alice<' in owner and "user/MEMBER" in owner
+    assert 'id="bucket-created-by-owner"' not in owner
+    for who, token in (("carol", world.carol_cms_manager()), ("dave", world.dave_cms_member())):
+        page = Browser(world, token).get(f"/dashboard/repositories/{fqrn}").text
+        upload = page[page.index("<h2>Upload</h2>") : page.index("<h2>Files</h2>")]
+        assert f"mb s3://{bucket}" not in upload and "rclone mkdir" not in upload, who
+        assert 'id="bucket-created-by-owner"' in upload and 'id="bucket-owner">alice<' in upload
+        # The policy alice applies, naming this member, and how they upload afterwards.
+        assert f'id="bucket-member">arn:aws:iam:::user/{who}<' in upload
+        assert f"&#34;arn:aws:iam:::user/{who}&#34;" in upload
+        assert "which alice applies with:" in upload
+        assert f"s3 sync ./my-software/ s3://{bucket}/cvmfs/" in upload
+        assert f"rclone copy --metadata ./my-software/ cvmfs:{bucket}/cvmfs/" in upload

@@ -8,7 +8,9 @@
     fetch(url, { credentials: "same-origin", cache: "no-store" })
       .then(function (response) { return response.json(); })
       .then(function (body) {
-        if (body.text) { element.textContent = body.text; }
+        // `html` is the text escaped by the server, its `commands` as <code> (dashboard/wording.py).
+        if (typeof body.html === "string") { element.innerHTML = body.html; }
+        else if (body.text) { element.textContent = body.text; }
         if (body.done) { window.location.reload(); return; }
         window.setTimeout(function () { poll(element); }, INTERVAL_MS);
       })

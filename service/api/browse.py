@@ -136,7 +136,9 @@ def diff_trees(
         elif after is None:
             changes.append(Change(path=path, change="removed", type=before[0]))
         elif before[0] != after[0]:
-            changes.append(Change(path=path, change="type_changed", type=after[0]))
+            changes.append(
+                Change(path=path, change="type_changed", type=after[0], previous_type=before[0])
+            )
         elif after[0] != "directory":  # a directory's own mtime/size moves with its children
             changes.append(Change(path=path, change="modified", type=after[0]))
         if len(changes) >= MAX_CHANGES_PER_REVISION:

@@ -188,7 +188,10 @@ class Listing(BaseModel):
 class Change(BaseModel):
     path: str
     change: Literal["added", "removed", "modified", "type_changed"]
-    type: EntryType
+    type: EntryType = Field(description="the type after the change; for removed, before it")
+    previous_type: EntryType | None = Field(
+        default=None, description="for type_changed, the type before it; None otherwise"
+    )
 
 
 class Source(BaseModel):
