@@ -9,11 +9,7 @@ their message; the expired one waits in the background while the rest runs.
 from __future__ import annotations
 
 import json
-import os
-import re
 import stat
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,52 +22,12 @@ from service.api import create_app
 from service.repositories import RepositoryClaim, RepositoryRegistry
 from service.settings import Settings
 from stack.idp_users import demo_user
-from tests.conftest import DEVICE_CODE_TTL_S, settings_env
+from tests.cli_login import finish, run_cli, start_login
+from tests.conftest import DEVICE_CODE_TTL_S
 from tests.idp_login import approve_device_code
 from tests.test_api_support import ServedApp, free_port
 
 pytestmark = [pytest.mark.stack]
-
-CLI = Path(sys.executable).parent / "cvmfs-svc"
-_PROMPT = re.compile(r"Open (\S+) in a browser and check that it shows the code (\S+)")
-
-
-def _env(settings: Settings, home: Path) -> dict[str, str]:
-    return {**os.environ, **settings_env(settings), "XDG_CONFIG_HOME": str(home)}
-
-
-def _start_login(settings: Settings, home: Path) -> tuple[subprocess.Popen[str], str, str]:
-    """`cvmfs-svc login` running, with the complete verification URL and code it printed."""
-    process = subprocess.Popen(
-        [str(CLI), "login"],
-        env=_env(settings, home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    prompt = _PROMPT.search(first)
-    if prompt is None:
-        process.kill()
-        raise AssertionError(f"login printed {first!r}; stderr: {process.communicate()[1]}")
-    return process, prompt.group(1), prompt.group(2)
-
-
-def _finish(process: subprocess.Popen[str], timeout_s: float) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout_s)
-    return process.returncode, out, err
-
-
-def _token(settings: Settings, home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CLI), "token"],
-        env=_env(settings, home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def _listed(port: int, token: str) -> set[str]:
@@ -88,23 +44,23 @@ def test_device_login_token_renewal_logout_denial_and_expiry(idp: Settings, tmp_
     carol = demo_user("carol")
     password = carol.password.get_secret_value()
     # Started first: its code expires while the rest of the test runs.
-    expiring, _, expiring_code = _start_login(idp, tmp_path / "expiring")
+    expiring, _, expiring_code = start_login(idp, tmp_path / "expiring")
     started = time.monotonic()
 
-    denied, denied_url, denied_code = _start_login(idp, tmp_path / "denied")
+    denied, denied_url, denied_code = start_login(idp, tmp_path / "denied")
     denial = approve_device_code(denied_url, denied_code, carol.username, password, deny=True)
     assert "The sign-in was denied." in denial.text
-    code, _, err = _finish(denied, timeout_s=30)
+    code, _, err = finish(denied, timeout_s=30)
     assert code != 0
     assert "was denied at the issuer; nothing was saved" in err
     assert "run `cvmfs-svc login` again" in err
     assert not (tmp_path / "denied" / "cvmfs-svc" / "token.json").exists()
 
     home = tmp_path / "carol"
-    login, url, user_code = _start_login(idp, home)
+    login, url, user_code = start_login(idp, home)
     signed_in = approve_device_code(url, user_code, carol.username, password)
     assert signed_in.status_code == 200 and "is signed in" in signed_in.text, signed_in.text
-    code, out, err = _finish(login, timeout_s=30)
+    code, out, err = finish(login, timeout_s=30)
     assert code == 0, err
     assert f"Logged in as {carol.username}" in out
     token_file = home / "cvmfs-svc" / "token.json"
@@ -136,7 +92,7 @@ def test_device_login_token_renewal_logout_denial_and_expiry(idp: Settings, tmp_
     finally:
         registry.close()
     with ServedApp(create_app(api_settings), port):
-        printed = _token(idp, home)
+        printed = run_cli(idp, home, "token")
         assert printed.returncode == 0, printed.stderr
         first = printed.stdout.strip()
         assert first == saved["access_token"]  # valid for an hour: printed as saved
@@ -144,7 +100,7 @@ def test_device_login_token_renewal_logout_denial_and_expiry(idp: Settings, tmp_
 
         # Expiring within the minute: renewed with the refresh token, and the file updated.
         token_file.write_text(json.dumps({**saved, "expires_at": time.time() + 30}))
-        renewed = _token(idp, home)
+        renewed = run_cli(idp, home, "token")
         assert renewed.returncode == 0, renewed.stderr
         second = renewed.stdout.strip()
         assert second != first
@@ -153,22 +109,20 @@ def test_device_login_token_renewal_logout_denial_and_expiry(idp: Settings, tmp_
         assert after["access_token"] == second and after["expires_at"] > time.time() + 600
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
-    logout = subprocess.run(
-        [str(CLI), "logout"], env=_env(idp, home), capture_output=True, text=True, timeout=60
-    )
+    logout = run_cli(idp, home, "logout")
     assert logout.returncode == 0, logout.stderr
     assert "revoked its refresh token" in logout.stdout
     assert not token_file.exists()
-    missing = _token(idp, home)
+    missing = run_cli(idp, home, "token")
     assert missing.returncode != 0 and "run `cvmfs-svc login`" in missing.stderr
     # The revoked refresh token renews nothing, even from a copy of the file.
     token_file.write_text(json.dumps({**after, "expires_at": time.time()}))
-    refused = _token(idp, home)
+    refused = run_cli(idp, home, "token")
     assert refused.returncode != 0
     assert "the issuer refused to renew the token" in refused.stderr
     assert "run `cvmfs-svc login` again" in refused.stderr
 
-    code, _, err = _finish(expiring, timeout_s=DEVICE_CODE_TTL_S + 30)
+    code, _, err = finish(expiring, timeout_s=DEVICE_CODE_TTL_S + 30)
     assert time.monotonic() - started >= DEVICE_CODE_TTL_S - 1
     assert code != 0
     assert f"the code {expiring_code} expired before it was approved" in err

@@ -19,6 +19,7 @@ from mypy_boto3_s3 import S3Client
 from service.settings import Settings
 from stack.idp_users import DemoUser, demo_user
 from tests.browser import Browser, screenshots_dir
+from tests.cli_login import finish, start_login
 from tests.service_processes import running_service
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -284,3 +285,35 @@ def test_group_repositories_for_members_managers_and_nobody_else(
     keys = carol.downloaded(f"{fqrn}.keys.json")
     assert '"masterKey": "-----BEGIN' in keys
     log_out(carol, settings)
+
+
+def test_the_command_line_login_in_chromium(
+    idp: Settings, browsers: dict[str, Browser], shots: Path, tmp_path: Path
+) -> None:
+    """The pages `cvmfs-svc login` sends a user to, in a real browser (only the provider runs).
+
+    The complete URL submits its code by the provider's script (allowed by the page's CSP
+    hash), so the browser lands on the confirmation; the plain URL takes the typed code.
+    """
+    denied, complete_url, _ = start_login(idp, tmp_path / "denied")
+    approved, _, user_code = start_login(idp, tmp_path / "approved")
+    dave = _open(browsers, shots, "dave-cli")
+    dave.visit(complete_url, "device-complete-url")
+    dave.wait(lambda: bool(dave.finds("#user-code")), "the confirmation page")
+    dave.click("button[name=abort]", "device-denied")
+    assert "The sign-in was denied." in dave.text()
+    code, _, err = finish(denied, timeout_s=30)
+    assert code != 0 and "was denied at the issuer" in err
+
+    dave.visit(idp.oidc.issuer_url.rstrip("/") + "/device", "device-enter-code")
+    dave.find("input[name=user_code]").send_keys(user_code)
+    dave.click("button[form='op.deviceInputForm']", "device-confirm")
+    assert dave.find("#user-code").text == user_code
+    dave.click("button[form='op.deviceConfirmForm'][autofocus]", "device-login-page")
+    dave.find("#username").send_keys("dave")
+    dave.find("#password").send_keys(demo_user("dave").password.get_secret_value())
+    dave.click("button[type=submit]", "device-signed-in")
+    assert "is signed in" in dave.text()
+    code, out, err = finish(approved, timeout_s=30)
+    assert code == 0, err
+    assert "Logged in as dave" in out

@@ -198,7 +198,8 @@ function page(title, body) {
 <html lang="en"><head><meta charset="utf-8"><title>${escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font-family:sans-serif;max-width:26em;margin:3em auto}label{display:block;margin-top:1em}
-input{width:100%;padding:.4em}button{margin-top:1.5em;padding:.5em 2em}.error{color:#a00}</style>
+input{width:100%;padding:.4em}button{margin-top:1.5em;padding:.5em 2em}.error{color:#a00}
+#user-code{font-size:1.6em;letter-spacing:.1em}</style>
 </head><body><h1>${escape(title)}</h1>${body}</body></html>`;
 }
 
