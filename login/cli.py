@@ -92,7 +92,7 @@ def login_command(issuer: str | None, client_id: str | None) -> None:
 @click.command("token")
 def token_command() -> None:
     """Print a valid access token of `cvmfs-svc login`, renewed when it expires within a minute."""
-    from login.errors import LoginError, NotLoggedIn
+    from login.errors import LoginError
     from login.token_file import TokenFile, default_token_file
 
     token_file = TokenFile(default_token_file())
@@ -104,9 +104,7 @@ def token_command() -> None:
                 saved = _saved_or_fail(token_file)
                 if saved.expires_within(RENEW_BEFORE_S):
                     saved = _renewed(token_file, saved)
-    except NotLoggedIn as exc:
-        raise click.ClickException(str(exc)) from exc
-    except LoginError as exc:
+    except LoginError as exc:  # NotLoggedIn, or an issuer that could not be reached
         raise click.ClickException(str(exc)) from exc
     click.echo(saved.access_token)
 
@@ -118,6 +116,9 @@ def logout_command() -> None:
     from login.token_file import TokenFile, default_token_file
 
     token_file = TokenFile(default_token_file())
+    if not token_file.path.exists():
+        click.echo(f"Not logged in (no {token_file.path}).")
+        return
     with token_file.locked():
         try:
             saved = token_file.load()
