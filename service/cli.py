@@ -76,7 +76,7 @@ def welcome_text(settings: Settings) -> str:
         f"demo S3 user    {ceph.demo_user}: access key {ceph.demo_access_key}, "
         f"secret key {ceph.demo_secret_key.get_secret_value()}\n"
         f"user API        {settings.api.base_url}  (docs {settings.api.base_url}/docs)\n"
-        f"  token: ./svc login, then curl -H \"Authorization: Bearer $(./svc token)\" "
+        f'  token: ./svc login, then curl -H "Authorization: Bearer $(./svc token)" '
         f"{settings.api.base_url}/repositories\n"
         f"OIDC issuer     {settings.oidc.issuer_url}  (client {settings.oidc.client_id})\n"
         f"Prefect UI      {settings.prefect.ui_url}\n"
