@@ -111,10 +111,23 @@ def _flash(request: Request, kind: str, text: str, link: str | None = None) -> N
 
 def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     flashes = request.session.pop("flash", []) if request.session.get("flash") else []
+    user = context.get("user")
+    manager_subgroup = _services(request).settings.api.manager_subgroup
+    user_groups = (
+        wording.group_words(user.identity.groups, manager_subgroup)
+        if isinstance(user, Caller)
+        else []
+    )
     return TEMPLATES.TemplateResponse(
         request,
         template,
-        {"base": BASE, "csrf": csrf_token(request), "flashes": flashes, **context},
+        {
+            "base": BASE,
+            "csrf": csrf_token(request),
+            "flashes": flashes,
+            "user_groups": user_groups,
+            **context,
+        },
         status_code=status_code,
     )
 
@@ -249,6 +262,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             for request_id in request.session.get("requests", [])
             if svc.registry.request(request_id) is not None
         ]
+        member_of, suggested = _group_request(svc, caller, repositories)
         return _render(
             request,
             "index.html",
@@ -257,7 +271,8 @@ def dashboard_router(oauth: Any) -> APIRouter:
             settling={r.fqrn for r in repositories if _settling(r)},
             pending=[p for p in pending if p.status == "pending"],
             failed=[p for p in pending if p.status in ("refused", "failed")],
-            groups=operations.visible_groups(svc, caller),
+            member_of=member_of,
+            suggested=suggested,
             # One personal repository per user (and a user sees no one else's): its link
             # instead of a button that would request it again.
             personal=next((r for r in repositories if r.kind == "personal"), None),
@@ -520,6 +535,18 @@ _SHOWN_FIELDS = frozenset(
 
 def _extra_fields(detail: RepositoryDetail) -> dict[str, Any]:
     return {k: v for k, v in detail.model_dump().items() if k not in _SHOWN_FIELDS}
+
+
+def _group_request(
+    svc: ApiServices, caller: Caller, repositories: list[RepositorySummary]
+) -> tuple[list[str], list[str]]:
+    """The groups the caller may request a repository for (a member's, not the managers'
+    subgroup, which names a role: its repository would be called `managers`), and of those
+    the ones without a repository yet, which the form suggests."""
+    suffix = "/" + svc.settings.api.manager_subgroup.strip("/")
+    member_of = sorted(g for g in caller.identity.groups if not g.endswith(suffix))
+    served = {r.group for r in repositories if r.kind == "group"}
+    return member_of, [g for g in member_of if g not in served]
 
 
 def _settling(repo: RepositorySummary) -> bool:

@@ -52,7 +52,8 @@ def recent_runs(
                 id=str(run["id"]),
                 name=str(run.get("name", "")),
                 state=str(state.get("name") or state.get("type") or "unknown"),
-                started=dt.datetime.fromisoformat(started) if started else None,
+                # Prefect answers in UTC; converted anyway, since the page says UTC.
+                started=dt.datetime.fromisoformat(started).astimezone(dt.UTC) if started else None,
                 url=run_url(ui_url, str(run["id"])),
             )
         )

@@ -8,6 +8,7 @@ pages keep every text as it is and only change how it is shown.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from markupsafe import Markup, escape
 
@@ -64,3 +65,21 @@ _BUCKET_WORDS = {
 def bucket_words(state: str) -> str | None:
     """A few words for a bucket state that needs the user's attention; None for `wired`."""
     return _BUCKET_WORDS.get(state)
+
+
+def group_words(groups: Iterable[str], manager_subgroup: str) -> list[str]:
+    """The caller's groups as the header names them, sorted: `atlas`, `atlas (manager)` for a
+    member who also manages it, `manager of cms` for a manager only; the role's own group
+    path (`atlas/managers`) is how the identity provider says it, not a group of its own."""
+    suffix = "/" + manager_subgroup.strip("/")
+    names = set(groups)
+    managed = {g.removesuffix(suffix) for g in names if g.endswith(suffix)}
+    words = []
+    for group in sorted((names - {g + suffix for g in managed}) | managed):
+        if group not in managed:
+            words.append(group)
+        elif group in names:
+            words.append(f"{group} (manager)")
+        else:
+            words.append(f"manager of {group}")
+    return words

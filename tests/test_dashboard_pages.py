@@ -109,6 +109,25 @@ def test_each_user_sees_their_repositories_and_their_groups(world: ApiWorld) -> 
     assert f'Bearer $(cvmfs-svc token)" {api}/repositories</code>' in alice
     bob = Browser(world, world.bob()).get("/dashboard/").text
     assert world.bob_repo in bob and world.atlas_repo in bob and world.alice_repo not in bob
+    # atlas has its repository: the form suggests no group (it would request it again).
+    assert 'id="user-groups">(atlas)<' in bob and 'id="request-group"' in bob
+    assert '<option value="atlas">' not in bob and 'placeholder="group name"' in bob
+    # A manager's role is worded, and its group path (higgs/managers) is never suggested: its
+    # repository would be called "managers".
+    higgs = world.issuer.mint(
+        sub="sub-hana",
+        preferred_username="hana",
+        groups=["higgs", "higgs/managers"],
+        **{"wlcg.groups": []},
+    )
+    hana = Browser(world, higgs).get("/dashboard/").text
+    assert 'id="user-groups">(higgs (manager))<' in hana
+    assert '<option value="higgs">' in hana and 'placeholder="higgs"' in hana
+    assert "higgs/managers" not in hana
+    # Manager of cms but member of no group: no form that could only be refused.
+    carol = Browser(world, world.carol_cms_manager()).get("/dashboard/").text
+    assert 'id="user-groups">(manager of cms)<' in carol and world.group_repo in carol
+    assert 'id="no-group"' in carol and 'id="request-group"' not in carol
 
 
 def test_the_repository_page_shows_status_setup_upload_files_and_history(
@@ -128,6 +147,7 @@ def test_the_repository_page_shows_status_setup_upload_files_and_history(
     assert world.settings.ceph.s3_endpoint in text
     assert re.search(r'href="/dashboard/repositories/[^"]+\?path=/software"', text)
     assert "Revision 3" in text and ">v1<" in text and ">v2<" in text
+    assert "(the repository created, empty)" in text  # revision 1, as mkfs leaves it
     assert "removed file <code>/docs/README</code>" in text and "type_changed" not in text
     assert 'id="sync-now"' in text and 'id="rollback-submit"' in text
     assert 'id="download-keys"' in text
@@ -136,6 +156,7 @@ def test_the_repository_page_shows_status_setup_upload_files_and_history(
         f"/dashboard/repositories/{world.alice_repo}", params={"path": "/software"}
     )
     assert ">tool<" in software.text and "rwxr-xr-x" in software.text
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", software.text)
 
 
 def test_client_files_download_with_the_key_and_the_server_url(world: ApiWorld) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from dashboard.wording import change_words, code_spans, entry_words
+from dashboard.wording import change_words, code_spans, entry_words, group_words
 from service.api.browse import diff_trees
 from service.api.models import Change, EntryType
 
@@ -49,4 +49,14 @@ def test_a_type_change_names_the_type_before_and_after() -> None:
         "changed from file to directory",
         "added file",
         "changed from file to symbolic link",
+    ]
+
+
+def test_a_managers_role_is_worded_not_shown_as_a_group_path() -> None:
+    assert group_words(["atlas/managers", "atlas"], "managers") == ["atlas (manager)"]
+    assert group_words(["cms/managers"], "/managers/") == ["manager of cms"]
+    assert group_words(["higgs", "cms/production", "cms"], "managers") == [
+        "cms",
+        "cms/production",
+        "higgs",
     ]
