@@ -499,7 +499,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             svc = _services(request)
             operations.take_rate(svc, caller)
             body = TagRequest(tag=tag.strip() or "-", description=description)
-            _started(request, f"Tag {tag!r}", operations.start_tag(svc, caller, fqrn, body))
+            _started(request, f"Tag `{body.tag}`", operations.start_tag(svc, caller, fqrn, body))
 
         return _post_action(request, csrf_token, _repo_url(fqrn), act)
 
@@ -515,7 +515,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             operations.take_rate(svc, caller)
             body = RollbackRequest(tag=tag)
             started = operations.start_rollback(svc, caller, fqrn, body, secrets.token_hex(8))
-            _started(request, f"Rollback to {tag!r}", started)
+            _started(request, f"Rollback to `{tag}`", started)
 
         return _post_action(request, csrf_token, _repo_url(fqrn), act)
 

@@ -108,7 +108,9 @@ def test_a_demo_user_logs_in_and_out_through_the_provider(
         value = http.cookies[COOKIE_NAME]
         assert "." in value and len(value) < 120  # a signed random id, no token in it
         page = http.get(f"{dashboard.api.base_url}/dashboard/")
-        assert 'id="username">carol<' in page.text and "(atlas (manager))" in page.text
+        assert (
+            'id="username">carol<' in page.text and 'id="user-groups">atlas (manager)<' in page.text
+        )
         tokens_in_page = re.findall(r"eyJ[\w-]+\.[\w-]+\.[\w-]+", page.text)
         assert tokens_in_page == []
 

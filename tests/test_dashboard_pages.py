@@ -110,7 +110,7 @@ def test_each_user_sees_their_repositories_and_their_groups(world: ApiWorld) -> 
     bob = Browser(world, world.bob()).get("/dashboard/").text
     assert world.bob_repo in bob and world.atlas_repo in bob and world.alice_repo not in bob
     # atlas has its repository: the form suggests no group (it would request it again).
-    assert 'id="user-groups">(atlas)<' in bob and 'id="request-group"' in bob
+    assert 'id="user-groups">atlas<' in bob and 'id="request-group"' in bob
     assert '<option value="atlas">' not in bob and 'placeholder="group name"' in bob
     # A manager's role is worded, and its group path (higgs/managers) is never suggested: its
     # repository would be called "managers".
@@ -121,12 +121,12 @@ def test_each_user_sees_their_repositories_and_their_groups(world: ApiWorld) -> 
         **{"wlcg.groups": []},
     )
     hana = Browser(world, higgs).get("/dashboard/").text
-    assert 'id="user-groups">(higgs (manager))<' in hana
+    assert 'id="user-groups">higgs (manager)<' in hana
     assert '<option value="higgs">' in hana and 'placeholder="higgs"' in hana
     assert "higgs/managers" not in hana
     # Manager of cms but member of no group: no form that could only be refused.
     carol = Browser(world, world.carol_cms_manager()).get("/dashboard/").text
-    assert 'id="user-groups">(manager of cms)<' in carol and world.group_repo in carol
+    assert 'id="user-groups">manager of cms<' in carol and world.group_repo in carol
     assert 'id="no-group"' in carol and 'id="request-group"' not in carol
 
 
@@ -310,6 +310,11 @@ def test_sync_now_starts_a_run_and_links_it_in_prefect(world: ApiWorld) -> None:
     assert link is not None, page
     run = httpx.get(f"{world.settings.prefect.api_url}/flow_runs/{link.group(1)}").json()
     assert run["parameters"]["req"]["repo"] == world.alice_repo
+    # The flash names what was started in the page's words, the tag as code (not 'v9').
+    tagged = browser.follow(
+        browser.post(f"/dashboard/repositories/{world.alice_repo}/tag", {"tag": "v9"})
+    )
+    assert "Tag <code>v9</code>: flow run started\n    — <a href=" in tagged.text, tagged.text
 
 
 def test_a_group_repository_is_refused_to_a_non_member(world: ApiWorld) -> None:
