@@ -555,10 +555,7 @@ def _settling(repo: RepositorySummary) -> bool:
 
 
 def _status_text(detail: RepositoryDetail) -> str:
-    """The status, the last error of a failed one, and in a few words where its bucket stands
-    (both pages show the bucket's own message, with what to do, beside it)."""
-    text: str = detail.status
-    if detail.status == "failed" and detail.last_error:
-        text += f": {detail.last_error}"
+    """The status and, in a few words, where its bucket stands; the bucket's own message (what
+    to do) and a failed repository's last error are shown beside it, each once."""
     bucket = wording.bucket_words(detail.bucket_state.state)
-    return text + (f" ({bucket})" if bucket else "")
+    return detail.status + (f" ({bucket})" if bucket else "")

@@ -393,6 +393,21 @@ def test_refused_uploads_are_listed_with_their_reasons(world: ApiWorld) -> None:
     assert 'id="refusals">none<' in page
 
 
+def test_a_failed_repository_shows_its_error_once(world: ApiWorld) -> None:
+    fqrn = world.bob_repo
+    bucket = world.registry.require(fqrn).bucket
+    world.registry.record_bucket_state(fqrn, bucket, "wired", f"bucket {bucket} is connected")
+    error = "the stratum-0 storage is full; run `df -h` on the stratum-0 host"
+    world.registry.set_status(fqrn, "failed", error)
+    try:
+        page = Browser(world, world.bob()).get(f"/dashboard/repositories/{fqrn}").text
+        shown = "the stratum-0 storage is full; run <code>df -h</code> on the stratum-0 host"
+        assert page.count(shown) == 1 and f'<dd class="error">{shown}</dd>' in page
+        assert '<span class="status failed">failed</span>' in page
+    finally:
+        world.registry.set_status(fqrn, "ready")
+
+
 def test_a_ready_repository_whose_bucket_is_foreign_is_not_shown_as_done(world: ApiWorld) -> None:
     fqrn = world.bob_repo
     bucket = world.registry.require(fqrn).bucket
