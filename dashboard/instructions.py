@@ -192,3 +192,14 @@ def bucket_sharing(
             f"--policy file://{policy_file}"
         ),
     )
+
+
+def waiting_for_owner(bucket: str, owner_account: str, owner_username: str) -> str:
+    """The waiting bucket's state as a member who cannot create it reads it: the service's
+    message tells the owner to create it (`s3 mb`), which under a member's own account would
+    make a bucket the service refuses as another account's."""
+    return (
+        f"waiting for bucket {bucket}: only the S3 account {owner_account} (of {owner_username}, "
+        "who requested the repository) can create it; it is connected within a minute, and the "
+        "repository's Upload section says how you upload into it"
+    )

@@ -263,6 +263,9 @@ def dashboard_router(oauth: Any) -> APIRouter:
             if svc.registry.request(request_id) is not None
         ]
         member_of, suggested = _group_request(svc, caller, repositories)
+        bucket_messages = {
+            r.fqrn: _bucket_message(r, _index_sharing(svc, caller, r)) for r in repositories
+        }
         return _render(
             request,
             "index.html",
@@ -272,6 +275,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             pending=[p for p in pending if p.status == "pending"],
             failed=[p for p in pending if p.status in ("refused", "failed")],
             member_of=member_of,
+            bucket_messages=bucket_messages,
             suggested=suggested,
             # One personal repository per user (and a user sees no one else's): its link
             # instead of a button that would request it again.
@@ -395,14 +399,8 @@ def dashboard_router(oauth: Any) -> APIRouter:
             for t in (history.tags if history else [])
             if not t.name.startswith("generic-") and t.name not in ("trunk", "trunk-previous")
         ]
-        rules = svc.settings.provisioning
         sharing = (
-            instructions.bucket_sharing(
-                svc.settings,
-                detail.bucket,
-                expected_owner(rules, detail.owner_username, detail.owner_subject),
-                expected_owner(rules, caller.identity.username, caller.subject),
-            )
+            _sharing(svc, caller, detail.bucket, detail.owner_username, detail.owner_subject)
             if detail.group
             else None
         )
@@ -411,6 +409,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
             "repository.html",
             user=caller,
             repo=detail,
+            bucket_message=_bucket_message(detail, sharing),
             settling=_settling(detail),
             extra=_extra_fields(detail),
             status_text=_status_text(detail),
@@ -535,6 +534,41 @@ _SHOWN_FIELDS = frozenset(
 
 def _extra_fields(detail: RepositoryDetail) -> dict[str, Any]:
     return {k: v for k, v in detail.model_dump().items() if k not in _SHOWN_FIELDS}
+
+
+def _bucket_message(repo: RepositorySummary, sharing: instructions.BucketSharing | None) -> str:
+    """What the page says about the repository's bucket: the service's message, except that
+    a member who cannot create a waiting bucket is not told to create it."""
+    state = repo.bucket_state
+    if state.state == "waiting" and sharing is not None and not sharing.viewer_creates:
+        owner_account = sharing.owner_account or repo.owner_username
+        return instructions.waiting_for_owner(state.name, owner_account, repo.owner_username)
+    return state.message
+
+
+def _index_sharing(
+    svc: ApiServices, caller: Caller, repo: RepositorySummary
+) -> instructions.BucketSharing | None:
+    """The sharing of a group repository whose bucket is waiting (the only state whose message
+    differs for members); the summary lacks the requester's subject, so the registry is asked."""
+    if repo.kind != "group" or repo.bucket_state.state != "waiting":
+        return None
+    record = svc.registry.get(repo.fqrn)
+    if record is None:
+        return None
+    return _sharing(svc, caller, record.bucket, record.owner_username, record.owner_subject)
+
+
+def _sharing(
+    svc: ApiServices, caller: Caller, bucket: str, owner_username: str, owner_subject: str
+) -> instructions.BucketSharing:
+    rules = svc.settings.provisioning
+    return instructions.bucket_sharing(
+        svc.settings,
+        bucket,
+        expected_owner(rules, owner_username, owner_subject),
+        expected_owner(rules, caller.identity.username, caller.subject),
+    )
 
 
 def _group_request(

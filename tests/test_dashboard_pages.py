@@ -157,6 +157,11 @@ def test_the_repository_page_shows_status_setup_upload_files_and_history(
     )
     assert ">tool<" in software.text and "rwxr-xr-x" in software.text
     assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", software.text)
+    url = f"/dashboard/repositories/{world.alice_repo}"
+    latest = browser.get(url, params={"path": "/latest"}).text
+    assert 'symbolic link to <code id="symlink-target">software/tool</code>' in latest
+    missing = browser.get(url, params={"path": "/nope"}).text
+    assert "/nope does not exist" in missing and f'id="browse-root" href="{url}"' in missing
 
 
 def test_client_files_download_with_the_key_and_the_server_url(world: ApiWorld) -> None:
@@ -488,19 +493,32 @@ def test_the_history_says_in_words_what_changed(world: ApiWorld) -> None:
 def test_the_group_upload_card_tells_members_who_creates_the_bucket(world: ApiWorld) -> None:
     fqrn = world.group_repo  # requested by alice: her S3 account must own the bucket
     bucket = world.registry.require(fqrn).bucket
-    owner = Browser(world, world.alice()).get(f"/dashboard/repositories/{fqrn}").text
-    assert f"s3 mb s3://{bucket}\n" in owner and f"rclone mkdir cvmfs:{bucket}\n" in owner
-    assert f" mb s3://{bucket}\n" in owner  # s3cmd's
-    assert 'id="bucket-owner">alice<' in owner and "user/MEMBER" in owner
-    assert 'id="bucket-created-by-owner"' not in owner
-    for who, token in (("carol", world.carol_cms_manager()), ("dave", world.dave_cms_member())):
-        page = Browser(world, token).get(f"/dashboard/repositories/{fqrn}").text
-        upload = page[page.index("<h2>Upload</h2>") : page.index("<h2>Files</h2>")]
-        assert f"mb s3://{bucket}" not in upload and "rclone mkdir" not in upload, who
-        assert 'id="bucket-created-by-owner"' in upload and 'id="bucket-owner">alice<' in upload
-        # The policy alice applies, naming this member, and how they upload afterwards.
-        assert f'id="bucket-member">arn:aws:iam:::user/{who}<' in upload
-        assert f"&#34;arn:aws:iam:::user/{who}&#34;" in upload
-        assert "which alice applies with:" in upload
-        assert f"s3 sync ./my-software/ s3://{bucket}/cvmfs/" in upload
-        assert f"rclone copy --metadata ./my-software/ cvmfs:{bucket}/cvmfs/" in upload
+    url = world.settings.s3_public_url
+    waiting = judge_bucket(BucketCheck(exists=False), bucket, "alice", url)
+    world.registry.record_bucket_state(fqrn, bucket, "waiting", waiting.message)
+    try:
+        owner = Browser(world, world.alice()).get(f"/dashboard/repositories/{fqrn}").text
+        assert f"s3 mb s3://{bucket}\n" in owner and f"rclone mkdir cvmfs:{bucket}\n" in owner
+        assert f" mb s3://{bucket}\n" in owner  # s3cmd's
+        assert 'id="bucket-owner">alice<' in owner and "user/MEMBER" in owner
+        assert 'id="bucket-created-by-owner"' not in owner
+        assert f"<code>aws --endpoint-url {url} s3 mb s3://{bucket}</code>" in owner  # its state
+        for who, token in (("carol", world.carol_cms_manager()), ("dave", world.dave_cms_member())):
+            member = Browser(world, token)
+            page = member.get(f"/dashboard/repositories/{fqrn}").text
+            upload = page[page.index("<h2>Upload</h2>") : page.index("<h2>Files</h2>")]
+            assert f"mb s3://{bucket}" not in upload and "rclone mkdir" not in upload, who
+            assert 'id="bucket-created-by-owner"' in upload and 'id="bucket-owner">alice<' in upload
+            # The policy alice applies, naming this member, and how they upload afterwards.
+            assert f'id="bucket-member">arn:aws:iam:::user/{who}<' in upload
+            assert f"&#34;arn:aws:iam:::user/{who}&#34;" in upload
+            assert "which alice applies with:" in upload
+            assert f"s3 sync ./my-software/ s3://{bucket}/cvmfs/" in upload
+            assert f"rclone copy --metadata ./my-software/ cvmfs:{bucket}/cvmfs/" in upload
+            # Nor does the bucket's state tell a member to create it, here or on the index.
+            only_alice = f"waiting for bucket {bucket}: only the S3 account alice (of alice,"
+            index = member.get("/dashboard/").text
+            for shown in (page, index):
+                assert "s3 mb" not in shown and only_alice in shown, who
+    finally:
+        world.registry.record_bucket_state(fqrn, bucket, "wired", f"bucket {bucket} is connected")
