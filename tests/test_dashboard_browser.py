@@ -239,7 +239,13 @@ def test_group_repositories_for_members_managers_and_nobody_else(
     # refused by the API: tests/test_dashboard_pages.py), his personal request stays offered.
     assert dave.finds("#no-group") and not dave.finds("#request-group")
     assert dave.finds("#request-personal") and not dave.finds("#repositories")
-    log_out(dave, settings)
+    # His login ends while the page polls his request: the page turns to the login page by
+    # itself instead of polling in vain (the session is the cookie: deleting it ends it).
+    dave.click("#request-personal", "personal-requested")
+    assert dave.finds("[data-poll-url]")
+    dave.driver.delete_all_cookies()
+    dave.wait(lambda: bool(dave.finds("#login")), "the login page after the session ended", 30)
+    dave.shot("session-ended")
 
     bob = _open(browsers, shots, "bob")
     log_in(bob, settings, "bob")
