@@ -14,11 +14,13 @@ Modules, one job each:
   repositories / registry_lookup   bucket → repository + owner (seam, and the registry-backed one)
   publisher, webhook the registry webhook receiver and its confirmed publisher
   main, assembly     the process: signals, wiring; run by `./svc bridge` (service/cli.py)
+  dead_letters       the dead-letter queue for operators: list with reasons, replay
 
 Bus conventions (events exchange = settings.rabbitmq.events_exchange, topic):
   s3.<fqrn>            RGW bucket notifications (routing key = RGW topic name) → s3 queue
   registry.image-pushed / registry.image-deleted   from the webhook → registry queue
   repository.<anything> repository requests → repository-requests queue
 Dead letters go to settings.rabbitmq.dead_letter_exchange → queue `cvmfs.dead-letter`, body
-unchanged, headers x-cvmfs-reason, x-cvmfs-queue, x-cvmfs-routing-key, x-cvmfs-dead-lettered-at.
+unchanged, headers x-cvmfs-reason, x-cvmfs-queue, x-cvmfs-routing-key, x-cvmfs-dead-lettered-at;
+`cvmfs-svc dead-letters` lists them (and `--replay` moves them back onto the events exchange).
 """

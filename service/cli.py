@@ -228,8 +228,11 @@ def bridge() -> None:
 def sync(fqrn: str, prefix: str, dry_run: bool) -> None:
     """Backfill: start a `sync` run of a repository (or a prefix of it) and print its id."""
     from bridge.run_requests import backfill_parameters
+    from service.settings import Settings
 
-    _start_run("sync/sync", backfill_parameters(fqrn, prefix, dry_run=dry_run))
+    settings = Settings.load()
+    _require_repository(settings, fqrn)
+    _start_run(settings, "sync/sync", backfill_parameters(fqrn, prefix, dry_run=dry_run))
 
 
 @app.command()
@@ -240,18 +243,97 @@ def sync(fqrn: str, prefix: str, dry_run: bool) -> None:
 def reconcile(fqrn: str | None, dry_run: bool) -> None:
     """Start a `reconcile` run (a full diff of bucket and repository, repairing drift)."""
     from bridge.run_requests import reconcile_parameters
+    from service.settings import Settings
 
-    _start_run("reconcile/reconcile", reconcile_parameters(fqrn, dry_run=dry_run))
+    settings = Settings.load()
+    if fqrn is not None:
+        _require_repository(settings, fqrn)
+    _start_run(settings, "reconcile/reconcile", reconcile_parameters(fqrn, dry_run=dry_run))
 
 
-def _start_run(deployment: str, parameters: dict[str, object]) -> None:
+@app.command("dead-letters")
+@click.option("--limit", default=20, type=click.IntRange(min=1), help="messages to show or replay")
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="move them back onto the events exchange with their original routing key "
+    "(once what refused them is fixed); messages no bridge queue refused stay",
+)
+@click.option("--kind", default=None, help="with --replay: only this kind (retries_exhausted ...)")
+@click.option("--queue", default=None, help="the dead-letter queue (default: the bridge's)")
+def dead_letters(limit: int, replay: bool, kind: str | None, queue: str | None) -> None:
+    """List the dead-letter queue's messages with why each is there (removes nothing)."""
+    from urllib.parse import quote
+
+    import pika.exceptions
+
+    from bridge.config import BridgeConfig
+    from bridge.dead_letters import (
+        describe,
+        message_count,
+        peek_dead_letters,
+        replay_dead_letters,
+    )
+    from service.settings import Settings
+
+    settings = Settings.load()
+    mq = settings.rabbitmq
+    name = queue or BridgeConfig().dead_letter_queue
+    try:
+        if replay:
+            result = replay_dead_letters(mq, name, limit, kind=kind)
+            for letter in result.replayed:
+                click.echo(f"replayed: {describe(letter)}")
+            click.echo(
+                f"{len(result.replayed)} replayed onto {mq.events_exchange}, "
+                f"{len(result.kept)} kept in {name}"
+            )
+            return
+        total = message_count(mq, name)
+        letters = peek_dead_letters(mq, name, limit)
+    except pika.exceptions.AMQPError as error:
+        click.echo(
+            f"dead-letters: RabbitMQ at {mq.amqp_url} (queue {name}) refused or did not answer "
+            f"({type(error).__name__}: {error}); is it up? `./svc stack status`",
+            err=True,
+        )
+        raise click.exceptions.Exit(1) from error
+    for letter in letters:
+        click.echo(describe(letter))
+    management = f"{mq.management_url}/#/queues/{quote(mq.vhost, safe='')}/{name}"
+    click.echo(
+        f"{total} message(s) in {name}, {len(letters)} shown; listing removes none "
+        f"(management UI: {management}). `--replay` moves them back once fixed."
+    )
+
+
+def _require_repository(settings: Settings, fqrn: str) -> None:
+    """Refuse a name the registry does not know before any run starts (a typo used to start a
+    run that failed on the missing publish lock, a message about Prefect internals)."""
+    from service.repositories import RepositoryRegistry, database_url
+
+    registry = RepositoryRegistry.open(settings)
+    try:
+        if registry.get(fqrn) is not None:
+            return
+        known = [repository.fqrn for repository in registry.repositories()]
+    finally:
+        registry.close()
+    listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+    click.echo(
+        f"no repository {fqrn!r} in the registry ({database_url(settings)}); "
+        f"known: {listed or 'none'}. No run was started.",
+        err=True,
+    )
+    raise click.exceptions.Exit(2)
+
+
+def _start_run(settings: Settings, deployment: str, parameters: dict[str, object]) -> None:
     """The same starter the bridge uses; a fresh key, since an operator's run is deliberate."""
     import uuid
 
     from bridge.flow_starter import PrefectFlowStarter
-    from service.settings import Settings
 
-    settings = Settings.load()
     starter = PrefectFlowStarter(settings.prefect.api_url, tags=("cli",))
     run_id = starter(deployment, parameters, f"cli-{uuid.uuid4()}")
     click.echo(f"{deployment}: flow run {run_id}")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
 
 from bridge.consumer import BridgeConsumer
+from bridge.dead_letters import peek_dead_letters
 from bridge.errors import PermanentStartError, TransientStartError
 from bridge.registry_events import image_event_message, parse_registry_webhook
 from metrics.bridge import BridgeMetrics
+from service.cli import app
 from service.settings import Settings
+from tests.conftest import settings_env
 from tests.shared_paths import EVENTS
 from tests.test_bridge_support import (
     LOOKUP,
@@ -162,13 +166,31 @@ def test_retries_are_bounded_then_dead_lettered(rabbitmq: Settings) -> None:
     body = rgw_body(REPO_A.bucket, "cvmfs/x")
     publish(iso.mq, iso.s3_key, [body])
     starter = RecordingStarter(failures=[TransientStartError(f"down {i}") for i in range(10)])
+    dlq = iso.config.dead_letter_queue
     with running(consumer_for(iso, starter)):
-        wait_for(lambda: ready_count(iso.mq, iso.config.dead_letter_queue) == 1, "the dead letter")
-    [(headers, dead_body)] = drain(iso.mq, iso.config.dead_letter_queue)
-    assert dead_body == body
-    assert "still failing after 3 attempts" in str(headers["x-cvmfs-reason"])
-    assert "down 2" in str(headers["x-cvmfs-reason"])
+        wait_for(lambda: ready_count(iso.mq, dlq) == 1, "the dead letter")
     assert starter.attempts == 3 and starter.calls == []
+    [letter] = peek_dead_letters(iso.mq, dlq, limit=10)
+    assert letter.body == body and letter.kind == "retries_exhausted"
+    assert "still failing after 3 attempts" in letter.reason and "down 2" in letter.reason
+    assert (letter.source_queue, letter.routing_key) == (iso.config.s3.queue, iso.s3_key)
+
+    # What an operator runs: the listing says why, and looking removes nothing.
+    env = settings_env(rabbitmq.model_copy(update={"rabbitmq": iso.mq}))
+    listed = CliRunner().invoke(app, ["dead-letters", "--queue", dlq], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "retries_exhausted" in listed.output and "down 2" in listed.output
+    assert f"1 message(s) in {dlq}" in listed.output and iso.s3_key in listed.output
+    assert ready_count(iso.mq, dlq) == 1
+    # Prefect is back: the replayed event starts its run, so nothing was lost.
+    replayed = CliRunner().invoke(app, ["dead-letters", "--queue", dlq, "--replay"], env=env)
+    assert replayed.exit_code == 0, replayed.output
+    assert f"1 replayed onto {iso.mq.events_exchange}, 0 kept" in replayed.output
+    assert ready_count(iso.mq, dlq) == 0
+    after = RecordingStarter()
+    with running(consumer_for(iso, after)):
+        wait_for(lambda: len(after.snapshot()) == 1, "the replayed event's run")
+    assert after.calls[0].parameters["req"]["changed_keys"] == ["cvmfs/x"]
 
 
 def test_a_refused_run_is_dead_lettered_at_once(rabbitmq: Settings) -> None:

@@ -4,10 +4,13 @@ other tests do (test_stack, test_api_cli, the flow tests)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from click.testing import CliRunner
 
 from service.cli import app
+from service.repositories import RepositoryClaim, RepositoryRegistry
 
 
 def parsed(command: str, args: list[str]) -> dict[str, object]:
@@ -46,3 +49,30 @@ def test_help_lists_every_command_and_a_bad_option_exits_2() -> None:
     assert "[default: /etc/cvmfs/keys]" in imported
     wrong = runner.invoke(app, ["repo", "import", "/nowhere", "/nothing", "--no-such-option"])
     assert wrong.exit_code == 2 and "No such option" in wrong.output
+
+
+def test_sync_and_reconcile_of_an_unknown_repository_start_no_run(tmp_path: Path) -> None:
+    """A mistyped name is refused with the names the registry knows; before, it started a run
+    that failed on the missing publish lock ("create it first (tasks.locks...)")."""
+    registry = RepositoryRegistry.open_url(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
+    registry.claim(
+        RepositoryClaim(
+            fqrn="known.example.org",
+            kind="personal",
+            owner_subject="s",
+            owner_username="u",
+            bucket="b",
+        )
+    )
+    registry.close()
+    env = {
+        "CVMFS_SVC_DATA_DIR": str(tmp_path),
+        "CVMFS_SVC_DATABASE_URL": f"sqlite:///{tmp_path / 'registry.sqlite3'}",
+        "CVMFS_SVC_PREFECT__PORT": "9",  # nothing answers: starting a run would fail otherwise
+    }
+    runner = CliRunner()
+    for args in (["sync", "knwon.example.org"], ["reconcile", "knwon.example.org"]):
+        refused = runner.invoke(app, args, env=env)
+        assert refused.exit_code == 2, refused.output
+        assert "no repository 'knwon.example.org' in the registry" in refused.output
+        assert "known: known.example.org. No run was started." in refused.output
