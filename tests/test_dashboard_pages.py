@@ -502,6 +502,9 @@ def test_the_group_upload_card_tells_members_who_creates_the_bucket(world: ApiWo
         assert f" mb s3://{bucket}\n" in owner  # s3cmd's
         assert 'id="bucket-owner">alice<' in owner and "user/MEMBER" in owner
         assert 'id="bucket-created-by-owner"' not in owner
+        # Told as hers, not as a third person's ("of alice, who requested it").
+        assert 'id="bucket-created-by-you">' in owner and "must belong to your S3 account" in owner
+        assert "(of alice," not in owner
         assert f"<code>aws --endpoint-url {url} s3 mb s3://{bucket}</code>" in owner  # its state
         for who, token in (("carol", world.carol_cms_manager()), ("dave", world.dave_cms_member())):
             member = Browser(world, token)
