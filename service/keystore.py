@@ -175,6 +175,15 @@ def vault_client(settings: VaultSettings, token: SecretStr | None = None) -> hva
     return hvac.Client(url=settings.addr, token=token.get_secret_value())
 
 
+def unavailable_reason(client: hvac.Client, doing: str, error: Exception) -> str:
+    """Which Vault, what for, and what next: the text a failed run shows an operator."""
+    return (
+        f"Vault at {client.url} did not answer {doing} ({type(error).__name__}): check that "
+        "it is up and unsealed (`./svc stack status` on the local stack); the step was "
+        "retried already, so retry the run once Vault answers"
+    )
+
+
 class KeyStore:
     """Reads and writes repository key sets in one KV v2 mount."""
 
@@ -266,5 +275,5 @@ class KeyStore:
             hvac.exceptions.VaultDown,
         )
         if isinstance(error, unavailable):
-            return VaultUnavailable(f"Vault did not answer for {path}: {type(error).__name__}")
+            return VaultUnavailable(unavailable_reason(self._client, f"for {path}", error))
         return KeystoreError(f"Vault error for {path}: {error}")

@@ -13,7 +13,14 @@ import hvac.exceptions
 from pydantic import BaseModel, ConfigDict, SecretStr
 from requests.exceptions import RequestException
 
-from service.keystore import KeyOwner, KeystoreError, VaultUnavailable, check_fqrn, secret_path
+from service.keystore import (
+    KeyOwner,
+    KeystoreError,
+    VaultUnavailable,
+    check_fqrn,
+    secret_path,
+    unavailable_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,7 @@ class PublisherAccess:
                 token_explicit_max_ttl=max_ttl,
             )
         except (hvac.exceptions.VaultError, RequestException) as error:
-            raise _translate(error, f"granting publisher access to {fqrn}") from error
+            raise _translate(self._client, error, f"granting publisher access to {fqrn}") from error
         log.info("event=publisher_access_granted fqrn=%s policy=%s", fqrn, name)
         return name
 
@@ -95,7 +102,9 @@ class PublisherAccess:
                 f"cannot mint a publisher token for {fqrn}: is its access granted? ({error})"
             ) from error
         except (hvac.exceptions.VaultError, RequestException) as error:
-            raise _translate(error, f"minting a publisher token for {fqrn}") from error
+            raise _translate(
+                self._client, error, f"minting a publisher token for {fqrn}"
+            ) from error
         auth = response["auth"]
         return PublisherToken(
             token=SecretStr(auth["client_token"]),
@@ -111,7 +120,7 @@ class PublisherAccess:
             self._client.auth.token.delete_role(role_name=name)
             self._client.sys.delete_policy(name=name)
         except (hvac.exceptions.VaultError, RequestException) as error:
-            raise _translate(error, f"revoking publisher access to {fqrn}") from error
+            raise _translate(self._client, error, f"revoking publisher access to {fqrn}") from error
         log.info("event=publisher_access_revoked fqrn=%s policy=%s", fqrn, name)
 
     def is_granted(self, fqrn: str) -> bool:
@@ -121,13 +130,15 @@ class PublisherAccess:
         except hvac.exceptions.InvalidPath:
             return False
         except (hvac.exceptions.VaultError, RequestException) as error:
-            raise _translate(error, f"reading the publisher policy of {fqrn}") from error
+            raise _translate(
+                self._client, error, f"reading the publisher policy of {fqrn}"
+            ) from error
         return True
 
 
-def _translate(error: Exception, doing: str) -> KeystoreError:
+def _translate(client: hvac.Client, error: Exception, doing: str) -> KeystoreError:
     if isinstance(error, RequestException | hvac.exceptions.InternalServerError):
-        return VaultUnavailable(f"Vault did not answer while {doing}: {type(error).__name__}")
+        return VaultUnavailable(unavailable_reason(client, f"while {doing}", error))
     if isinstance(error, hvac.exceptions.Forbidden):
         return KeystoreError(
             f"the service's Vault token may not manage policies/token roles ({doing}): "

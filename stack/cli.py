@@ -40,7 +40,18 @@ def print_health(stack: Stack, healths: list[Health]) -> bool:
         click.echo(
             f"{health.name:<14} {state:<9} {health.url:<28} {rss_mb:7.1f} MB  {health.detail}"
         )
-    return all(h.healthy for h in healths)
+    unhealthy = [h.name for h in healths if not h.healthy]
+    if unhealthy:
+        names = " ".join(unhealthy)
+        logs = stack.settings.absolute_data_dir / (
+            unhealthy[0] if len(unhealthy) == 1 else "<component>"
+        )
+        click.echo(
+            f"next: `./svc stack up {names}` starts what is not running; one that runs but "
+            f"stays unhealthy: read its log under {logs}/, then "
+            f"`./svc stack down {names} && ./svc stack up {names}`"
+        )
+    return not unhealthy
 
 
 def install_missing(stack: Stack, for_tests: bool = False) -> None:

@@ -17,6 +17,7 @@ from service.keystore import (
     KeyStore,
     KeystoreError,
     UnsafeKeyPath,
+    VaultUnavailable,
     keyset_from_fields,
     keyset_to_fields,
     secret_path,
@@ -287,3 +288,16 @@ def no_token_settings(vault: Settings) -> Iterator[Settings]:
 def test_missing_token_is_a_clear_error(no_token_settings: Settings) -> None:
     with pytest.raises(KeystoreError, match=r"vault\.token"):
         KeyStore.from_settings(no_token_settings.vault)
+
+
+def test_an_unreachable_vault_is_named_with_what_to_do() -> None:
+    """The text a failed run shows: which Vault and what next (before: only the path)."""
+    nobody = hvac.Client(url="http://127.0.0.1:9", token="unused")  # nothing listens on :9
+    with pytest.raises(VaultUnavailable) as read:
+        KeyStore(nobody).read(_owner(), "down.sw.example.org")
+    assert "Vault at http://127.0.0.1:9 did not answer for " in str(read.value)
+    assert "retry the run once Vault answers" in str(read.value)
+    with pytest.raises(
+        VaultUnavailable, match=r"Vault at http://127\.0\.0\.1:9 did not answer while granting"
+    ):
+        PublisherAccess(nobody).grant(_owner(), "down.sw.example.org")

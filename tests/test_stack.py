@@ -145,6 +145,9 @@ def test_cli_stack_status_fails_for_a_stack_that_does_not_run(
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "UNHEALTHY" in result.stdout
+    # What to do next, for an operator who just saw it (before: only the table).
+    assert "next: `./svc stack up registry prefect` starts what is not running" in result.stdout
+    assert f"read its log under {tmp_path / 'nothing'}/<component>/" in result.stdout
 
 
 def _start_up(stack_env: dict[str, str]) -> subprocess.Popen[str]:
