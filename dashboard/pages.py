@@ -150,6 +150,13 @@ def _error_page(request: Request, error: ApiError, user: Caller | None) -> Respo
     )
 
 
+def _form_refused(request: Request) -> Response:
+    """A form whose CSRF token does not match (a tab left open past its session, or a form
+    from elsewhere): the dashboard's error page, with its way back, not a bare line of text."""
+    reason = "The form expired or did not come from this dashboard: reload the page and retry."
+    return _render(request, "error.html", status_code=403, reason=reason, user=None)
+
+
 def _repo_url(fqrn: str) -> str:
     return f"{BASE}/repositories/{quote(fqrn)}"
 
@@ -165,10 +172,7 @@ def _post_action(
     """Check CSRF and the session, run `action`, and go back to `back` with its outcome."""
     if not csrf_ok(request, csrf):
         log.info("event=csrf-refused path=%s", request.url.path)
-        return HTMLResponse(
-            "The form expired or did not come from this dashboard: reload the page and retry.",
-            status_code=403,
-        )
+        return _form_refused(request)
     try:
         caller = _caller(request)
     except LoginRequired:
@@ -220,7 +224,7 @@ def dashboard_router(oauth: Any) -> APIRouter:
     @router.post("/logout")
     async def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Response:
         if not csrf_ok(request, csrf_token):
-            return HTMLResponse("The form expired: reload the page and retry.", status_code=403)
+            return _form_refused(request)
         request.session.clear()
         settings = _services(request).settings
         try:

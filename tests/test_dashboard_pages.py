@@ -294,6 +294,8 @@ def test_every_form_needs_the_sessions_csrf_token(world: ApiWorld) -> None:
     for csrf in ("", "not-the-token"):
         refused = browser.post(url, {}, csrf=csrf)
         assert refused.status_code == 403 and "did not come from this dashboard" in refused.text
+        # The dashboard's own error page, with the way back, not a bare line of text.
+        assert 'id="reason">' in refused.text and 'href="/dashboard/">Back to' in refused.text
     for path, data in (
         ("/dashboard/repositories", {"kind": "personal"}),
         (f"/dashboard/repositories/{world.alice_repo}/tag", {"tag": "x"}),
