@@ -50,7 +50,11 @@ class BridgeConfig(BaseModel):
     coalesce_quiet_s: float | None = Field(default=0.25, ge=0.0)
     prefetch_count: int = Field(default=1000, ge=1)
 
-    max_attempts: int = Field(default=8, ge=1)
+    # Attempts of a transient failure before the message is dead-lettered: 20 with the delays
+    # below wait 14 min in all, through a Prefect server restart or upgrade. 8 (2 min) was
+    # too few: with Prefect stopped for 2.5 min on `./svc up`, an upload's event went to the
+    # dead-letter queue (`retries_exhausted`), where a repository request waits for a replay.
+    max_attempts: int = Field(default=20, ge=1)
     retry_base_delay_s: float = Field(default=1.0, gt=0.0)
     retry_max_delay_s: float = Field(default=60.0, gt=0.0)
     reconnect_max_delay_s: float = Field(default=10.0, gt=0.0)

@@ -22,6 +22,14 @@ SERVICE_LOGGERS = (
 )
 # Libraries that log every connection step or request at INFO; their warnings still show.
 QUIET_LIBRARIES = ("pika", "httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3")
+# pika's connect path logs a failed connection as five ERROR lines and a traceback, every
+# reconnect attempt (49 lines in 40 s of RabbitMQ down on `./svc up`); the bridge logs the
+# same failure as one `event=broker-lost` line with the retry delay, so these stay silent.
+SILENT_LIBRARY_LOGGERS = (
+    "pika.adapters.utils.connection_workflow",
+    "pika.adapters.utils.io_services_utils",
+    "pika.adapters.blocking_connection",
+)
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -35,3 +43,5 @@ def configure_console_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SILENT_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -7,6 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from bridge.config import BridgeConfig
 from bridge.consumer import BridgeConsumer
 from bridge.dead_letters import peek_dead_letters
 from bridge.errors import PermanentStartError, TransientStartError
@@ -191,6 +192,14 @@ def test_retries_are_bounded_then_dead_lettered(rabbitmq: Settings) -> None:
     with running(consumer_for(iso, after)):
         wait_for(lambda: len(after.snapshot()) == 1, "the replayed event's run")
     assert after.calls[0].parameters["req"]["changed_keys"] == ["cvmfs/x"]
+
+
+def test_the_default_retry_budget_outlasts_a_prefect_restart() -> None:
+    """A Prefect server down for minutes (a restart, an upgrade) must not dead-letter events:
+    8 attempts gave up after 2 min (seen on `./svc up`)."""
+    config = BridgeConfig()
+    waited_s = sum(config.retry_delay_s(attempt) for attempt in range(1, config.max_attempts))
+    assert waited_s >= 10 * 60
 
 
 def test_a_refused_run_is_dead_lettered_at_once(rabbitmq: Settings) -> None:

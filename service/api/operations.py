@@ -269,7 +269,9 @@ def request_repository(svc: ApiServices, caller: Caller, body: CreateRepository)
     document["access_token"] = caller.token()
     try:
         svc.publisher.publish(REQUEST_ROUTING_KEY, json.dumps(document).encode(), request_id)
-    except BrokerUnavailable:
+    except BrokerUnavailable as error:
+        # The operator's line (pika's own connect errors are silenced on the console).
+        log.warning("event=broker-unavailable request=%s error=%s", request_id, error)
         svc.registry.finish_request(request_id, "failed", "message broker unavailable")
         raise Unavailable("the message broker is unavailable; retry later") from None
     log.info(
