@@ -70,9 +70,15 @@ class Browser:
         self._shots += 1
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
         path = self.shots_dir / f"{self.name}-{self._shots:02d}-{safe}.png"
-        # The whole page, not only the window: grow the window to the document's height.
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
-        self.driver.set_window_size(WIDTH, max(MIN_HEIGHT, min(int(height or 0), MAX_HEIGHT)))
+        # The whole page, not only the window: size the window to the document's own height
+        # plus the browser's frame (the window's outer height includes it; scrollHeight is
+        # never less than the viewport, so it would only ever grow the window).
+        height, frame = self.driver.execute_script(
+            "return [Math.ceil(document.documentElement.getBoundingClientRect().height),"
+            " window.outerHeight - window.innerHeight]"
+        )
+        wanted = int(height or 0) + max(int(frame or 0), 0)
+        self.driver.set_window_size(WIDTH, max(MIN_HEIGHT, min(wanted, MAX_HEIGHT)))
         self.driver.save_screenshot(str(path))
         return path
 
