@@ -251,6 +251,36 @@ def reconcile(fqrn: str | None, dry_run: bool) -> None:
     _start_run(settings, "reconcile/reconcile", reconcile_parameters(fqrn, dry_run=dry_run))
 
 
+@app.command(
+    "prefect",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def prefect_cli(args: tuple[str, ...]) -> None:
+    """Prefect's own CLI against the service's Prefect server (`./svc prefect flow-run ls`).
+
+    A bare `prefect ...` (as the runner's banner suggests) reads ~/.prefect instead, started a
+    temporary server of its own and listed no deployments.
+    """
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from service.prefect_env import prefect_environment
+    from service.settings import Settings
+
+    beside = Path(sys.executable).parent / "prefect"
+    binary = str(beside) if beside.exists() else shutil.which("prefect")
+    if binary is None:
+        click.echo("prefect: Prefect's CLI is not installed in this environment", err=True)
+        raise click.exceptions.Exit(2)
+    env = os.environ | prefect_environment(Settings.load())
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.execve(binary, [binary, *args], env)
+
+
 @app.command("dead-letters")
 @click.option("--limit", default=20, type=click.IntRange(min=1), help="messages to show or replay")
 @click.option(

@@ -4,6 +4,9 @@ other tests do (test_stack, test_api_cli, the flow tests)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -76,3 +79,17 @@ def test_sync_and_reconcile_of_an_unknown_repository_start_no_run(tmp_path: Path
         assert refused.exit_code == 2, refused.output
         assert "no repository 'knwon.example.org' in the registry" in refused.output
         assert "known: known.example.org. No run was started." in refused.output
+
+
+def test_prefect_runs_prefects_cli_against_the_services_server(tmp_path: Path) -> None:
+    """`prefect deployment ls` alone started a temporary server and listed nothing; through
+    `cvmfs-svc prefect` it talks to the server of the settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CVMFS_SVC_", "PREFECT_"))}
+    env |= {"CVMFS_SVC_DATA_DIR": str(tmp_path / "data"), "CVMFS_SVC_PREFECT__PORT": "4567"}
+    cli = Path(sys.executable).parent / "cvmfs-svc"
+    shown = subprocess.run(
+        [str(cli), "prefect", "config", "view"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "PREFECT_API_URL='http://127.0.0.1:4567/api' (from env)" in shown.stdout
+    assert "PREFECT_SERVER_EPHEMERAL_ENABLED='false' (from env)" in shown.stdout
