@@ -150,6 +150,9 @@ def test_a_researcher_requests_uploads_mounts_tags_and_rolls_back(
     # The command in the bucket's message is shown as code, not between backticks.
     command = browser.find("#repositories .bucket-state code").text
     assert command.endswith(f"s3 mb s3://{bucket}") and "`" not in row()
+    # That long message squeezes the other columns; the time still reads on one line.
+    lines = "return document.querySelector('#repositories .when').getClientRects().length"
+    assert browser.driver.execute_script(lines) == 1
     s3 = s3_as(settings, alice)
     s3.create_bucket(Bucket=bucket)  # afterwards, as the user's guide says
     # Still no reload by hand: the page polls until the bucket is connected.
