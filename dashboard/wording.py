@@ -1,5 +1,5 @@
 """How the pages word what the API says: its `commands` as code elements, its internal values
-(history change kinds, entry types) as words a user reads.
+(history change kinds, entry types, bucket states, a manager's role) as words a user reads.
 
 The API's texts are written for JSON and terminals, with commands between backticks; the
 pages keep every text as it is and only change how it is shown.
