@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.failure_hint import explain_failure
 from service.runtime import load_settings
 from tasks.maintenance import (
     destroy_keys,
@@ -28,7 +29,7 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@flow(name="resign-whitelists")
+@flow(name="resign-whitelists", on_failure=[explain_failure])
 def resign_whitelists(now: dt.datetime | None = None) -> dict[str, str]:
     """Re-sign every ready repository's whitelist that expires within the configured days."""
     settings = load_settings()
@@ -61,7 +62,7 @@ class DeprovisionRequest(BaseModel):
     repo: str = Field(description="repository fqrn")
 
 
-@flow(name="deprovision", flow_run_name="deprovision-{req.repo}")
+@flow(name="deprovision", flow_run_name="deprovision-{req.repo}", on_failure=[explain_failure])
 def deprovision(req: DeprovisionRequest) -> str:
     """Stop feeding the repository and retire it; its keys stay for the grace period."""
     settings = load_settings()
@@ -74,7 +75,7 @@ def deprovision(req: DeprovisionRequest) -> str:
     return outcome
 
 
-@flow(name="purge-expired-keys")
+@flow(name="purge-expired-keys", on_failure=[explain_failure])
 def purge_expired_keys(now: dt.datetime | None = None) -> list[str]:
     """Destroy the keys of repositories deprovisioned longer ago than the grace period."""
     settings = load_settings()

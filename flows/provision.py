@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.failure_hint import explain_failure
 from flows.sync import sync
 from service.faults import kind_of
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
@@ -31,7 +32,7 @@ from tasks.provision import (
 from tasks.sync import SyncRequest
 
 
-@flow(name="provision", flow_run_name="provision-{request.fqrn}")
+@flow(name="provision", flow_run_name="provision-{request.fqrn}", on_failure=[explain_failure])
 def provision(request: AuthorizedProvisionRequest) -> ProvisionReply:
     settings = load_settings()
     logger = get_run_logger()
@@ -85,7 +86,7 @@ class WireBucketRequest(BaseModel):
     fqrn: str = Field(description="a ready repository whose bucket is not wired yet")
 
 
-@flow(name="wire-bucket", flow_run_name="wire-bucket-{req.fqrn}")
+@flow(name="wire-bucket", flow_run_name="wire-bucket-{req.fqrn}", on_failure=[explain_failure])
 def wire_waiting_bucket(req: WireBucketRequest) -> BucketState:
     """Connect a repository's bucket that appeared after provisioning (started by the
     bridge's repository watcher, or by hand from the UI); safe to repeat."""

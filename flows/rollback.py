@@ -12,6 +12,7 @@ from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvmfs.errors import CvmfsError
+from flows.failure_hint import explain_failure
 from service.api.stratum0 import open_writer
 from service.faults import retry_if_transient
 from service.messages import RequestId
@@ -77,7 +78,12 @@ def roll_back_to_tag(req: RollbackRequest) -> RollbackResult:
     return roll_back(load_settings(), req)
 
 
-@flow(name="rollback", flow_run_name="rollback-{req.repo}", log_prints=True)
+@flow(
+    name="rollback",
+    flow_run_name="rollback-{req.repo}",
+    log_prints=True,
+    on_failure=[explain_failure],
+)
 def rollback(req: RollbackRequest) -> RollbackResult:
     """Roll `req.repo` back to tag `req.tag`, holding the repository's publish lock."""
     with repository_lease(req.repo):

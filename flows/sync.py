@@ -14,6 +14,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.failure_hint import explain_failure
 from metrics.flows import flow_metrics, visible_event_times
 from service.repositories import RepositoryRegistry
 from service.runtime import load_settings
@@ -44,7 +45,7 @@ def opaque(value: T) -> T:
     return cast(T, quote(value))
 
 
-@flow(name="sync", flow_run_name="sync-{req.repo}")
+@flow(name="sync", flow_run_name="sync-{req.repo}", on_failure=[explain_failure])
 def sync(req: SyncRequest) -> int | None:
     """Make the repository show what the bucket has now for the named keys (or prefix).
 
@@ -109,7 +110,7 @@ def reconcile_run_name() -> str:
     return f"reconcile-{repo or 'all'}"
 
 
-@flow(name="reconcile", flow_run_name=reconcile_run_name)
+@flow(name="reconcile", flow_run_name=reconcile_run_name, on_failure=[explain_failure])
 def reconcile(req: ReconcileRequest | None = None) -> dict[str, int | None]:
     """A full diff of each bucket's `cvmfs/` against its repository, repairing the drift."""
     req = req or ReconcileRequest()

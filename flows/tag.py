@@ -13,6 +13,7 @@ from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvmfs.errors import CvmfsError
+from flows.failure_hint import explain_failure
 from service.api.stratum0 import open_writer
 from service.faults import retry_if_transient
 from service.messages import RequestId
@@ -73,7 +74,7 @@ def tag_current_revision(req: TagRequest) -> TagResult:
     return add_tag(load_settings(), req)
 
 
-@flow(name="tag", flow_run_name="tag-{req.repo}", log_prints=True)
+@flow(name="tag", flow_run_name="tag-{req.repo}", log_prints=True, on_failure=[explain_failure])
 def tag(req: TagRequest) -> TagResult:
     """Tag the current revision of `req.repo` as `req.tag`, holding the publish lock."""
     with repository_lease(req.repo):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.failure_hint import explain_failure
 from images.unpacker import GcOutcome, TagDeleteOutcome, UnpackOutcome
 from service.runtime import load_settings
 from tasks.locks import ensure_publish_lock
@@ -48,7 +49,9 @@ class WishlistOutcome(BaseModel):
     failures: dict[str, str]
 
 
-@flow(name="unpack", flow_run_name="unpack-{req.repository}-{req.tag}")
+@flow(
+    name="unpack", flow_run_name="unpack-{req.repository}-{req.tag}", on_failure=[explain_failure]
+)
 def unpack(req: UnpackRequest) -> UnpackOutcome | TagDeleteOutcome | None:
     """Resolve the image, then unpack it (or only switch its tag link) and publish.
 
@@ -72,7 +75,11 @@ def unpack(req: UnpackRequest) -> UnpackOutcome | TagDeleteOutcome | None:
     return unpack_into_repository(settings, req, image)
 
 
-@flow(name="unpack-delete", flow_run_name="unpack-delete-{req.repository}-{req.tag}")
+@flow(
+    name="unpack-delete",
+    flow_run_name="unpack-delete-{req.repository}-{req.tag}",
+    on_failure=[explain_failure],
+)
 def unpack_delete(req: UnpackRequest) -> TagDeleteOutcome:
     """Remove the tag's public link and metadata; the flat tree is left to `unpack-gc`."""
     settings = load_settings()
@@ -80,7 +87,7 @@ def unpack_delete(req: UnpackRequest) -> TagDeleteOutcome:
     return delete_tag_link(settings, req)
 
 
-@flow(name="unpack-gc", flow_run_name="unpack-gc-{req.fqrn}")
+@flow(name="unpack-gc", flow_run_name="unpack-gc-{req.fqrn}", on_failure=[explain_failure])
 def unpack_gc(req: GcRequest) -> GcOutcome:
     """Remove flat trees no tag has pointed at for `grace_s` seconds."""
     settings = load_settings()
@@ -88,7 +95,7 @@ def unpack_gc(req: GcRequest) -> GcOutcome:
     return collect_flat_trees(settings, req.fqrn, req.grace_s)
 
 
-@flow(name="unpack-wishlist")
+@flow(name="unpack-wishlist", on_failure=[explain_failure])
 def unpack_wishlist(req: WishlistRequest) -> WishlistOutcome:
     """Unpack every image of a wish list; unchanged tags publish nothing, so a schedule on
     this flow re-checks the tags that moved. One image failing does not stop the others."""
