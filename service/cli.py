@@ -362,10 +362,23 @@ def _start_run(settings: Settings, deployment: str, parameters: dict[str, object
     """The same starter the bridge uses; a fresh key, since an operator's run is deliberate."""
     import uuid
 
+    from bridge.errors import PermanentStartError, TransientStartError
     from bridge.flow_starter import PrefectFlowStarter
 
     starter = PrefectFlowStarter(settings.prefect.api_url, tags=("cli",))
-    run_id = starter(deployment, parameters, f"cli-{uuid.uuid4()}")
+    try:
+        run_id = starter(deployment, parameters, f"cli-{uuid.uuid4()}")
+    except TransientStartError as error:
+        click.echo(
+            f"{deployment}: no run started: {error}. Is the Prefect server up "
+            "(`./svc stack status`) and a runner serving the deployments (`./svc up`, "
+            "`./svc serve-deployments` or `./svc worker`)? Then run this again.",
+            err=True,
+        )
+        raise click.exceptions.Exit(1) from error
+    except PermanentStartError as error:
+        click.echo(f"{deployment}: no run started: {error}", err=True)
+        raise click.exceptions.Exit(2) from error
     click.echo(f"{deployment}: flow run {run_id}")
     click.echo(f"  {settings.prefect.ui_url}/runs/flow-run/{run_id}")
 

@@ -79,6 +79,12 @@ def test_sync_and_reconcile_of_an_unknown_repository_start_no_run(tmp_path: Path
         assert refused.exit_code == 2, refused.output
         assert "no repository 'knwon.example.org' in the registry" in refused.output
         assert "known: known.example.org. No run was started." in refused.output
+    # A known name with Prefect down: one line that says what to check, not a traceback.
+    for args in (["sync", "known.example.org"], ["reconcile", "known.example.org"]):
+        down = runner.invoke(app, args, env=env)
+        assert down.exit_code == 1 and isinstance(down.exception, SystemExit), down.output
+        assert "no run started: Prefect API at http://127.0.0.1:9/api unreachable" in down.output
+        assert "Is the Prefect server up" in down.output
 
 
 def test_prefect_runs_prefects_cli_against_the_services_server(tmp_path: Path) -> None:
