@@ -225,14 +225,23 @@ def bridge() -> None:
     "--prefix", default="", show_default=False, help="backfill only keys under cvmfs/<prefix>"
 )
 @click.option("--dry-run/--no-dry-run", default=False, help="only report the difference")
-def sync(fqrn: str, prefix: str, dry_run: bool) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=None,
+    help="wait up to this many seconds for the run to end; print its state and reports; "
+    "exit 1 unless it completed",
+)
+def sync(fqrn: str, prefix: str, dry_run: bool, wait_s: float | None) -> None:
     """Backfill: start a `sync` run of a repository (or a prefix of it) and print its id."""
     from bridge.run_requests import backfill_parameters
     from service.settings import Settings
 
     settings = Settings.load()
     _require_repository(settings, fqrn)
-    _start_run(settings, "sync/sync", backfill_parameters(fqrn, prefix, dry_run=dry_run))
+    parameters = backfill_parameters(fqrn, prefix, dry_run=dry_run)
+    _start_run(settings, "sync/sync", parameters, wait_s)
 
 
 @app.command()
@@ -240,7 +249,15 @@ def sync(fqrn: str, prefix: str, dry_run: bool) -> None:
     "fqrn", required=False, default=None, help="one repository (default: every ready one)"
 )
 @click.option("--dry-run/--no-dry-run", default=False, help="only report the drift as artifacts")
-def reconcile(fqrn: str | None, dry_run: bool) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=None,
+    help="wait up to this many seconds for the run to end; print its state and reports; "
+    "exit 1 unless it completed",
+)
+def reconcile(fqrn: str | None, dry_run: bool, wait_s: float | None) -> None:
     """Start a `reconcile` run (a full diff of bucket and repository, repairing drift)."""
     from bridge.run_requests import reconcile_parameters
     from service.settings import Settings
@@ -248,7 +265,8 @@ def reconcile(fqrn: str | None, dry_run: bool) -> None:
     settings = Settings.load()
     if fqrn is not None:
         _require_repository(settings, fqrn)
-    _start_run(settings, "reconcile/reconcile", reconcile_parameters(fqrn, dry_run=dry_run))
+    parameters = reconcile_parameters(fqrn, dry_run=dry_run)
+    _start_run(settings, "reconcile/reconcile", parameters, wait_s)
 
 
 @app.command(
@@ -358,7 +376,12 @@ def _require_repository(settings: Settings, fqrn: str) -> None:
     raise click.exceptions.Exit(2)
 
 
-def _start_run(settings: Settings, deployment: str, parameters: dict[str, object]) -> None:
+def _start_run(
+    settings: Settings,
+    deployment: str,
+    parameters: dict[str, object],
+    wait_s: float | None = None,
+) -> None:
     """The same starter the bridge uses; a fresh key, since an operator's run is deliberate."""
     import uuid
 
@@ -381,6 +404,31 @@ def _start_run(settings: Settings, deployment: str, parameters: dict[str, object
         raise click.exceptions.Exit(2) from error
     click.echo(f"{deployment}: flow run {run_id}")
     click.echo(f"  {settings.prefect.ui_url}/runs/flow-run/{run_id}")
+    if wait_s is not None:
+        _follow(settings, deployment, run_id, wait_s)
+
+
+def _follow(settings: Settings, deployment: str, run_id: str, wait_s: float) -> None:
+    """Print how the run ended and what it reported; exit 1 unless it completed."""
+    import httpx
+
+    from deployments.follow import FollowTimeout, follow_run
+
+    try:
+        outcome = follow_run(settings.prefect.api_url, run_id, timeout_s=wait_s)
+    except FollowTimeout as error:
+        click.echo(f"{deployment}: {error}; it goes on (see the link above)", err=True)
+        raise click.exceptions.Exit(1) from error
+    except httpx.HTTPError as error:
+        click.echo(f"{deployment}: lost sight of the run ({error!r}); see the link above", err=True)
+        raise click.exceptions.Exit(1) from error
+    for report in outcome.reports:
+        click.echo(f"  report: {report}")
+    message = f": {outcome.message}" if outcome.message else ""
+    click.echo(f"{deployment}: {outcome.state_name}{message}")
+    if not outcome.completed:
+        click.echo("  its log's last 'what next' line says whether Retry can help", err=True)
+        raise click.exceptions.Exit(1)
 
 
 if __name__ == "__main__":

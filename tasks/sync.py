@@ -376,12 +376,23 @@ def report_changes(outcome: SyncOutcome, dry_run: bool) -> None:
             reason = f"{reason} [with {refused.other_key!r}]"
         rows.append({"action": "refused", "path": "", "key": refused.key, "size": reason})
     rows += tarball_notes(outcome.report)
-    revision = "dry run" if dry_run else (outcome.revision or "nothing to publish")
     create_table_artifact(
         key=f"sync-{outcome.fqrn.replace('.', '-')}",
         table=rows or [{"action": "none", "path": "", "key": "", "size": None}],
-        description=f"{outcome.fqrn}: revision {revision}; {outcome.plan.unchanged} unchanged",
+        description=change_summary(outcome.fqrn, outcome.plan, outcome.revision, dry_run),
     )
+
+
+def change_summary(fqrn: str, plan: Plan, revision: int | None, dry_run: bool) -> str:
+    """The artifact's one line, counts included: a dry run that read only '4 unchanged' hid
+    the file it would add (seen on `./svc reconcile --dry-run`)."""
+    puts = sum(1 for change in plan.changes if isinstance(change, Put))
+    removes = len(plan.changes) - puts
+    counts = f"{len(plan.refused)} refused, {plan.unchanged} unchanged"
+    if dry_run:
+        return f"{fqrn}: dry run, would add {puts} and remove {removes}; {counts}"
+    published = f"revision {revision}" if revision else "nothing to publish"
+    return f"{fqrn}: {published}; added {puts}, removed {removes}; {counts}"
 
 
 def tarball_notes(report: ApplyReport) -> list[dict[str, object]]:

@@ -317,3 +317,28 @@ def test_the_scope_of_a_path_widens_at_its_first_name_with_another_spelling(
         assert scope is not None and scope.focus == {focus}
         assert scope.exact == chain_of([focus])
         assert "/a" in scope.exact and not scope.contains("/b")
+
+
+def test_a_runs_summary_counts_what_it_changes() -> None:
+    """The artifact line a dry-run reconcile prints: '4 unchanged' alone hid the file it
+    would add."""
+    from tasks.sync import change_summary
+
+    obj = BucketObject(key="cvmfs/new.txt", etag="e", size=1, last_modified=0)
+    plan = Plan(
+        changes=[
+            Put(key="cvmfs/new.txt", path="/new.txt", tarball=False, obj=obj),
+            Remove(key="cvmfs/old.txt", path="/old.txt", tarball=False),
+        ],
+        refused=[Refused(key="cvmfs/.cvmfs/x", reason="reserved")],
+        unchanged=4,
+    )
+    assert change_summary("a.example.org", plan, None, dry_run=True) == (
+        "a.example.org: dry run, would add 1 and remove 1; 1 refused, 4 unchanged"
+    )
+    assert change_summary("a.example.org", plan, 7, dry_run=False) == (
+        "a.example.org: revision 7; added 1, removed 1; 1 refused, 4 unchanged"
+    )
+    assert change_summary("a.example.org", Plan(unchanged=4), None, dry_run=False) == (
+        "a.example.org: nothing to publish; added 0, removed 0; 0 refused, 4 unchanged"
+    )
