@@ -31,9 +31,11 @@ def test_sync_and_reconcile_options_keep_their_defaults_and_negations() -> None:
         "fqrn": "a.example.org",
         "prefix": "",
         "dry_run": False,
+        "wait_s": None,
     }
     assert parsed("sync", ["a.example.org", "--prefix", "sw/", "--dry-run"])["dry_run"] is True
-    assert parsed("reconcile", []) == {"fqrn": None, "dry_run": False}
+    assert parsed("reconcile", []) == {"fqrn": None, "dry_run": False, "wait_s": None}
+    assert parsed("reconcile", ["--wait", "300"])["wait_s"] == 300.0
     assert parsed("reconcile", ["a.example.org", "--no-dry-run"])["fqrn"] == "a.example.org"
     assert parsed("stack up", []) == {"names": ()}
     assert parsed("stack status", ["rabbitmq", "prefect"]) == {"names": ("rabbitmq", "prefect")}
