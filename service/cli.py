@@ -79,7 +79,9 @@ def welcome_text(settings: Settings) -> str:
         f'  token: ./svc login, then curl -H "Authorization: Bearer $(./svc token)" '
         f"{settings.api.base_url}/repositories\n"
         f"OIDC issuer     {settings.oidc.issuer_url}  (client {settings.oidc.client_id})\n"
-        f"Prefect UI      {settings.prefect.ui_url}\n"
+        f"Prefect UI      {settings.prefect.ui_url}  (runs, Retry, deployments' Run forms)\n"
+        "  operate: ./svc dead-letters, ./svc sync|reconcile [<fqrn>] --wait 300, "
+        "./svc prefect ... (README, 'Operating it')\n"
         f"OCI registry    {settings.registry.url}\n"
         f"stratum-0       {settings.stratum0_public_url}/<fqrn>/\n" + _metrics_line(settings)
     )

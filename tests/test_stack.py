@@ -180,6 +180,7 @@ def test_cli_up_prints_the_endpoints_and_ctrl_c_leaves_the_stack_running(
     assert proc.returncode == 0, output
     s = stack.settings
     assert f"Prefect UI      http://127.0.0.1:{s.prefect.port}" in output
+    assert "  operate: ./svc dead-letters, ./svc sync|reconcile" in output
     assert f"S3 endpoint     {s.ceph.s3_endpoint}" in output
     assert s.ceph.demo_access_key in output
     assert s.ceph.demo_secret_key.get_secret_value() in output
