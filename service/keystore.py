@@ -176,12 +176,10 @@ def vault_client(settings: VaultSettings, token: SecretStr | None = None) -> hva
 
 
 def unavailable_reason(client: hvac.Client, doing: str, error: Exception) -> str:
-    """Which Vault, what for, and what next: the text a failed run shows an operator."""
-    return (
-        f"Vault at {client.url} did not answer {doing} ({type(error).__name__}): check that "
-        "it is up and unsealed (`./svc stack status` on the local stack); the step was "
-        "retried already, so retry the run once Vault answers"
-    )
+    """Which Vault and what for. The run's state message and a failed provision's reason (which
+    its user sees) carry it; whether to retry is the operator's line (flows/failure_hint.py)."""
+    kind = type(error).__name__
+    return f"Vault at {client.url} did not answer {doing} ({kind}): is it up and unsealed?"
 
 
 class KeyStore:
