@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.failure_hint import explain_failure
+from flows.failure_hint import explain_failure, explain_resumed_failure
 from flows.sync import sync
 from service.faults import kind_of
 from service.messages import AuthorizedProvisionRequest, ProvisionReply
@@ -32,7 +32,11 @@ from tasks.provision import (
 from tasks.sync import SyncRequest
 
 
-@flow(name="provision", flow_run_name="provision-{request.fqrn}", on_failure=[explain_failure])
+@flow(
+    name="provision",
+    flow_run_name="provision-{request.fqrn}",
+    on_failure=[explain_resumed_failure],
+)
 def provision(request: AuthorizedProvisionRequest) -> ProvisionReply:
     settings = load_settings()
     logger = get_run_logger()

@@ -10,7 +10,7 @@ import pytest
 from prefect import flow, get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from flows.failure_hint import explain_failure, failure_hint
+from flows.failure_hint import explain_failure, explain_resumed_failure, failure_hint
 from flows.maintenance import deprovision, purge_expired_keys, resign_whitelists
 from flows.provision import provision, wire_waiting_bucket
 from flows.rollback import rollback
@@ -29,13 +29,17 @@ def test_each_kind_says_whether_retry_helps() -> None:
     assert "a Retry fails the same way" in failure_hint(BadInput("no such key"))
     assert "a defect" in failure_hint(ZeroDivisionError("division by zero"))
     assert "(BadInput)" in failure_hint(BadInput("no such key"))
+    # provision: the watcher resumes it, except bad input
+    assert "resumes this provisioning on its own" in failure_hint(ConnectionError(), resumed=True)
+    assert "a Retry fails the same way" in failure_hint(BadInput("taken"), resumed=True)
 
 
 def test_every_deployed_flow_explains_its_failure() -> None:
     deployed = [provision, wire_waiting_bucket, deprovision, sync, reconcile, rollback, tag]
     deployed += [resign_whitelists, purge_expired_keys, unpack, unpack_delete, unpack_gc]
     deployed += [unpack_wishlist]
-    assert [f.name for f in deployed if explain_failure not in f.on_failure_hooks] == []
+    assert [f.name for f in deployed if explain_failure not in f.on_failure_hooks] == ["provision"]
+    assert explain_resumed_failure in provision.on_failure_hooks
 
 
 @flow(name="reads-keys-from-a-vault-that-is-down", on_failure=[explain_failure])
