@@ -42,6 +42,7 @@ from prefect.events.filters import (
 )
 from prefect.states import Crashed
 
+from service.faults import is_transient
 from service.settings import Settings
 
 FLOW_NAME = "gateway-commit"  # flows/gateway_commit.py
@@ -176,11 +177,15 @@ class OrphanedCommitSweeper:
         while True:
             try:
                 self.sweep_once()
-            except Exception:  # Prefect unreachable for now: the next sweep tries again
+            except Exception as error:  # Prefect unreachable for now: the next sweep tries again
+                # An outage is one line a minute; only an error of unknown kind (a defect)
+                # brings its traceback (it printed ~25 lines a minute while Prefect was down).
                 log.warning(
-                    "sweep for orphaned gateway commits failed; next in %.0f s",
+                    "sweep for orphaned gateway commits failed (%s: %s); next in %.0f s",
+                    type(error).__name__,
+                    error,
                     self._interval_s,
-                    exc_info=True,
+                    exc_info=not is_transient(error),
                 )
             if self._stop.wait(self._interval_s):
                 return
