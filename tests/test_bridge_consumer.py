@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pika
 import pytest
 from click.testing import CliRunner
 
 from bridge.config import BridgeConfig
 from bridge.consumer import BridgeConsumer
-from bridge.dead_letters import peek_dead_letters
+from bridge.dead_letters import dead_letter_of, peek_dead_letters
 from bridge.errors import PermanentStartError, TransientStartError
 from bridge.registry_events import image_event_message, parse_registry_webhook
 from metrics.bridge import BridgeMetrics
@@ -200,6 +201,32 @@ def test_the_default_retry_budget_outlasts_a_prefect_restart() -> None:
     config = BridgeConfig()
     waited_s = sum(config.retry_delay_s(attempt) for attempt in range(1, config.max_attempts))
     assert waited_s >= 10 * 60
+
+
+def test_a_message_the_broker_dead_lettered_is_listed_with_its_source() -> None:
+    """A quorum queue's delivery limit dead-letters without the bridge's headers: the listing
+    takes where it came from and why from the broker's x-death header, and it can be replayed."""
+    properties = pika.BasicProperties(
+        headers={
+            "x-death": [
+                {
+                    "reason": "delivery_limit",
+                    "queue": "cvmfs.bridge.s3-events",
+                    "routing-keys": [b"s3.a.example.org"],
+                    "exchange": "cvmfs.events",
+                    "count": 1,
+                }
+            ]
+        }
+    )
+    letter = dead_letter_of("cvmfs.bridge.s3-events", properties, b"{}")
+    assert letter.kind == "broker:delivery_limit"
+    assert (letter.source_queue, letter.routing_key) == (
+        "cvmfs.bridge.s3-events",
+        "s3.a.example.org",
+    )
+    assert letter.reason == "RabbitMQ dead-lettered it from cvmfs.bridge.s3-events (delivery_limit)"
+    assert letter.replayable
 
 
 def test_a_refused_run_is_dead_lettered_at_once(rabbitmq: Settings) -> None:
