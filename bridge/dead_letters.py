@@ -1,10 +1,11 @@
-"""The dead-letter queue for operators: list its messages with their reasons, and replay them.
+"""The dead-letter queue for operators: list its messages with their reasons, replay, drop.
 
 Listing takes messages without acknowledging them and gives every one back before it returns,
-so it removes nothing. Replaying moves a message the bridge dead-lettered back onto the events
-exchange with its original routing key, once what refused it is fixed (`retries_exhausted`
-while Prefect was down, `unknown_bucket` before the bucket was wired); it is acked in the
-dead-letter queue only after the broker confirmed the new publish, so nothing is lost.
+so it removes nothing; dropping removes only the messages of the kind an operator names.
+Replaying moves a message the bridge dead-lettered back onto the events exchange with its
+original routing key, once what refused it is fixed (`retries_exhausted` while Prefect was
+down, `unknown_bucket` before the bucket was wired); it is acked in the dead-letter queue only
+after the broker confirmed the new publish, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class DeadLetter(BaseModel):
     reason: str
     # A fixed word (`invalid`, `unsafe_key`, `unknown_bucket`, `owner_mismatch`,
     # `run_refused`, `retries_exhausted`), or `broker:<why>` when RabbitMQ itself dead-lettered
-    # it (a quorum queue's delivery limit); None for a flow's refusal (`sync.refused.<fqrn>`).
+    # it (a quorum queue's delivery limit), `sync_refused` for a sync's refusal of a bucket key
+    # (routing key `sync.refused.<fqrn>`, also in `GET /repositories/<fqrn>`'s refusals).
     kind: str | None
     # The bridge queue it came from and the routing key it had on the events exchange; a
     # message without them (a flow's refusal) cannot be replayed.
@@ -79,6 +81,8 @@ def dead_letter_of(routing_key: str, properties: pika.BasicProperties, body: byt
         original_key = _text(keys[0]) if keys else None
         kind = f"broker:{why}"
         reason = f"RabbitMQ dead-lettered it from {source_queue} ({why})"
+    if kind is None and routing_key.startswith("sync.refused."):
+        kind = "sync_refused"
     return DeadLetter(
         reason=reason or "no reason recorded",
         kind=kind,
@@ -179,6 +183,27 @@ def replay_dead_letters(
     return ReplayResult(replayed=replayed, kept=kept)
 
 
+def drop_dead_letters(mq: RabbitMQSettings, queue: str, limit: int, kind: str) -> ReplayResult:
+    """Remove up to `limit` messages of `kind` (judged: garbage, a user's mistake); the rest
+    stay. `replayed` of the result holds the dropped ones."""
+    dropped: list[DeadLetter] = []
+    kept: list[DeadLetter] = []
+    with _channel(mq) as channel:
+        while len(dropped) + len(kept) < limit:
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            letter = dead_letter_of(method.routing_key, properties, body)
+            if letter.kind != kind:
+                kept.append(letter)
+                continue
+            channel.basic_ack(method.delivery_tag)
+            dropped.append(letter)
+        if kept:
+            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+    return ReplayResult(replayed=dropped, kept=kept)
+
+
 def describe(letter: DeadLetter, body_chars: int = 300) -> str:
     """A few lines per message: when, from where, why, and the start of the body."""
     text = letter.body.decode("utf-8", "replace")
@@ -189,7 +214,7 @@ def describe(letter: DeadLetter, body_chars: int = 300) -> str:
         else f"routing key {letter.dead_letter_routing_key}"
     )
     return (
-        f"{letter.dead_lettered_at or '(time not recorded)'}  {letter.kind or 'refused'}  "
+        f"{letter.dead_lettered_at or '(time not recorded)'}  {letter.kind or '-'}  "
         f"{origin}\n"
         f"  reason: {letter.reason}\n"
         f"  message id: {letter.message_id or '-'}  body ({len(letter.body)} bytes): "

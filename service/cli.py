@@ -309,9 +309,16 @@ def prefect_cli(args: tuple[str, ...]) -> None:
     help="move them back onto the events exchange with their original routing key "
     "(once what refused them is fixed); messages no bridge queue refused stay",
 )
-@click.option("--kind", default=None, help="with --replay: only this kind (retries_exhausted ...)")
+@click.option(
+    "--drop",
+    is_flag=True,
+    help="remove the messages of --kind (judged: garbage, users' mistakes); the rest stay",
+)
+@click.option(
+    "--kind", default=None, help="with --replay or --drop: only this kind (retries_exhausted ...)"
+)
 @click.option("--queue", default=None, help="the dead-letter queue (default: the bridge's)")
-def dead_letters(limit: int, replay: bool, kind: str | None, queue: str | None) -> None:
+def dead_letters(limit: int, replay: bool, drop: bool, kind: str | None, queue: str | None) -> None:
     """List the dead-letter queue's messages with why each is there (removes nothing)."""
     from urllib.parse import quote
 
@@ -320,6 +327,7 @@ def dead_letters(limit: int, replay: bool, kind: str | None, queue: str | None) 
     from bridge.config import BridgeConfig
     from bridge.dead_letters import (
         describe,
+        drop_dead_letters,
         message_count,
         peek_dead_letters,
         replay_dead_letters,
@@ -329,7 +337,17 @@ def dead_letters(limit: int, replay: bool, kind: str | None, queue: str | None) 
     settings = Settings.load()
     mq = settings.rabbitmq
     name = queue or BridgeConfig().dead_letter_queue
+    if drop and (replay or kind is None):
+        click.echo("dead-letters: --drop needs --kind and no --replay", err=True)
+        raise click.exceptions.Exit(2)
     try:
+        if drop:
+            assert kind is not None
+            result = drop_dead_letters(mq, name, limit, kind)
+            for letter in result.replayed:
+                click.echo(f"dropped: {describe(letter)}")
+            click.echo(f"{len(result.replayed)} dropped, {len(result.kept)} kept in {name}")
+            return
         if replay:
             result = replay_dead_letters(mq, name, limit, kind=kind)
             for letter in result.replayed:

@@ -184,6 +184,12 @@ def test_retries_are_bounded_then_dead_lettered(rabbitmq: Settings) -> None:
     assert "retries_exhausted" in listed.output and "down 2" in listed.output
     assert f"1 message(s) in {dlq}" in listed.output and iso.s3_key in listed.output
     assert ready_count(iso.mq, dlq) == 1
+    # Dropping another kind leaves it alone.
+    kept = CliRunner().invoke(
+        app, ["dead-letters", "--queue", dlq, "--drop", "--kind", "invalid"], env=env
+    )
+    assert kept.exit_code == 0 and "0 dropped, 1 kept" in kept.output, kept.output
+    assert ready_count(iso.mq, dlq) == 1
     # Prefect is back: the replayed event starts its run, so nothing was lost.
     replayed = CliRunner().invoke(app, ["dead-letters", "--queue", dlq, "--replay"], env=env)
     assert replayed.exit_code == 0, replayed.output
@@ -227,6 +233,13 @@ def test_a_message_the_broker_dead_lettered_is_listed_with_its_source() -> None:
     )
     assert letter.reason == "RabbitMQ dead-lettered it from cvmfs.bridge.s3-events (delivery_limit)"
     assert letter.replayable
+    # A sync's refusal of a bucket key (bridge/publisher.py) has a kind to drop it by.
+    headers = {"x-cvmfs-reason": "/.cvmfs is reserved"}
+    refused = dead_letter_of(
+        "sync.refused.a.example.org", pika.BasicProperties(headers=headers), b"{}"
+    )
+    assert (refused.kind, refused.reason) == ("sync_refused", "/.cvmfs is reserved")
+    assert not refused.replayable
 
 
 def test_a_refused_run_is_dead_lettered_at_once(rabbitmq: Settings) -> None:
