@@ -116,8 +116,10 @@ def message_count(mq: RabbitMQSettings, queue: str) -> int:
 def peek_dead_letters(mq: RabbitMQSettings, queue: str, limit: int) -> list[DeadLetter]:
     """The first `limit` messages of `queue`, all given back (nack with requeue) at the end.
 
-    The dead-letter queue has no delivery limit (bridge/topology.py), so reading it any
-    number of times drops nothing.
+    Every look counts as a delivery. The dead-letter queue is declared without a delivery
+    limit (bridge/topology.py), so on RabbitMQ 3.x (Debian 12 ships 3.10) reading it any number
+    of times drops nothing; RabbitMQ 4 gives quorum queues a default limit of 20, so there give
+    the queue a policy with `delivery-limit` -1 before listing it often.
     """
     found: list[DeadLetter] = []
     with _channel(mq) as channel:
