@@ -5,7 +5,11 @@ Credentials come from settings; heartbeats keep a quiet consumer's connection al
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 
 from service.settings import RabbitMQSettings
 
@@ -20,3 +24,17 @@ def connection_parameters(mq: RabbitMQSettings) -> pika.ConnectionParameters:
         blocked_connection_timeout=60,
         connection_attempts=1,
     )
+
+
+@contextmanager
+def confirmed_channel(mq: RabbitMQSettings) -> Iterator[BlockingChannel]:
+    """A channel on a connection of its own, with publisher confirms (a publish the broker did
+    not take raises); the connection is closed on exit."""
+    connection = pika.BlockingConnection(connection_parameters(mq))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        yield channel
+    finally:
+        if connection.is_open:
+            connection.close()

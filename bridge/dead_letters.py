@@ -11,15 +11,12 @@ after the broker confirmed the new publish, so nothing is lost.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pika
-from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import BaseModel
 
-from bridge.amqp import connection_parameters
+from bridge.amqp import confirmed_channel
 from bridge.consumer import REASON_KIND_HEADER, ROUTING_KEY_HEADER
 from bridge.topology import REASON_HEADER
 from service.settings import RabbitMQSettings
@@ -96,20 +93,8 @@ def dead_letter_of(routing_key: str, properties: pika.BasicProperties, body: byt
     )
 
 
-@contextmanager
-def _channel(mq: RabbitMQSettings) -> Iterator[BlockingChannel]:
-    connection = pika.BlockingConnection(connection_parameters(mq))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        yield channel
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
 def message_count(mq: RabbitMQSettings, queue: str) -> int:
-    with _channel(mq) as channel:
+    with confirmed_channel(mq) as channel:
         return int(channel.queue_declare(queue, passive=True).method.message_count)
 
 
@@ -122,7 +107,7 @@ def peek_dead_letters(mq: RabbitMQSettings, queue: str, limit: int) -> list[Dead
     the queue a policy with `delivery-limit` -1 before listing it often.
     """
     found: list[DeadLetter] = []
-    with _channel(mq) as channel:
+    with confirmed_channel(mq) as channel:
         last_tag = None
         while len(found) < limit:
             method, properties, body = channel.basic_get(queue, auto_ack=False)
@@ -148,7 +133,7 @@ def replay_dead_letters(
     """
     replayed: list[DeadLetter] = []
     kept: list[DeadLetter] = []
-    with _channel(mq) as channel:
+    with confirmed_channel(mq) as channel:
         while len(replayed) + len(kept) < limit:
             method, properties, body = channel.basic_get(queue, auto_ack=False)
             if method is None:
@@ -190,7 +175,7 @@ def drop_dead_letters(mq: RabbitMQSettings, queue: str, limit: int, kind: str) -
     stay. `replayed` of the result holds the dropped ones."""
     dropped: list[DeadLetter] = []
     kept: list[DeadLetter] = []
-    with _channel(mq) as channel:
+    with confirmed_channel(mq) as channel:
         while len(dropped) + len(kept) < limit:
             method, properties, body = channel.basic_get(queue, auto_ack=False)
             if method is None:

@@ -221,13 +221,7 @@ def bridge() -> None:
     serve_bridge(settings)
 
 
-@app.command()
-@click.argument("fqrn", help="repository to sync")
-@click.option(
-    "--prefix", default="", show_default=False, help="backfill only keys under cvmfs/<prefix>"
-)
-@click.option("--dry-run/--no-dry-run", default=False, help="only report the difference")
-@click.option(
+_wait_option = click.option(
     "--wait",
     "wait_s",
     type=float,
@@ -235,6 +229,15 @@ def bridge() -> None:
     help="wait up to this many seconds for the run to end; print its state and reports; "
     "exit 1 unless it completed",
 )
+
+
+@app.command()
+@click.argument("fqrn", help="repository to sync")
+@click.option(
+    "--prefix", default="", show_default=False, help="backfill only keys under cvmfs/<prefix>"
+)
+@click.option("--dry-run/--no-dry-run", default=False, help="only report the difference")
+@_wait_option
 def sync(fqrn: str, prefix: str, dry_run: bool, wait_s: float | None) -> None:
     """Backfill: start a `sync` run of a repository (or a prefix of it) and print its id."""
     from bridge.run_requests import backfill_parameters
@@ -251,14 +254,7 @@ def sync(fqrn: str, prefix: str, dry_run: bool, wait_s: float | None) -> None:
     "fqrn", required=False, default=None, help="one repository (default: every ready one)"
 )
 @click.option("--dry-run/--no-dry-run", default=False, help="only report the drift as artifacts")
-@click.option(
-    "--wait",
-    "wait_s",
-    type=float,
-    default=None,
-    help="wait up to this many seconds for the run to end; print its state and reports; "
-    "exit 1 unless it completed",
-)
+@_wait_option
 def reconcile(fqrn: str | None, dry_run: bool, wait_s: float | None) -> None:
     """Start a `reconcile` run (a full diff of bucket and repository, repairing drift)."""
     from bridge.run_requests import reconcile_parameters

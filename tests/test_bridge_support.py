@@ -18,9 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pika
-from pika.adapters.blocking_connection import BlockingChannel
 
-from bridge.amqp import connection_parameters
+from bridge.amqp import confirmed_channel as channel
 from bridge.config import BridgeConfig, QueueRoute
 from bridge.consumer import BridgeConsumer
 from bridge.repositories import RepositoryTarget, StaticRepositoryLookup
@@ -135,18 +134,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.05)
-
-
-@contextmanager
-def channel(mq: RabbitMQSettings) -> Iterator[BlockingChannel]:
-    connection = pika.BlockingConnection(connection_parameters(mq))
-    try:
-        ch = connection.channel()
-        ch.confirm_delivery()
-        yield ch
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def publish(mq: RabbitMQSettings, routing_key: str, bodies: list[bytes], **props: Any) -> None:
