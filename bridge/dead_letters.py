@@ -11,9 +11,11 @@ after the broker confirmed the new publish, so nothing is lost.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import BaseModel
 
 from bridge.amqp import confirmed_channel
@@ -49,8 +51,10 @@ class DeadLetter(BaseModel):
         return self.routing_key is not None
 
 
-class ReplayResult(BaseModel):
-    replayed: list[DeadLetter]
+class Sorted(BaseModel):
+    """What one pass over the queue did: `taken` were replayed or dropped, `kept` stay."""
+
+    taken: list[DeadLetter]
     kept: list[DeadLetter]
 
 
@@ -98,6 +102,32 @@ def message_count(mq: RabbitMQSettings, queue: str) -> int:
         return int(channel.queue_declare(queue, passive=True).method.message_count)
 
 
+# Takes one message: True once it is safely elsewhere (replayed, or judged for dropping), so
+# the pass acks it; False leaves it in the queue.
+Take = Callable[[BlockingChannel, pika.BasicProperties, bytes, DeadLetter], bool]
+
+
+def _sort_out(mq: RabbitMQSettings, queue: str, limit: int, take: Take) -> Sorted:
+    """Get up to `limit` messages without acknowledging them, ack those `take` takes, and give
+    every other one back (one nack with requeue) before returning."""
+    taken: list[DeadLetter] = []
+    kept: list[DeadLetter] = []
+    with confirmed_channel(mq) as channel:
+        while len(taken) + len(kept) < limit:
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            letter = dead_letter_of(method.routing_key, properties, body)
+            if take(channel, properties, body, letter):
+                channel.basic_ack(method.delivery_tag)
+                taken.append(letter)
+            else:
+                kept.append(letter)
+        if kept:  # still unacked on this channel: give them all back in one go
+            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+    return Sorted(taken=taken, kept=kept)
+
+
 def peek_dead_letters(mq: RabbitMQSettings, queue: str, limit: int) -> list[DeadLetter]:
     """The first `limit` messages of `queue`, all given back (nack with requeue) at the end.
 
@@ -106,23 +136,12 @@ def peek_dead_letters(mq: RabbitMQSettings, queue: str, limit: int) -> list[Dead
     of times drops nothing; RabbitMQ 4 gives quorum queues a default limit of 20, so there give
     the queue a policy with `delivery-limit` -1 before listing it often.
     """
-    found: list[DeadLetter] = []
-    with confirmed_channel(mq) as channel:
-        last_tag = None
-        while len(found) < limit:
-            method, properties, body = channel.basic_get(queue, auto_ack=False)
-            if method is None:
-                break
-            last_tag = method.delivery_tag
-            found.append(dead_letter_of(method.routing_key, properties, body))
-        if last_tag is not None:
-            channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
-    return found
+    return _sort_out(mq, queue, limit, lambda *_: False).kept
 
 
 def replay_dead_letters(
     mq: RabbitMQSettings, queue: str, limit: int, kind: str | None = None
-) -> ReplayResult:
+) -> Sorted:
     """Move up to `limit` replayable messages (of `kind`, if given) back onto the events
     exchange with their original routing key; the rest stay where they are.
 
@@ -131,64 +150,43 @@ def replay_dead_letters(
     broker only accepts the connection's own user there, so a legacy request of a trusted
     producer comes back refused (untrusted) and has to be sent again by that producer.
     """
-    replayed: list[DeadLetter] = []
-    kept: list[DeadLetter] = []
-    with confirmed_channel(mq) as channel:
-        while len(replayed) + len(kept) < limit:
-            method, properties, body = channel.basic_get(queue, auto_ack=False)
-            if method is None:
-                break
-            letter = dead_letter_of(method.routing_key, properties, body)
-            if not letter.replayable or (kind is not None and letter.kind != kind):
-                kept.append(letter)
-                continue  # left unacked: given back below
-            assert letter.routing_key is not None  # replayable
-            headers = {
-                k: v
-                for k, v in (properties.headers or {}).items()
-                if not k.startswith(("x-cvmfs-", "x-death", "x-first-death-", "x-last-death-"))
-            }
-            headers["x-cvmfs-replayed-at"] = dt.datetime.now(dt.UTC).isoformat()
-            channel.basic_publish(
-                mq.events_exchange,
-                letter.routing_key,
-                body,
-                pika.BasicProperties(
-                    delivery_mode=pika.DeliveryMode.Persistent,
-                    content_type=properties.content_type,
-                    message_id=properties.message_id,
-                    correlation_id=properties.correlation_id,
-                    app_id=properties.app_id,
-                    headers=headers,
-                ),
-                mandatory=True,
-            )  # confirmed (confirm_delivery): raises if the broker did not take it
-            channel.basic_ack(method.delivery_tag)
-            replayed.append(letter)
-        if kept:  # still unacked on this channel: give them all back in one go
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-    return ReplayResult(replayed=replayed, kept=kept)
+
+    def republish(
+        channel: BlockingChannel, properties: pika.BasicProperties, body: bytes, letter: DeadLetter
+    ) -> bool:
+        if letter.routing_key is None or (kind is not None and letter.kind != kind):
+            return False
+        headers = {
+            k: v
+            for k, v in (properties.headers or {}).items()
+            if not k.startswith(("x-cvmfs-", "x-death", "x-first-death-", "x-last-death-"))
+        }
+        headers["x-cvmfs-replayed-at"] = dt.datetime.now(dt.UTC).isoformat()
+        channel.basic_publish(
+            mq.events_exchange,
+            letter.routing_key,
+            body,
+            pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                content_type=properties.content_type,
+                message_id=properties.message_id,
+                correlation_id=properties.correlation_id,
+                app_id=properties.app_id,
+                headers=headers,
+            ),
+            mandatory=True,
+        )  # confirmed (confirm_delivery): raises if the broker did not take it
+        return True
+
+    return _sort_out(mq, queue, limit, republish)
 
 
-def drop_dead_letters(mq: RabbitMQSettings, queue: str, limit: int, kind: str) -> ReplayResult:
+def drop_dead_letters(mq: RabbitMQSettings, queue: str, limit: int, kind: str) -> Sorted:
     """Remove up to `limit` messages of `kind` (judged: garbage, a user's mistake); the rest
-    stay. `replayed` of the result holds the dropped ones."""
-    dropped: list[DeadLetter] = []
-    kept: list[DeadLetter] = []
-    with confirmed_channel(mq) as channel:
-        while len(dropped) + len(kept) < limit:
-            method, properties, body = channel.basic_get(queue, auto_ack=False)
-            if method is None:
-                break
-            letter = dead_letter_of(method.routing_key, properties, body)
-            if letter.kind != kind:
-                kept.append(letter)
-                continue
-            channel.basic_ack(method.delivery_tag)
-            dropped.append(letter)
-        if kept:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-    return ReplayResult(replayed=dropped, kept=kept)
+    stay."""
+    return _sort_out(
+        mq, queue, limit, lambda _channel, _properties, _body, letter: letter.kind == kind
+    )
 
 
 def describe(letter: DeadLetter, body_chars: int = 300) -> str:

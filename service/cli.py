@@ -340,16 +340,16 @@ def dead_letters(limit: int, replay: bool, drop: bool, kind: str | None, queue: 
         if drop:
             assert kind is not None
             result = drop_dead_letters(mq, name, limit, kind)
-            for letter in result.replayed:
+            for letter in result.taken:
                 click.echo(f"dropped: {describe(letter)}")
-            click.echo(f"{len(result.replayed)} dropped, {len(result.kept)} kept in {name}")
+            click.echo(f"{len(result.taken)} dropped, {len(result.kept)} kept in {name}")
             return
         if replay:
             result = replay_dead_letters(mq, name, limit, kind=kind)
-            for letter in result.replayed:
+            for letter in result.taken:
                 click.echo(f"replayed: {describe(letter)}")
             click.echo(
-                f"{len(result.replayed)} replayed onto {mq.events_exchange}, "
+                f"{len(result.taken)} replayed onto {mq.events_exchange}, "
                 f"{len(result.kept)} kept in {name}"
             )
             return
