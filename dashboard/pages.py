@@ -112,9 +112,8 @@ def _flash(request: Request, kind: str, text: str, link: str | None = None) -> N
 def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     flashes = request.session.pop("flash", []) if request.session.get("flash") else []
     user = context.get("user")
-    manager_subgroup = _services(request).settings.api.manager_subgroup
     user_groups = (
-        wording.group_words(user.identity.groups, manager_subgroup)
+        wording.group_words(user.member_groups, user.managed_groups)
         if isinstance(user, Caller)
         else []
     )
@@ -581,8 +580,7 @@ def _group_request(
     """The groups the caller may request a repository for (a member's, not the managers'
     subgroup, which names a role: its repository would be called `managers`), and of those
     the ones without a repository yet, which the form suggests."""
-    suffix = "/" + svc.settings.api.manager_subgroup.strip("/")
-    member_of = sorted(g for g in caller.identity.groups if not g.endswith(suffix))
+    member_of = sorted(caller.member_groups)
     served = {r.group for r in repositories if r.kind == "group"}
     return member_of, [g for g in member_of if g not in served]
 

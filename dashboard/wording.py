@@ -67,18 +67,16 @@ def bucket_words(state: str) -> str | None:
     return _BUCKET_WORDS.get(state)
 
 
-def group_words(groups: Iterable[str], manager_subgroup: str) -> list[str]:
+def group_words(member_of: Iterable[str], managed: Iterable[str]) -> list[str]:
     """The caller's groups as the header names them, sorted: `atlas`, `atlas (manager)` for a
-    member who also manages it, `manager of cms` for a manager only; the role's own group
-    path (`atlas/managers`) is how the identity provider says it, not a group of its own."""
-    suffix = "/" + manager_subgroup.strip("/")
-    names = set(groups)
-    managed = {g.removesuffix(suffix) for g in names if g.endswith(suffix)}
+    member who also manages it, `manager of cms` for a manager only (`Caller.member_groups`
+    and `Caller.managed_groups`: the role's own path, `atlas/managers`, is not shown)."""
+    members, managers = set(member_of), set(managed)
     words = []
-    for group in sorted((names - {g + suffix for g in managed}) | managed):
-        if group not in managed:
+    for group in sorted(members | managers):
+        if group not in managers:
             words.append(group)
-        elif group in names:
+        elif group in members:
             words.append(f"{group} (manager)")
         else:
             words.append(f"manager of {group}")

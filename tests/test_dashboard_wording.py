@@ -8,6 +8,8 @@ from typing import get_args
 from dashboard.wording import change_words, code_spans, entry_words, group_words
 from service.api.browse import diff_trees
 from service.api.models import Change, EntryType
+from service.api.security import Caller
+from service.identity import Identity
 
 
 def test_commands_between_backticks_become_code_and_everything_else_is_escaped() -> None:
@@ -52,10 +54,17 @@ def test_a_type_change_names_the_type_before_and_after() -> None:
     ]
 
 
+def _header_groups(groups: list[str], manager_subgroup: str) -> list[str]:
+    caller = Caller(
+        Identity(issuer="i", subject="s", username="u", groups=groups), "t", manager_subgroup
+    )
+    return group_words(caller.member_groups, caller.managed_groups)
+
+
 def test_a_managers_role_is_worded_not_shown_as_a_group_path() -> None:
-    assert group_words(["atlas/managers", "atlas"], "managers") == ["atlas (manager)"]
-    assert group_words(["cms/managers"], "/managers/") == ["manager of cms"]
-    assert group_words(["higgs", "cms/production", "cms"], "managers") == [
+    assert _header_groups(["atlas/managers", "atlas"], "managers") == ["atlas (manager)"]
+    assert _header_groups(["cms/managers"], "/managers/") == ["manager of cms"]
+    assert _header_groups(["higgs", "cms/production", "cms"], "managers") == [
         "cms",
         "cms/production",
         "higgs",

@@ -299,10 +299,7 @@ def request_status(svc: ApiServices, caller: Caller, request_id: str) -> Request
 
 def visible_groups(svc: ApiServices, caller: Caller) -> list[str]:
     """The groups whose repositories the caller sees: theirs and those they manage."""
-    suffix = "/" + svc.settings.api.manager_subgroup.strip("/")
-    groups = set(caller.identity.groups)
-    groups |= {g.removesuffix(suffix) for g in groups if g.endswith(suffix)}
-    return sorted(groups)
+    return sorted(caller.identity.groups | caller.managed_groups)
 
 
 def list_repositories(svc: ApiServices, caller: Caller) -> RepositoryList:

@@ -59,6 +59,19 @@ class Caller:
     def token(self) -> str:
         return self._token
 
+    @property
+    def managed_groups(self) -> frozenset[str]:
+        """The groups the caller manages: `atlas` for membership of `atlas/<manager_subgroup>`."""
+        suffix = "/" + self._manager_subgroup
+        return frozenset(g.removesuffix(suffix) for g in self.identity.groups if g.endswith(suffix))
+
+    @property
+    def member_groups(self) -> frozenset[str]:
+        """The caller's groups, without the manager role's paths (`atlas/managers` names a role,
+        not a group whose repository would be called `managers`)."""
+        suffix = "/" + self._manager_subgroup
+        return frozenset(g for g in self.identity.groups if not g.endswith(suffix))
+
     def is_owner(self, repository: Repository) -> bool:
         return repository.owner_subject == self.identity.subject
 
