@@ -201,6 +201,23 @@ def test_retries_are_bounded_then_dead_lettered(rabbitmq: Settings) -> None:
     assert after.calls[0].parameters["req"]["changed_keys"] == ["cvmfs/x"]
 
 
+def test_an_operator_drops_the_dead_letters_of_a_kind(rabbitmq: Settings) -> None:
+    iso = isolated(rabbitmq)
+    declare(iso)
+    dlq = iso.config.dead_letter_queue
+    publish(iso.mq, iso.s3_key, [b"{this is not json", rgw_body("stranger-bucket", "cvmfs/x")])
+    with running(consumer_for(iso, RecordingStarter())):
+        wait_for(lambda: ready_count(iso.mq, dlq) == 2, "both dead letters")
+    env = settings_env(rabbitmq.model_copy(update={"rabbitmq": iso.mq}))
+    dropped = CliRunner().invoke(
+        app, ["dead-letters", "--queue", dlq, "--drop", "--kind", "invalid"], env=env
+    )
+    assert dropped.exit_code == 0, dropped.output
+    assert "1 dropped, 1 kept" in dropped.output and "not valid JSON" in dropped.output
+    [left] = peek_dead_letters(iso.mq, dlq, limit=10)
+    assert left.kind == "unknown_bucket" and ready_count(iso.mq, dlq) == 1
+
+
 def test_the_default_retry_budget_outlasts_a_prefect_restart() -> None:
     """A Prefect server down for minutes (a restart, an upgrade) must not dead-letter events:
     8 attempts gave up after 2 min (seen on `./svc up`)."""
