@@ -175,6 +175,14 @@ def vault_client(settings: VaultSettings, token: SecretStr | None = None) -> hva
     return hvac.Client(url=settings.addr, token=token.get_secret_value())
 
 
+# Errors that mean Vault did not answer (down, unreachable, sealed, failing): transient.
+VAULT_UNAVAILABLE = (
+    RequestException,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.VaultDown,
+)
+
+
 def unavailable_reason(client: hvac.Client, doing: str, error: Exception) -> str:
     """Which Vault and what for. The run's state message and a failed provision's reason (which
     its user sees) carry it; whether to retry is the operator's line (flows/failure_hint.py)."""
@@ -267,11 +275,6 @@ class KeyStore:
             return KeystoreError(
                 f"the Vault token may not access {self._mount}/data/{path}: check its policies"
             )
-        unavailable = (
-            RequestException,
-            hvac.exceptions.InternalServerError,
-            hvac.exceptions.VaultDown,
-        )
-        if isinstance(error, unavailable):
+        if isinstance(error, VAULT_UNAVAILABLE):
             return VaultUnavailable(unavailable_reason(self._client, f"for {path}", error))
         return KeystoreError(f"Vault error for {path}: {error}")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from requests.exceptions import RequestException
 
 from service.keystore import (
+    VAULT_UNAVAILABLE,
     KeyOwner,
     KeystoreError,
     VaultUnavailable,
@@ -137,7 +138,7 @@ class PublisherAccess:
 
 
 def _translate(client: hvac.Client, error: Exception, doing: str) -> KeystoreError:
-    if isinstance(error, RequestException | hvac.exceptions.InternalServerError):
+    if isinstance(error, VAULT_UNAVAILABLE):
         return VaultUnavailable(unavailable_reason(client, f"while {doing}", error))
     if isinstance(error, hvac.exceptions.Forbidden):
         return KeystoreError(
