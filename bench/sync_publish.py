@@ -52,6 +52,7 @@ from service.repositories import FileProvenance, RepositoryClaim, RepositoryRegi
 from service.settings import Settings
 from tasks.storage import repository_storage
 from tasks.sync import (
+    RunClients,
     SyncRequest,
     look_up_repository,
     plan_sync,
@@ -253,12 +254,13 @@ def run(settings: Settings, s3: object, tops: int, repeat: int, profile: bool) -
     for attempt in range(repeat):
         s3.put_object(Bucket=BUCKET, Key=key, Body=f"{changed} change {attempt}\n".encode())  # type: ignore[attr-defined]
         clock = tasks if attempt % 2 == 0 else phases
+        clients = RunClients(settings)  # one per run, as flows/sync.py makes it
         with clock.phase("look up repository"):
             repository = look_up_repository.fn(settings, req)
         with clock.phase("read bucket state"):
-            truth = read_bucket_state.fn(settings, repository, req)
+            truth = read_bucket_state.fn(settings, repository, req, clients)
         with clock.phase("plan changes"):
-            plan = plan_sync.fn(settings, repository, truth)
+            plan = plan_sync.fn(settings, repository, truth, clients)
         assert len(plan.changes) == 1, plan
         if clock is phases:
             with phases.phase("publish (phases)"):
@@ -268,9 +270,9 @@ def run(settings: Settings, s3: object, tops: int, repeat: int, profile: bool) -
         with tasks.phase("publish changes"):
             if profile and attempt == repeat - 2:
                 profiler = cProfile.Profile()
-                outcome = profiler.runcall(publish_changes.fn, settings, repository, plan)
+                outcome = profiler.runcall(publish_changes.fn, settings, repository, plan, clients)
             else:
-                outcome = publish_changes.fn(settings, repository, plan)
+                outcome = publish_changes.fn(settings, repository, plan, clients)
         with tasks.phase("record provenance"):
             record_provenance.fn(settings, outcome)
         with tasks.phase("record refusals"):

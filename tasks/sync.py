@@ -99,10 +99,6 @@ class RunClients:
         return self._s3
 
 
-def _bucket_s3(settings: Settings, clients: RunClients | None) -> S3Client:
-    return (clients or RunClients(settings)).bucket_s3()
-
-
 def step(name: str, retries: int = 3) -> Callable[[Callable[P, R]], Task[P, R]]:
     """A sync step: retried only for transient faults (`service.faults`), never cached."""
     return task(
@@ -133,11 +129,11 @@ def read_bucket_state(
     settings: Settings,
     repository: Repository,
     req: SyncRequest,
-    clients: RunClients | None = None,
+    clients: RunClients,
 ) -> dict[str, BucketObject | None]:
     """HEAD each named key, or list the backfill prefix (plus keys the repository has there
     and keys refused there: a listing is the whole truth of its prefix)."""
-    s3 = _bucket_s3(settings, clients)
+    s3 = clients.bucket_s3()
     if req.changed_keys:
         return head_objects(s3, repository.bucket, req.changed_keys)
     prefix = KEY_PREFIX + (req.prefix or "").lstrip("/")
@@ -186,7 +182,7 @@ def plan_sync(
     settings: Settings,
     repository: Repository,
     truth: dict[str, BucketObject | None],
-    clients: RunClients | None = None,
+    clients: RunClients,
 ) -> Plan:
     """Decide with what the registry knows of the rest of the bucket (the published keys the
     batch's keys can collide with, and every refused one), so that a batch gets the answer a
@@ -215,9 +211,7 @@ def plan_sync(
         max_object_bytes=settings.sync.max_object_bytes,
         unchanged_elsewhere=elsewhere,
     )
-    return read_what_the_plan_needs(
-        _bucket_s3(settings, clients), repository.bucket, plan_changes(inputs)
-    )
+    return read_what_the_plan_needs(clients.bucket_s3(), repository.bucket, plan_changes(inputs))
 
 
 # Each pass refuses one more key or reads one changed object again; a bucket rewritten faster
@@ -227,14 +221,14 @@ MAX_APPLY_PASSES = 20
 
 @step("publish changes")
 def publish_changes(
-    settings: Settings, repository: Repository, plan: Plan, clients: RunClients | None = None
+    settings: Settings, repository: Repository, plan: Plan, clients: RunClients
 ) -> SyncOutcome:
     owner = KeyOwner.for_repository(repository.kind, repository.owner_subject, repository.group)
     keys = KeyStore.from_settings(settings.vault).read(owner, repository.fqrn)
     writer = RepositoryWriter.open(
         repository_storage(settings, repository.fqrn), repository.fqrn, keys
     )
-    s3 = _bucket_s3(settings, clients)
+    s3 = clients.bucket_s3()
     tar_policy = TarPolicy(
         max_file_size=settings.sync.max_object_bytes, skip_special=settings.sync.skip_special
     )
